@@ -1,0 +1,17 @@
+//! wasmbox: WebAssembly modules and components as OCI images.
+//!
+//! The library behind the `wasmbox` CLI, laid out like go-containerregistry:
+//! [`image`] builds and describes images (pure), [`store`] is the local OCI
+//! layout, [`registry`] talks to registries, [`archive`] writes tars for
+//! `ctr`/`docker`, and [`format`] is the one definition of the image format
+//! that the shim reads as well.
+
+pub mod archive;
+pub mod auth;
+pub mod format;
+pub mod image;
+pub mod module;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod store;
