@@ -383,6 +383,17 @@ impl Registry {
             OciDistributionError::ImageManifestNotFoundError(_) => {
                 anyhow!("{what}: {host} has no such image (404 MANIFEST_UNKNOWN)")
             }
+            OciDistributionError::RegistryError { envelope, .. }
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                    )
+                }) =>
+            {
+                anyhow!("{what}: {host} has no such image (404 MANIFEST_UNKNOWN)")
+            }
             OciDistributionError::RegistryError { envelope, .. } => {
                 let errors: Vec<String> = envelope
                     .errors
@@ -416,7 +427,14 @@ impl Registry {
             }
             OciDistributionError::RequestError(e) => {
                 let chain = error_chain(&e);
-                if !self.plain_http && looks_like_http_on_https(&chain) {
+                if let Some(status) = e.status() {
+                    let hint = if matches!(status.as_u16(), 401 | 403) {
+                        format!("; {login_hint}")
+                    } else {
+                        String::new()
+                    };
+                    anyhow!("{what}: {host} answered HTTP {status}{hint}")
+                } else if !self.plain_http && looks_like_http_on_https(&chain) {
                     anyhow!(
                         "{what}: {host} answered plain HTTP to an HTTPS request; if you trust this registry, pass --plain-http"
                     )

@@ -1,1 +1,366 @@
+//! The test harness: starts real parts (the CNCF distribution registry now,
+//! containerd later) in temp dirs on loopback, and runs the freshly built
+//! `wasmbox` against them. Everything started here stops and is cleaned up on
+//! `Drop`.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Fails the test with an install hint when a system tool is missing: tests
+/// never skip silently, because a skipped check proves nothing in CI.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; run `make deps` (it installs the Debian packages the tests use)"
+    );
+}
+
+/// Path of a binary built from this workspace (`target/<profile>/<name>`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// How a test registry checks clients.
+pub enum RegistryAuth {
+    None,
+    /// htpasswd (bcrypt) Basic auth with one user.
+    Basic {
+        user: String,
+        password: String,
+    },
+}
+
+/// Debian's `docker-registry` (the CNCF distribution registry) in a temp dir.
+pub struct Registry {
+    child: Child,
+    dir: TempDir,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+impl Registry {
+    pub fn start(auth: RegistryAuth) -> Registry {
+        require_tool("docker-registry");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        if let RegistryAuth::Basic { user, password } = &auth {
+            require_tool("htpasswd");
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, &out.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: wasmbox-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let mut registry = Registry { child, dir, addr };
+        registry.wait_ready();
+        registry
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("docker-registry exited ({status}): {}", self.log());
+            }
+            if http_status(&self.addr, "/v2/").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "docker-registry did not answer on {} within 20 s: {}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `ADDR/NAME` for a repository on this registry.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status code of a plain-HTTP GET, or None when nothing answers.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The `wasmbox` CLI with its own empty store and Docker config dir.
+pub struct Wasmbox {
+    bin: PathBuf,
+    home: TempDir,
+}
+
+impl Default for Wasmbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Wasmbox {
+    pub fn new() -> Wasmbox {
+        Wasmbox {
+            bin: workspace_bin("wasmbox"),
+            home: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.home.path().join("store")
+    }
+
+    pub fn docker_config_dir(&self) -> PathBuf {
+        self.home.path().join("docker")
+    }
+
+    /// A scratch directory that lives as long as this value.
+    pub fn dir(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// A command with this instance's store and Docker config, and nothing
+    /// inherited that could change its behaviour.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("WASMBOX_STORE", self.store_dir())
+            .env("DOCKER_CONFIG", self.docker_config_dir())
+            .env("HOME", self.home.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("run wasmbox")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "wasmbox {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs and asserts a failure exit; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "wasmbox {args:?} should have failed:\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "wasmbox {args:?} panicked: {stderr}"
+        );
+        stderr
+    }
+
+    /// Runs with `input` on stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run wasmbox");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("wait for wasmbox")
+    }
+
+    /// `inspect --json` parsed.
+    pub fn inspect(&self, reference: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["inspect", reference, "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&self.ok(&args)).expect("inspect --json prints JSON")
+    }
+
+    /// Names of the images in the local store.
+    pub fn images(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["images", "--json"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["reference"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Guest programs for tests, written in WAT.
+pub mod guests {
+    /// A WASI preview 1 command that prints `hello from wasm`.
+    pub const HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "hello from wasm\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 8))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 100)))))"#;
+
+    /// A core module with no `_start`: a library exporting `add`.
+    pub const LIBRARY_WAT: &str = r#"(module
+  (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))"#;
+
+    /// A component exporting `wasi:cli/run@0.2.0`.
+    pub const CLI_COMPONENT_WAT: &str = r#"(component
+  (core module $m (func (export "run") (result i32) i32.const 0))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $inst (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $inst)))"#;
+
+    /// A component exporting an instance named `wasi:http/incoming-handler@0.2.0`.
+    pub const HTTP_COMPONENT_WAT: &str = r#"(component
+  (core module $m (func (export "handle")))
+  (core instance $i (instantiate $m))
+  (func $handle (canon lift (core func $i "handle")))
+  (instance $inst (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $inst)))"#;
+
+    /// A module whose data segment makes it about `megabytes` MB, for size tests
+    /// and benchmarks; the data is pseudo-random so it compresses like code.
+    pub fn big_module(megabytes: usize) -> Vec<u8> {
+        let mut data = vec![0u8; megabytes << 20];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for (i, b) in data.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half random, half repetitive: roughly the ratio of real modules.
+            *b = if i % 4096 < 2048 {
+                x as u8
+            } else {
+                (i % 251) as u8
+            };
+        }
+        let pages = data.len().div_ceil(65536) as u32 + 1;
+        let mut m = wasm_encoder::Module::new();
+        let mut types = wasm_encoder::TypeSection::new();
+        types.ty().function([], []);
+        m.section(&types);
+        let mut funcs = wasm_encoder::FunctionSection::new();
+        funcs.function(0);
+        m.section(&funcs);
+        let mut mems = wasm_encoder::MemorySection::new();
+        mems.memory(wasm_encoder::MemoryType {
+            minimum: pages as u64,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        m.section(&mems);
+        let mut exports = wasm_encoder::ExportSection::new();
+        exports.export("_start", wasm_encoder::ExportKind::Func, 0);
+        m.section(&exports);
+        let mut code = wasm_encoder::CodeSection::new();
+        let mut f = wasm_encoder::Function::new([]);
+        f.instruction(&wasm_encoder::Instruction::End);
+        code.function(&f);
+        m.section(&code);
+        let mut datas = wasm_encoder::DataSection::new();
+        datas.active(0, &wasm_encoder::ConstExpr::i32_const(0), data);
+        m.section(&datas);
+        m.finish()
+    }
+}
+
+/// Compiles WASI C with Debian's clang (`clang --target=wasm32-wasi`).
+pub fn compile_c(source: &str, out: &Path) {
+    require_tool("clang");
+    let dir = out.parent().unwrap();
+    let src = dir.join(format!("{}.c", out.file_stem().unwrap().to_string_lossy()));
+    std::fs::write(&src, source).unwrap();
+    let status = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("run clang");
+    assert!(
+        status.success(),
+        "clang --target=wasm32-wasi failed; are wasi-libc and libclang-rt-14-dev-wasm32 installed?"
+    );
+}
