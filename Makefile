@@ -1,0 +1,27 @@
+# The README's two commands are `make demo` and `make test`; both install what
+# is missing first.
+.PHONY: deps build demo test bench lint clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cargo build --workspace --bins
+
+demo: deps
+	scripts/demo.sh
+
+test: deps
+	cargo build --workspace --bins
+	cargo test --workspace
+
+bench: deps
+	benches/pack_push.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf .demo .bench

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job end to end: build, start a local registry, pack examples/hello,
+# push it, pull it back into a fresh store and show what it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/registry.sh
+work=$PWD/.demo
+rm -rf "$work" && mkdir -p "$work"
+
+echo "== building wasmbox"
+cargo build --quiet -p wasmbox
+wasmbox=$PWD/target/debug/wasmbox
+
+echo "== compiling examples/hello/hello.c to WASI with clang"
+clang --target=wasm32-wasi -O2 -o "$work/hello.wasm" examples/hello/hello.c
+
+echo "== starting a local registry"
+start_registry "$work/registry"
+image=$REGISTRY/examples/hello:latest
+echo "registry at $REGISTRY"
+
+echo "== wasmbox pack $image --push"
+WASMBOX_STORE=$work/store "$wasmbox" pack "$work/hello.wasm" -t "$image" \
+  --env GREETING=hello --arg world --label org.opencontainers.image.source=examples/hello \
+  --push --plain-http
+
+echo "== wasmbox pull $image (into a fresh store)"
+WASMBOX_STORE=$work/pulled "$wasmbox" pull "$image" --plain-http
+
+echo "== wasmbox inspect $image"
+WASMBOX_STORE=$work/pulled "$wasmbox" inspect "$image"
+
+echo "== skopeo (an independent client) sees the same manifest"
+skopeo inspect --tls-verify=false "docker://$image" | grep -E '"(Digest|Architecture|Os)"'
