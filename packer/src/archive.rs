@@ -43,12 +43,12 @@ pub fn write(store: &Store, name: &ImageRef, path: &Path) -> Result<()> {
     ];
     if manifest.config().media_type().to_string() != format::MEDIA_TYPE_WASM_CONFIG {
         let entry = DockerManifestEntry {
-            config: blob_name(&manifest.config().digest().to_string()),
+            config: blob_name(manifest.config().digest().as_ref()),
             repo_tags: vec![docker_tag(name)],
             layers: manifest
                 .layers()
                 .iter()
-                .map(|l| blob_name(&l.digest().to_string()))
+                .map(|l| blob_name(l.digest().as_ref()))
                 .collect(),
         };
         files.push(("manifest.json".into(), serde_json::to_vec(&[entry])?));

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Wrap a .wasm (or .wat) module or component into an OCI image.
-    Pack(PackArgs),
+    Pack(Box<PackArgs>),
     /// Push an image from the local store to its registry.
     Push {
         reference: ImageRef,
@@ -168,7 +168,7 @@ fn open_store(dir: Option<&Path>) -> Result<Store> {
 async fn run(cli: Cli) -> Result<()> {
     let store_dir = cli.store.as_deref();
     match cli.command {
-        Command::Pack(args) => pack(store_dir, args).await,
+        Command::Pack(args) => pack(store_dir, *args).await,
         Command::Push {
             reference,
             registry,
@@ -340,7 +340,7 @@ async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
                     args.tag
                 )
             })
-            .map_err(|e| swap_context(e))?;
+            .map_err(swap_context)?;
         if !args.json {
             print_transfer("Pushed", &report, false);
         }
@@ -378,12 +378,7 @@ async fn inspect(
     if !remote {
         let store = open_store(store_dir)?;
         if let Some(stored) = store.resolve(reference)? {
-            let manifest = store.read_blob(&stored.manifest.digest().to_string())?;
-            let config_digest = image::parse_manifest(&manifest)?
-                .config()
-                .digest()
-                .to_string();
-            let config = store.read_blob(&config_digest)?;
+            let (manifest, config) = store.manifest_and_config(&stored)?;
             return image::describe(reference.as_str(), &manifest, &config);
         }
     }
@@ -461,13 +456,7 @@ fn images(store_dir: Option<&Path>, json: bool) -> Result<()> {
     let store = open_store(store_dir)?;
     let mut rows = Vec::new();
     for stored in store.list()? {
-        let manifest = store.read_blob(&stored.manifest.digest().to_string())?;
-        let config = store.read_blob(
-            &image::parse_manifest(&manifest)?
-                .config()
-                .digest()
-                .to_string(),
-        )?;
+        let (manifest, config) = store.manifest_and_config(&stored)?;
         rows.push(image::describe(&stored.name, &manifest, &config)?);
     }
     if json {

@@ -264,7 +264,7 @@ impl Registry {
                 }
             );
         };
-        let child = name.with_digest(&entry.digest().to_string());
+        let child = name.with_digest(entry.digest().as_ref());
         let (bytes, _) = self
             .client
             .pull_manifest_raw(&child, &self.auth, &format::ACCEPTED_MANIFEST_MEDIA_TYPES)

@@ -91,6 +91,18 @@ impl Store {
         Ok(data)
     }
 
+    /// The manifest and config blobs of a stored image (both digest-checked).
+    pub fn manifest_and_config(&self, image: &StoredImage) -> Result<(Vec<u8>, Vec<u8>)> {
+        let manifest = self.read_blob(image.manifest.digest().as_ref())?;
+        let config_digest = parse_manifest(&manifest)
+            .with_context(|| format!("reading the manifest of {}", image.name))?
+            .config()
+            .digest()
+            .to_string();
+        let config = self.read_blob(&config_digest)?;
+        Ok((manifest, config))
+    }
+
     /// A writer for a blob of unknown content; [`BlobWriter::commit`] checks the digest.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let dir = self.root.join("blobs").join("sha256");

@@ -653,3 +653,87 @@ fn completions_are_generated_for_each_shell() {
         );
     }
 }
+
+#[test]
+fn bearer_token_registry_works_after_login() {
+    let reg = Registry::start(RegistryAuth::Bearer {
+        user: "bob".into(),
+        password: "t0ken-pass".into(),
+    });
+    let w = Wasmbox::new();
+    let module = write(&w, "hello.wat", guests::HELLO_WAT);
+    let image = reg.image("bob/hello:v1");
+    w.ok(&["pack", p(&module), "-t", &image]);
+
+    let err = w.fails(&["push", &image, "--plain-http"]);
+    assert!(
+        err.contains(&format!("wasmbox login {}", reg.addr)),
+        "{err}"
+    );
+
+    let bad = w.run_with_stdin(
+        &[
+            "login",
+            &reg.addr,
+            "-u",
+            "bob",
+            "--password-stdin",
+            "--plain-http",
+        ],
+        "nope\n",
+    );
+    assert!(!bad.status.success(), "a wrong password must not log in");
+    let good = w.run_with_stdin(
+        &[
+            "login",
+            &reg.addr,
+            "-u",
+            "bob",
+            "--password-stdin",
+            "--plain-http",
+        ],
+        "t0ken-pass\n",
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+
+    w.ok(&["push", &image, "--plain-http"]);
+    let puller = Wasmbox::new();
+    std::fs::create_dir_all(puller.docker_config_dir()).unwrap();
+    std::fs::copy(
+        w.docker_config_dir().join("config.json"),
+        puller.docker_config_dir().join("config.json"),
+    )
+    .unwrap();
+    puller.ok(&["pull", &image, "--plain-http"]);
+    assert_eq!(
+        puller.inspect(&image, &[])["digest"],
+        w.inspect(&image, &[])["digest"]
+    );
+}
+
+#[test]
+fn tls_registry_needs_its_ca_or_an_explicit_skip() {
+    let reg = Registry::start(RegistryAuth::Tls);
+    let w = Wasmbox::new();
+    let module = write(&w, "hello.wat", guests::HELLO_WAT);
+    let image = reg.image("tls/hello:v1");
+    w.ok(&["pack", p(&module), "-t", &image]);
+
+    let err = w.fails(&["push", &image]);
+    assert!(
+        err.contains("is not trusted") && err.contains("--ca-file"),
+        "{err}"
+    );
+    let ca = reg.ca_file();
+    w.ok(&["push", &image, "--ca-file", p(&ca)]);
+
+    let puller = Wasmbox::new();
+    puller.ok(&["pull", &image, "--insecure-skip-tls-verify"]);
+    let not_pem = write(&puller, "ca.txt", "not a certificate");
+    let err = puller.fails(&["pull", &image, "--ca-file", p(&not_pem)]);
+    assert!(err.contains("is not a PEM certificate file"), "{err}");
+}
