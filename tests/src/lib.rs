@@ -449,6 +449,106 @@ fn b64(data: &[u8], url: bool) -> String {
     }
 }
 
+/// Debian's containerd with its own root, state and socket in a temp dir.
+pub struct Containerd {
+    child: Child,
+    dir: TempDir,
+    /// The gRPC socket (`ctr -a`).
+    pub address: PathBuf,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        require_tool("containerd");
+        require_tool("ctr");
+        let dir = tempfile::Builder::new()
+            .prefix("ctrd")
+            .tempdir()
+            .expect("temp dir");
+        let address = dir.path().join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n",
+            root = dir.path().join("root").display(),
+            state = dir.path().join("state").display(),
+            sock = address.display(),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let mut child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "containerd exited ({status}): {}",
+                    std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default()
+                );
+            }
+            let ready = Command::new("ctr")
+                .arg("-a")
+                .arg(&address)
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Containerd {
+            child,
+            dir,
+            address,
+        }
+    }
+
+    /// Runs `ctr -a SOCKET ARGS…`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: `kill(2)` on the pid of a child we spawned and have not yet
+        // reaped; the pid cannot have been reused before our `wait` below.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The status code of a plain-HTTP GET, or None when nothing answers.
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(addr).ok()?;

@@ -737,3 +737,40 @@ fn tls_registry_needs_its_ca_or_an_explicit_skip() {
     let err = puller.fails(&["pull", &image, "--ca-file", p(&not_pem)]);
     assert!(err.contains("is not a PEM certificate file"), "{err}");
 }
+
+#[test]
+fn ctr_image_import_accepts_the_archive() {
+    let containerd = wasmbox_tests::Containerd::start();
+    let w = Wasmbox::new();
+    let module = write(&w, "hello.wat", guests::HELLO_WAT);
+    let archive = w.dir().join("hello.tar");
+    w.ok(&[
+        "pack",
+        p(&module),
+        "-t",
+        "example.test/import/hello:v1",
+        "-o",
+        p(&archive),
+    ]);
+    let out = containerd.ctr(&["image", "import", p(&archive)]);
+    assert!(
+        out.status.success(),
+        "ctr image import failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        containerd.log()
+    );
+    let list = String::from_utf8(containerd.ctr(&["image", "ls"]).stdout).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("example.test/import/hello:v1 "))
+        .unwrap_or_else(|| panic!("imported image not listed: {list}"));
+    assert!(line.contains("wasip1/wasm"), "{line}");
+    assert!(
+        line.contains(
+            w.inspect("example.test/import/hello:v1", &[])["digest"]
+                .as_str()
+                .unwrap()
+        ),
+        "{line}"
+    );
+}
