@@ -64,6 +64,8 @@ pub enum RegistryAuth {
     },
     /// No auth, but HTTPS with a certificate from a test CA (see [`Registry::ca_file`]).
     Tls,
+    /// No auth, storage in read-only maintenance mode: every upload is refused.
+    ReadOnly,
 }
 
 /// Runs `openssl` with `args` in `dir`, failing the test on error.
@@ -179,6 +181,12 @@ impl Registry {
                 d.join("server.key").display()
             ));
             tls = true;
+        }
+        if let RegistryAuth::ReadOnly = &auth {
+            config = config.replace(
+                "storage:\n",
+                "storage:\n  maintenance:\n    readonly:\n      enabled: true\n",
+            );
         }
         if let RegistryAuth::Basic { user, password } = &auth {
             require_tool("htpasswd");

@@ -774,3 +774,19 @@ fn ctr_image_import_accepts_the_archive() {
         "{line}"
     );
 }
+
+#[test]
+fn refused_upload_names_the_registry_error_and_moves_no_tag() {
+    let reg = Registry::start(RegistryAuth::ReadOnly);
+    let w = Wasmbox::new();
+    let module = write(&w, "hello.wat", guests::HELLO_WAT);
+    let image = reg.image("hello:v1");
+    let err = w.fails(&["pack", p(&module), "-t", &image, "--push", "--plain-http"]);
+    assert!(err.contains("pushing blob sha256:"), "{err}");
+    assert!(err.contains(&format!("{} answered", reg.addr)), "{err}");
+    assert!(err.contains("UNSUPPORTED") || err.contains("405"), "{err}");
+    // The local store still holds the complete image, ready for a retry.
+    assert_eq!(w.images(), vec![image.clone()]);
+    let err = w.fails(&["inspect", &image, "--remote", "--plain-http"]);
+    assert!(err.contains("no such image"), "{err}");
+}
