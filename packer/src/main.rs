@@ -173,26 +173,12 @@ async fn run(cli: Cli) -> Result<()> {
             reference,
             registry,
             json,
-        } => {
-            let store = open_store(store_dir)?;
-            let report = Registry::new(reference.registry(), &registry)?
-                .push(&store, &reference, &Progress::new(!json))
-                .await?;
-            print_transfer("Pushed", &report, json);
-            Ok(())
-        }
+        } => transfer(store_dir, Direction::Push, &reference, &registry, json).await,
         Command::Pull {
             reference,
             registry,
             json,
-        } => {
-            let store = open_store(store_dir)?;
-            let report = Registry::new(reference.registry(), &registry)?
-                .pull(&store, &reference, &Progress::new(!json))
-                .await?;
-            print_transfer("Pulled", &report, json);
-            Ok(())
-        }
+        } => transfer(store_dir, Direction::Pull, &reference, &registry, json).await,
         Command::Inspect {
             reference,
             remote,
@@ -256,6 +242,29 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+enum Direction {
+    Push,
+    Pull,
+}
+
+async fn transfer(
+    store_dir: Option<&Path>,
+    direction: Direction,
+    reference: &ImageRef,
+    options: &RegistryOptions,
+    json: bool,
+) -> Result<()> {
+    let store = open_store(store_dir)?;
+    let registry = Registry::new(reference.registry(), options)?;
+    let progress = Progress::new(!json);
+    let (verb, report) = match direction {
+        Direction::Push => ("Pushed", registry.push(&store, reference, &progress).await?),
+        Direction::Pull => ("Pulled", registry.pull(&store, reference, &progress).await?),
+    };
+    print_transfer(verb, &report, json);
+    Ok(())
 }
 
 fn parse_key_values(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {

@@ -40,6 +40,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Starts a daemon with stdin closed and stdout+stderr going to `log`.
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("create the daemon log");
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup the log file"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()))
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -204,15 +214,9 @@ impl Registry {
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config_path);
+        let child = spawn_logged(cmd, &dir.path().join("registry.log"));
         let mut registry = Registry {
             child,
             dir,
@@ -482,15 +486,9 @@ impl Containerd {
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let mut child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config_path);
+        let mut child = spawn_logged(cmd, &dir.path().join("containerd.log"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -662,6 +660,21 @@ impl Wasmbox {
             .write_all(input.as_bytes())
             .unwrap();
         child.wait_with_output().expect("wait for wasmbox")
+    }
+
+    /// `login ADDR -u USER --password-stdin --plain-http` with `password` on stdin.
+    pub fn login(&self, addr: &str, user: &str, password: &str) -> Output {
+        self.run_with_stdin(
+            &[
+                "login",
+                addr,
+                "-u",
+                user,
+                "--password-stdin",
+                "--plain-http",
+            ],
+            &format!("{password}\n"),
+        )
     }
 
     /// `inspect --json` parsed.

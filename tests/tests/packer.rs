@@ -261,17 +261,7 @@ fn basic_auth_registry_needs_login_and_docker_config_holds_it() {
         "{err}"
     );
 
-    let bad = w.run_with_stdin(
-        &[
-            "login",
-            &reg.addr,
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        "wrong\n",
-    );
+    let bad = w.login(&reg.addr, "alice", "wrong");
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("401"),
@@ -283,17 +273,7 @@ fn basic_auth_registry_needs_login_and_docker_config_holds_it() {
         "a failed login must not save anything"
     );
 
-    let good = w.run_with_stdin(
-        &[
-            "login",
-            &reg.addr,
-            "-u",
-            "alice",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        "s3cret\n",
-    );
+    let good = w.login(&reg.addr, "alice", "s3cret");
     assert!(
         good.status.success(),
         "{}",
@@ -671,29 +651,9 @@ fn bearer_token_registry_works_after_login() {
         "{err}"
     );
 
-    let bad = w.run_with_stdin(
-        &[
-            "login",
-            &reg.addr,
-            "-u",
-            "bob",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        "nope\n",
-    );
+    let bad = w.login(&reg.addr, "bob", "nope");
     assert!(!bad.status.success(), "a wrong password must not log in");
-    let good = w.run_with_stdin(
-        &[
-            "login",
-            &reg.addr,
-            "-u",
-            "bob",
-            "--password-stdin",
-            "--plain-http",
-        ],
-        "t0ken-pass\n",
-    );
+    let good = w.login(&reg.addr, "bob", "t0ken-pass");
     assert!(
         good.status.success(),
         "{}",
