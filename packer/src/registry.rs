@@ -111,19 +111,23 @@ impl Registry {
             repository.to_string(),
             "latest".to_string(),
         );
-        self.client
+        let what = format!("logging in to {}", self.host);
+        let token = self
+            .client
             .auth(&reference, &self.auth, oci_client::RegistryOperation::Pull)
             .await
-            .map_err(|e| self.explain(e, &format!("logging in to {}", self.host)))?;
-        // Basic-auth registries are only asked on the first real request.
-        match self
-            .client
+            .map_err(|e| self.explain(e, &what))?;
+        if token.is_some() {
+            // A token server that issued a token has accepted the credentials;
+            // the repository may not exist, so asking the registry proves nothing more.
+            return Ok(());
+        }
+        // Basic-auth registries check credentials only on a real request.
+        self.client
             .blob_exists(&reference, &sha256_digest(b""))
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.explain(e, &format!("logging in to {}", self.host))),
-        }
+            .map(|_| ())
+            .map_err(|e| self.explain(e, &what))
     }
 
     /// Pushes `name` from `store`: layers and config first (skipping what the
