@@ -278,9 +278,7 @@ fn parse_key_values(flag: &str, values: &[String]) -> Result<BTreeMap<String, St
 }
 
 async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
-    for kv in &args.env {
-        parse_key_values("--env", std::slice::from_ref(kv))?;
-    }
+    parse_key_values("--env", &args.env)?; // validated only: the image keeps the list as given
     let labels = parse_key_values("--label", &args.labels)?;
     let annotations = parse_key_values("--annotation", &args.annotations)?;
     let module = WasmModule::load(&args.module, args.export.as_deref())?;

@@ -78,6 +78,17 @@ pub enum RegistryAuth {
     ReadOnly,
 }
 
+/// Makes a self-signed RSA certificate `pem` with key `key` in `dir`.
+fn self_signed(dir: &Path, key: &str, pem: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", pem, "-days",
+            "2", "-subj", subject,
+        ],
+    );
+}
+
 /// Runs `openssl` with `args` in `dir`, failing the test on error.
 pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     require_tool("openssl");
@@ -127,24 +138,7 @@ impl Registry {
         }
         if let RegistryAuth::Tls = &auth {
             let d = dir.path();
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=wasmbox test CA",
-                ],
-            );
+            self_signed(d, "ca.key", "ca.pem", "/CN=wasmbox test CA");
             openssl(
                 d,
                 &[
@@ -287,24 +281,7 @@ pub struct TokenServer {
 
 impl TokenServer {
     fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "token.key",
-                "-out",
-                "token.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=wasmbox token signer",
-            ],
-        );
+        self_signed(dir, "token.key", "token.pem", "/CN=wasmbox token signer");
         let der = openssl(dir, &["x509", "-in", "token.pem", "-outform", "DER"]);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
         listener.set_nonblocking(true).unwrap();
