@@ -1,1 +1,481 @@
-fn main() {}
+//! `containerd-shim-wasmtime-v1`: the containerd runtime v2 shim binary.
+//! This file is containerd plumbing only: the ttrpc Task service, events and
+//! the shim's `start`/`delete` bootstrap. Wasm is in the library.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use containerd_shim::api::{self, Status as ApiStatus};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{
+    Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
+};
+use containerd_shim_wasmtime::container::{Container, Exit, RootfsMount, Status};
+use log::{error, info, warn};
+
+/// The runtime type containerd knows this shim by.
+const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Ok(flags) = containerd_shim::parse(&args[1..])
+        && !flags.info
+        && !flags.version
+    {
+        let result = match flags.action.as_str() {
+            "start" => start_and_print_address(flags).map_err(anyhow::Error::from),
+            "" => serve(flags),
+            // `delete` (cleanup after a dead shim) is the crate's.
+            _ => return containerd_shim::run::<WasmShim>(RUNTIME_ID, None),
+        };
+        if let Err(e) = result {
+            eprintln!("{RUNTIME_ID}: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    containerd_shim::run::<WasmShim>(RUNTIME_ID, None)
+}
+
+/// The shim server: the task service on the socket containerd chose, under
+/// both the v2 (containerd 1.6/1.7/2.x) and v3 service names, until shutdown.
+fn serve(flags: Flags) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::fd::IntoRawFd;
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .context("opening the shim log")?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
+    let publisher =
+        RemotePublisher::new(&ttrpc_address).context("connecting to containerd's event service")?;
+    let shim = WasmShim {
+        namespace: flags.namespace.clone(),
+        exit: Arc::new(ExitSignal::default()),
+    };
+    let service: Arc<dyn containerd_shim::Task + Send + Sync> =
+        Arc::new(containerd_shim::Shim::create_task_service(&shim, publisher));
+    let mut methods = containerd_shim::protos::shim::shim_ttrpc::create_task(service.clone());
+    for (name, handler) in containerd_shim::protos::shim::shim_ttrpc::create_task(service) {
+        methods.insert(
+            name.replace("containerd.task.v3.", "containerd.task.v2."),
+            handler,
+        );
+    }
+
+    let path = flags.socket.trim_start_matches("unix://").to_string();
+    if let Some(dir) = Path::new(&path).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("listening on {path}"))?;
+    let mut server = ttrpc::Server::new()
+        .add_listener(listener.into_raw_fd())?
+        .register_service(methods);
+    server.start()?;
+    // SAFETY: dup2 on the process's own standard descriptors, which stay open.
+    // Closing our end of the stdout pipe tells the `start` action the server is up.
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    info!("shim serving on {path}");
+    shim.exit.wait();
+    server.shutdown();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// The `start` action: spawn the shim server and print its address plainly.
+/// containerd 1.6 reads stdout as the bare address, while the shim crate
+/// answers with the JSON that only containerd ≥ 1.7 parses; every version
+/// accepts the bare address.
+fn start_and_print_address(flags: Flags) -> Result<(), containerd_shim::Error> {
+    use std::io::Write;
+    let grouping = flags.id.clone();
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: flags.publish_binary,
+        address: flags.address,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace,
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+    containerd_shim::util::write_address(&address)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(address.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| containerd_shim::Error::Other(format!("writing the address: {e}")))
+}
+
+/// The shim process: bootstrap (`start`, `delete`) and the task service.
+#[derive(Clone)]
+struct WasmShim {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl containerd_shim::Shim for WasmShim {
+    type T = TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        WasmShim {
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // main() handles `start` itself; this path only exists for the trait.
+        let grouping = opts.id.clone();
+        Ok(containerd_shim::spawn(opts, &grouping, Vec::new())?.1)
+    }
+
+    /// containerd's cleanup after a shim died: unmount what it left behind.
+    fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        if let Ok(bundle) = std::env::current_dir() {
+            let rootfs = bundle.join("rootfs");
+            if let Err(e) = containerd_shim_wasmtime::container::unmount_rootfs(&rootfs) {
+                warn!("cleanup of {}: {e:#}", rootfs.display());
+            }
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(timestamp(SystemTime::now())),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService {
+            namespace: self.namespace.clone(),
+            exit: self.exit.clone(),
+            publisher: Arc::new(publisher),
+            containers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// The ttrpc Task API for every container of this shim.
+struct TaskService {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    publisher: Arc<RemotePublisher>,
+    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
+}
+
+fn status_error(code: Code, message: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
+    if let Err(e) = publisher.publish(ttrpc::context::Context::default(), topic, namespace, event) {
+        warn!("publishing {topic}: {e}");
+    }
+}
+
+impl TaskService {
+    fn get(&self, id: &str) -> TtrpcResult<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| status_error(Code::NOT_FOUND, format!("container {id} not found")))
+    }
+
+    fn no_exec(exec_id: &str) -> TtrpcResult<()> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(status_error(
+                Code::UNIMPLEMENTED,
+                "exec is not supported for Wasm containers",
+            ))
+        }
+    }
+}
+
+impl containerd_shim::Task for TaskService {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        info!("create {}", req.id);
+        if req.terminal {
+            return Err(status_error(
+                Code::UNIMPLEMENTED,
+                "a terminal (ctr run -t, docker run -t) is not supported by this shim yet; run without -t",
+            ));
+        }
+        if self.containers.lock().unwrap().contains_key(&req.id) {
+            return Err(status_error(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fs_type: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let container = Container::create(
+            &req.id,
+            Path::new(&req.bundle),
+            &mounts,
+            [&req.stdin, &req.stdout, &req.stderr],
+        )
+        .map_err(|e| {
+            error!("create {}: {e:#}", req.id);
+            status_error(Code::FAILED_PRECONDITION, format!("{e:#}"))
+        })?;
+        self.containers
+            .lock()
+            .unwrap()
+            .insert(req.id.clone(), Arc::new(container));
+        let pid = std::process::id();
+        publish(
+            &self.publisher,
+            &self.namespace,
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        let pid = std::process::id();
+        container
+            .start(move |c: &Container, exit: &Exit| {
+                info!("{} exited with status {}", c.id, exit.status);
+                publish(
+                    &publisher,
+                    &namespace,
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: c.id.clone(),
+                        id: c.id.clone(),
+                        pid,
+                        exit_status: exit.status,
+                        exited_at: MessageField::some(timestamp(exit.at)),
+                        ..Default::default()
+                    }),
+                );
+            })
+            .map_err(|e| status_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        publish(
+            &self.publisher,
+            &self.namespace,
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        let (status, exit) = container.status();
+        let mut resp = api::StateResponse {
+            id: container.id.clone(),
+            bundle: container.bundle.to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            stdin: container.stdin.clone(),
+            stdout: container.stdout.clone(),
+            stderr: container.stderr.clone(),
+            ..Default::default()
+        };
+        resp.set_status(match status {
+            Status::Created => ApiStatus::CREATED,
+            Status::Running => ApiStatus::RUNNING,
+            Status::Stopped => ApiStatus::STOPPED,
+        });
+        if let Some(exit) = exit {
+            resp.exit_status = exit.status;
+            resp.exited_at = MessageField::some(timestamp(exit.at));
+        }
+        Ok(resp)
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let exit = self.get(&req.id)?.wait();
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        Self::no_exec(&req.exec_id)?;
+        info!("kill {} signal {}", req.id, req.signal);
+        if !self.get(&req.id)?.kill(req.signal) {
+            return Err(status_error(Code::NOT_FOUND, "process already finished"));
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        Self::no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        let (status, exit) = container.status();
+        if status == Status::Running {
+            return Err(status_error(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is running; kill it first", req.id),
+            ));
+        }
+        container
+            .cleanup()
+            .map_err(|e| status_error(Code::INTERNAL, format!("{e:#}")))?;
+        self.containers.lock().unwrap().remove(&req.id);
+        let exit = exit.unwrap_or(Exit {
+            status: 0,
+            at: SystemTime::now(),
+        });
+        let pid = std::process::id();
+        publish(
+            &self.publisher,
+            &self.namespace,
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                id: req.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
+            }),
+        );
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.get(&req.id)?;
+        Ok(api::PidsResponse {
+            processes: vec![containerd_shim::protos::types::task::ProcessInfo {
+                pid: std::process::id(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        self.get(&req.id)?;
+        Ok(api::StatsResponse::default())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        Err(status_error(
+            Code::UNIMPLEMENTED,
+            "exec is not supported for Wasm containers",
+        ))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        // The guest's stdin reader sees end-of-file when the caller closes its end of the FIFO.
+        self.get(&req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        self.get(&req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let pid = std::process::id();
+        Ok(api::ConnectResponse {
+            shim_pid: pid,
+            task_pid: pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if self.containers.lock().unwrap().is_empty() {
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+}

@@ -1,0 +1,265 @@
+//! One container's lifecycle: created → running → stopped → deleted, its
+//! root filesystem mounts, and the thread its guest runs on. No ttrpc here.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+
+use crate::engine::{Engine, KillSwitch, RunSpec};
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub status: u32,
+    pub at: SystemTime,
+}
+
+struct Inner {
+    status: Status,
+    exit: Option<Exit>,
+    kill: Option<KillSwitch>,
+}
+
+/// The rootfs mounts containerd sent, made under `bundle/rootfs`.
+pub struct RootfsMount {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// A container the shim runs.
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    spec: RunSpec,
+    mounted: bool,
+    inner: Mutex<Inner>,
+    exited: Condvar,
+}
+
+impl Container {
+    /// Mounts the rootfs and checks the spec; on any error nothing stays mounted.
+    pub fn create(
+        id: &str,
+        bundle: &Path,
+        mounts: &[RootfsMount],
+        stdio: [&str; 3],
+    ) -> Result<Container> {
+        let rootfs = bundle.join("rootfs");
+        let mut mounted = false;
+        if !mounts.is_empty() {
+            std::fs::create_dir_all(&rootfs)
+                .with_context(|| format!("creating {}", rootfs.display()))?;
+            for m in mounts {
+                mount(m, &rootfs).map_err(|e| {
+                    let _ = unmount_rootfs(&rootfs);
+                    e.context(format!("mounting the root filesystem ({})", m.fs_type))
+                })?;
+                mounted = true;
+            }
+        }
+        let result = (|| {
+            let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+                .context("reading the container spec config.json")?;
+            let mut run = crate::spec::run_spec(&spec, &rootfs)?;
+            let fifo = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+            run.stdin = fifo(stdio[0]);
+            run.stdout = fifo(stdio[1]);
+            run.stderr = fifo(stdio[2]);
+            Ok::<_, anyhow::Error>(run)
+        })();
+        let spec = match result {
+            Ok(spec) => spec,
+            Err(e) => {
+                if mounted {
+                    let _ = unmount_rootfs(&rootfs);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Container {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            rootfs,
+            stdin: stdio[0].to_string(),
+            stdout: stdio[1].to_string(),
+            stderr: stdio[2].to_string(),
+            spec,
+            mounted,
+            inner: Mutex::new(Inner {
+                status: Status::Created,
+                exit: None,
+                kill: None,
+            }),
+            exited: Condvar::new(),
+        })
+    }
+
+    pub fn status(&self) -> (Status, Option<Exit>) {
+        let inner = self.inner.lock().unwrap();
+        (inner.status, inner.exit.clone())
+    }
+
+    /// Starts the guest on its own thread; `on_exit` runs there when it ends.
+    pub fn start(
+        self: &std::sync::Arc<Self>,
+        on_exit: impl FnOnce(&Container, &Exit) + Send + 'static,
+    ) -> Result<()> {
+        let engine = Engine::global()?;
+        let (kill, kill_rx) = KillSwitch::new();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.status != Status::Created {
+                bail!("container {} was already started", self.id);
+            }
+            inner.status = Status::Running;
+            inner.kill = Some(kill);
+        }
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
+            .spawn(move || {
+                let code = engine.run(&this.spec, kill_rx);
+                let exit = Exit {
+                    status: code as u32,
+                    at: SystemTime::now(),
+                };
+                {
+                    let mut inner = this.inner.lock().unwrap();
+                    inner.status = Status::Stopped;
+                    inner.exit = Some(exit.clone());
+                    inner.kill = None;
+                }
+                this.exited.notify_all();
+                on_exit(&this, &exit);
+            })
+            .context("starting the guest thread")?;
+        Ok(())
+    }
+
+    /// Sends `signal`; a container that never started stops at once.
+    /// Returns false when the container had already stopped.
+    pub fn kill(&self, signal: u32) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.status {
+            Status::Running => {
+                if let Some(k) = &inner.kill {
+                    k.kill(signal as i32);
+                }
+                true
+            }
+            Status::Created => {
+                inner.status = Status::Stopped;
+                inner.exit = Some(Exit {
+                    status: 128 + signal,
+                    at: SystemTime::now(),
+                });
+                drop(inner);
+                self.exited.notify_all();
+                true
+            }
+            Status::Stopped => false,
+        }
+    }
+
+    /// Blocks until the guest has stopped.
+    pub fn wait(&self) -> Exit {
+        let mut inner = self.inner.lock().unwrap();
+        loop {
+            if let Some(exit) = &inner.exit {
+                return exit.clone();
+            }
+            inner = self.exited.wait(inner).unwrap();
+        }
+    }
+
+    /// Unmounts what `create` mounted.
+    pub fn cleanup(&self) -> Result<()> {
+        if self.mounted {
+            unmount_rootfs(&self.rootfs)?;
+        }
+        Ok(())
+    }
+}
+
+/// Unmounts everything at and below `rootfs`.
+pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
+    let target = rootfs.to_string_lossy().into_owned();
+    containerd_shim::mount::umount_recursive(Some(&target), libc::MNT_DETACH)
+        .map_err(|e| anyhow::anyhow!("unmounting {target}: {e}"))
+}
+
+/// mount(2) of one containerd rootfs mount: flag options become mount flags,
+/// the rest (overlay's lowerdir, upperdir, …) the data string.
+fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
+    use std::ffi::CString;
+    let mut flags: libc::c_ulong = 0;
+    let mut data = Vec::new();
+    for option in &m.options {
+        match option.as_str() {
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => flags &= !libc::MS_RDONLY,
+            "bind" => flags |= libc::MS_BIND,
+            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "noatime" => flags |= libc::MS_NOATIME,
+            other => data.push(other),
+        }
+    }
+    let fs_type = if m.fs_type == "bind" {
+        "none"
+    } else {
+        m.fs_type.as_str()
+    };
+    let cstr = |s: &str| CString::new(s).context("mount argument contains NUL");
+    let source = cstr(&m.source)?;
+    let target_c = cstr(&target.to_string_lossy())?;
+    let fs_type = cstr(fs_type)?;
+    let data = cstr(&data.join(","))?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fs_type.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        bail!("{}", std::io::Error::last_os_error());
+    }
+    // A read-only bind needs a remount to take effect.
+    if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
+        // SAFETY: as above; source/fs/data may be null for a remount.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target_c.as_ptr(),
+                std::ptr::null(),
+                flags | libc::MS_REMOUNT,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!("remounting read-only: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The wasmtime-specific part: one [`Engine`] per process, and running one
+//! [`RunSpec`] to an exit status. It never sees an OCI or containerd type.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
+use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
+use wasmtime::{Config, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Everything the engine needs to run one program. Built from an OCI spec
+/// (the shim) or from CLI flags (`wasmbox run`).
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Host path of the `.wasm` (or `.wat`) file.
+    pub module: PathBuf,
+    /// Export to call instead of `_start` (core modules only).
+    pub export: Option<String>,
+    /// argv, argv[0] included.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Directories the guest may open, with their guest paths.
+    pub preopens: Vec<Preopen>,
+    /// Cap on the bytes of linear memory and table elements the guest may grow to.
+    pub memory_limit: Option<usize>,
+    /// FIFOs (or files) for the guest's stdio; `None` means empty/discarded.
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+/// A host directory visible to the guest at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Stops a running guest from another thread.
+#[derive(Clone)]
+pub struct KillSwitch(watch::Sender<Option<i32>>);
+
+impl KillSwitch {
+    pub fn new() -> (KillSwitch, watch::Receiver<Option<i32>>) {
+        let (tx, rx) = watch::channel(None);
+        (KillSwitch(tx), rx)
+    }
+
+    /// Ends the guest as if killed by `signal`: its exit status is 128 + signal.
+    pub fn kill(&self, signal: i32) {
+        let _ = self.0.send(Some(signal));
+    }
+}
+
+/// Exit status for a guest killed by a trap (as SIGABRT would).
+pub const TRAP_EXIT_STATUS: i32 = 128 + libc::SIGABRT;
+
+/// How often running guests yield so that a kill takes effect.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process-wide wasmtime engine: compiled code and the epoch ticker are
+/// shared by every container this process runs.
+pub struct Engine {
+    engine: wasmtime::Engine,
+}
+
+impl Engine {
+    /// The shared engine, created on first use.
+    pub fn global() -> Result<&'static Engine> {
+        static ENGINE: OnceLock<Engine> = OnceLock::new();
+        if let Some(e) = ENGINE.get() {
+            return Ok(e);
+        }
+        let engine = Engine::new()?;
+        Ok(ENGINE.get_or_init(|| engine))
+    }
+
+    fn new() -> Result<Engine> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch ticker")?;
+        Ok(Engine { engine })
+    }
+
+    /// Runs `spec` to completion on the calling thread and returns the exit
+    /// status: the guest's `proc_exit` code, [`TRAP_EXIT_STATUS`] after a trap
+    /// (the message goes to the guest's stderr), or 128 + N when killed by N.
+    pub fn run(&self, spec: &RunSpec, kill: watch::Receiver<Option<i32>>) -> i32 {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                report(spec, &format!("cannot start the guest runtime: {e}"));
+                return TRAP_EXIT_STATUS;
+            }
+        };
+        let status = runtime.block_on(async {
+            let mut kill = kill;
+            tokio::select! {
+                result = self.run_guest(spec) => match result {
+                    Ok(status) => status,
+                    Err(e) => {
+                        report(spec, &format!("{e:#}"));
+                        TRAP_EXIT_STATUS
+                    }
+                },
+                signal = wait_for_kill(&mut kill) => 128 + signal,
+            }
+        });
+        // Blocking readers of a stdin FIFO must not hold the exit up.
+        runtime.shutdown_background();
+        status
+    }
+
+    async fn run_guest(&self, spec: &RunSpec) -> Result<i32> {
+        let bytes = std::fs::read(&spec.module)
+            .with_context(|| format!("cannot read the module {}", spec.module.display()))?;
+        let wasi = wasi_builder(spec)?;
+        let limits = match spec.memory_limit {
+            Some(bytes) => StoreLimitsBuilder::new()
+                .memory_size(bytes)
+                .table_elements(bytes / 8)
+                .trap_on_grow_failure(false)
+                .build(),
+            None => StoreLimits::default(),
+        };
+        if wasmparser::Parser::is_component(&bytes) {
+            self.run_component(&bytes, wasi, limits).await
+        } else {
+            self.run_core(&bytes, spec.export.as_deref(), wasi, limits)
+                .await
+        }
+    }
+
+    async fn run_core(
+        &self,
+        bytes: &[u8],
+        export: Option<&str>,
+        mut wasi: WasiCtxBuilder,
+        limits: StoreLimits,
+    ) -> Result<i32> {
+        let module = wt(Module::new(&self.engine, bytes), "compiling the module")?;
+        let mut linker: Linker<CoreState> = Linker::new(&self.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
+        let mut store = Store::new(
+            &self.engine,
+            CoreState {
+                wasi: wasi.build_p1(),
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let instance = linker.instantiate_async(&mut store, &module).await?;
+        let name = export.unwrap_or("_start");
+        let func = instance
+            .get_func(&mut store, name)
+            .with_context(|| format!("the module exports no function `{name}`"))?;
+        let mut results = vec![wasmtime::Val::I32(0); func.ty(&store).results().len()];
+        let outcome = func.call_async(&mut store, &[], &mut results).await;
+        exit_status(outcome)
+    }
+
+    async fn run_component(
+        &self,
+        bytes: &[u8],
+        mut wasi: WasiCtxBuilder,
+        limits: StoreLimits,
+    ) -> Result<i32> {
+        let component = wt(
+            Component::new(&self.engine, bytes),
+            "compiling the component",
+        )?;
+        let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        let mut store = Store::new(
+            &self.engine,
+            ComponentState {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let command = wt(
+            wasmtime_wasi::p2::bindings::Command::instantiate_async(
+                &mut store, &component, &linker,
+            )
+            .await,
+            "the component is not a wasi:cli command",
+        )?;
+        let outcome = command.wasi_cli_run().call_run(&mut store).await;
+        match outcome {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(())) => Ok(1),
+            Err(e) => exit_status::<()>(Err(e)),
+        }
+    }
+}
+
+struct CoreState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+struct ComponentState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+async fn wait_for_kill(kill: &mut watch::Receiver<Option<i32>>) -> i32 {
+    loop {
+        if let Some(signal) = *kill.borrow_and_update() {
+            return signal;
+        }
+        if kill.changed().await.is_err() {
+            // Nobody can kill us any more: wait for the guest.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Adds context to a wasmtime error.
+fn wt<T>(r: wasmtime::Result<T>, what: &str) -> Result<T> {
+    r.map_err(|e| anyhow::Error::from(e).context(what.to_string()))
+}
+
+/// Maps the end of a guest call to an exit status.
+fn exit_status<T>(outcome: wasmtime::Result<T>) -> Result<i32> {
+    match outcome {
+        Ok(_) => Ok(0),
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(code)) => Ok(*code),
+            None => Err(anyhow::Error::from(e).context("wasm trap")),
+        },
+    }
+}
+
+/// The WASI context: args, env, preopens and stdio from `spec`, nothing inherited.
+fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.args);
+    wasi.envs(&spec.env);
+    for p in &spec.preopens {
+        let perms = if p.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wt(
+            wasi.preopened_dir(&p.host, &p.guest, perms).map(|_| ()),
+            &format!("opening {} for the guest", p.host.display()),
+        )?;
+    }
+    if let Some(path) = &spec.stdin {
+        wasi.stdin(AsyncStdinStream::new(stdin_pipe(path)?));
+    }
+    if let Some(path) = &spec.stdout {
+        wasi.stdout(AsyncStdoutStream::new(64 * 1024, output_fifo(path)?));
+    }
+    if let Some(path) = &spec.stderr {
+        wasi.stderr(AsyncStdoutStream::new(64 * 1024, output_fifo(path)?));
+    }
+    Ok(wasi)
+}
+
+/// Opens an output FIFO without waiting for a reader.
+fn output_fifo(path: &Path) -> Result<tokio::net::unix::pipe::Sender> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// A pipe fed from the stdin FIFO by a thread that waits for the writer, so
+/// the guest sees data when the caller writes and end-of-file when it closes.
+fn stdin_pipe(path: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
+    let (tx, rx) = tokio::net::unix::pipe::pipe().context("creating the stdin pipe")?;
+    let tx = tx.into_blocking_fd()?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("wasm-stdin".into())
+        .spawn(move || {
+            let mut sink = std::fs::File::from(tx);
+            if let Ok(mut fifo) = std::fs::File::open(&path) {
+                let _ = std::io::copy(&mut fifo, &mut sink);
+            }
+        })
+        .context("starting the stdin thread")?;
+    Ok(rx)
+}
+
+/// Writes a message to the guest's stderr (where `ctr` and CRI logs show it).
+fn report(spec: &RunSpec, message: &str) {
+    use std::io::Write;
+    let line = format!("{message}\n");
+    match &spec.stderr {
+        Some(path) => {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .write(true)
+                .read(true)
+                .open(path)
+            {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+        None => eprint!("{line}"),
+    }
+}
+
+/// Checks a module file before a container is created, so a bad image fails
+/// `create` with a clear error instead of failing after `start`.
+pub fn check_module(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(b"\0asm") {
+        return Ok(());
+    }
+    if path.extension().is_some_and(|e| e == "wat") {
+        return Ok(());
+    }
+    bail!(
+        "{} is not a WebAssembly module (it does not start with \\0asm)",
+        path.display()
+    )
+}

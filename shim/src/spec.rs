@@ -1,0 +1,117 @@
+//! OCI runtime spec + rootfs → [`RunSpec`]: what the guest may see, and nothing more.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::runtime::Spec;
+use wasmbox::format::split_entrypoint;
+
+use crate::engine::{Preopen, RunSpec};
+
+/// Mount types a Linux container spec carries that a Wasm guest never sees:
+/// they would show the shim's own process (`/proc/self`) and the host's devices.
+const KERNEL_FILESYSTEMS: [&str; 7] = [
+    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs",
+];
+
+/// Builds the run description for the container whose root filesystem is at `rootfs`.
+pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
+    let process = spec
+        .process()
+        .as_ref()
+        .context("the container spec has no process")?;
+    let args = process.args().clone().unwrap_or_default();
+    let Some(entry) = args.first() else {
+        bail!(
+            "the container spec has no process.args: the image sets no entrypoint and none was given"
+        );
+    };
+    let (module_path, export) = split_entrypoint(entry);
+    let module = resolve_in_rootfs(rootfs, module_path)
+        .with_context(|| format!("finding the module {module_path} in the image"))?;
+    crate::engine::check_module(&module)?;
+
+    let env = process
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+
+    let root_read_only = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let mut preopens = vec![Preopen {
+        host: rootfs.to_path_buf(),
+        guest: "/".to_string(),
+        read_only: root_read_only,
+    }];
+    for mount in spec.mounts().clone().unwrap_or_default() {
+        let typ = mount.typ().clone().unwrap_or_default();
+        let options = mount.options().clone().unwrap_or_default();
+        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !is_bind || KERNEL_FILESYSTEMS.contains(&typ.as_str()) {
+            continue;
+        }
+        let Some(source) = mount.source() else {
+            continue;
+        };
+        if !source.is_dir() {
+            // WASI preopens are directories; single-file binds (resolv.conf…) are skipped.
+            continue;
+        }
+        preopens.push(Preopen {
+            host: source.clone(),
+            guest: mount.destination().to_string_lossy().into_owned(),
+            read_only: options.iter().any(|o| o == "ro"),
+        });
+    }
+
+    Ok(RunSpec {
+        module,
+        export: export.map(str::to_string),
+        args,
+        env,
+        preopens,
+        memory_limit: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+            .map(|l| l as usize),
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    })
+}
+
+/// Resolves an absolute guest path to a host path inside `rootfs`, refusing
+/// anything (`..`, symlinks) that would lead outside it.
+pub fn resolve_in_rootfs(rootfs: &Path, guest: &str) -> Result<PathBuf> {
+    let mut path = rootfs.to_path_buf();
+    for c in Path::new(guest).components() {
+        match c {
+            Component::Normal(p) => path.push(p),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("{guest} leaves the container's root filesystem")
+            }
+        }
+    }
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{guest} does not exist in the container's root filesystem"))?;
+    let root = rootfs.canonicalize()?;
+    if !real.starts_with(&root) {
+        bail!("{guest} is a link that leaves the container's root filesystem");
+    }
+    Ok(real)
+}
