@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
-use crate::engine::{Engine, KillSwitch, RunSpec};
+use crate::engine::{Engine, KillSwitch, Program, RunSpec};
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,7 @@ pub struct Container {
     pub stdout: String,
     pub stderr: String,
     spec: RunSpec,
+    program: Program,
     mounted: bool,
     inner: Mutex<Inner>,
     exited: Condvar,
@@ -79,10 +80,17 @@ impl Container {
             run.stdin = fifo(stdio[0]);
             run.stdout = fifo(stdio[1]);
             run.stderr = fifo(stdio[2]);
-            Ok::<_, anyhow::Error>(run)
+            log::info!(
+                "{id}: module {}, memory limit {:?}, {} preopens",
+                run.module.display(),
+                run.memory_limit,
+                run.preopens.len()
+            );
+            let program = Engine::global()?.load(&run)?;
+            Ok::<_, anyhow::Error>((run, program))
         })();
-        let spec = match result {
-            Ok(spec) => spec,
+        let (spec, program) = match result {
+            Ok(loaded) => loaded,
             Err(e) => {
                 if mounted {
                     let _ = unmount_rootfs(&rootfs);
@@ -98,6 +106,7 @@ impl Container {
             stdout: stdio[1].to_string(),
             stderr: stdio[2].to_string(),
             spec,
+            program,
             mounted,
             inner: Mutex::new(Inner {
                 status: Status::Created,
@@ -132,7 +141,7 @@ impl Container {
         std::thread::Builder::new()
             .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
             .spawn(move || {
-                let code = engine.run(&this.spec, kill_rx);
+                let code = engine.run(&this.program, &this.spec, kill_rx);
                 let exit = Exit {
                     status: code as u32,
                     at: SystemTime::now(),

@@ -58,6 +58,13 @@ impl KillSwitch {
     }
 }
 
+/// A compiled module or component, ready to instantiate.
+#[derive(Clone)]
+pub enum Program {
+    Core(Module),
+    Component(Component),
+}
+
 /// Exit status for a guest killed by a trap (as SIGABRT would).
 pub const TRAP_EXIT_STATUS: i32 = 128 + libc::SIGABRT;
 
@@ -103,7 +110,12 @@ impl Engine {
     /// Runs `spec` to completion on the calling thread and returns the exit
     /// status: the guest's `proc_exit` code, [`TRAP_EXIT_STATUS`] after a trap
     /// (the message goes to the guest's stderr), or 128 + N when killed by N.
-    pub fn run(&self, spec: &RunSpec, kill: watch::Receiver<Option<i32>>) -> i32 {
+    pub fn run(
+        &self,
+        program: &Program,
+        spec: &RunSpec,
+        kill: watch::Receiver<Option<i32>>,
+    ) -> i32 {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -117,7 +129,7 @@ impl Engine {
         let status = runtime.block_on(async {
             let mut kill = kill;
             tokio::select! {
-                result = self.run_guest(spec) => match result {
+                result = self.run_guest(program, spec) => match result {
                     Ok(status) => status,
                     Err(e) => {
                         report(spec, &format!("{e:#}"));
@@ -132,9 +144,32 @@ impl Engine {
         status
     }
 
-    async fn run_guest(&self, spec: &RunSpec) -> Result<i32> {
+    /// Reads and compiles the program `spec` names. Done at container
+    /// create, so a corrupt module fails there with a clear error.
+    pub fn load(&self, spec: &RunSpec) -> Result<Program> {
         let bytes = std::fs::read(&spec.module)
             .with_context(|| format!("cannot read the module {}", spec.module.display()))?;
+        let what = format!(
+            "{} is not a valid WebAssembly module",
+            spec.module.display()
+        );
+        if wasmparser::Parser::is_component(&bytes) {
+            Ok(Program::Component(wt(
+                Component::new(&self.engine, &bytes),
+                &what,
+            )?))
+        } else if bytes.starts_with(b"\0asm") || spec.module.extension().is_some_and(|e| e == "wat")
+        {
+            Ok(Program::Core(wt(Module::new(&self.engine, &bytes), &what)?))
+        } else {
+            bail!(
+                "{} is not a WebAssembly module (it does not start with \\0asm)",
+                spec.module.display()
+            )
+        }
+    }
+
+    async fn run_guest(&self, program: &Program, spec: &RunSpec) -> Result<i32> {
         let wasi = wasi_builder(spec)?;
         let limits = match spec.memory_limit {
             Some(bytes) => StoreLimitsBuilder::new()
@@ -144,22 +179,19 @@ impl Engine {
                 .build(),
             None => StoreLimits::default(),
         };
-        if wasmparser::Parser::is_component(&bytes) {
-            self.run_component(&bytes, wasi, limits).await
-        } else {
-            self.run_core(&bytes, spec.export.as_deref(), wasi, limits)
-                .await
+        match program {
+            Program::Component(c) => self.run_component(c, wasi, limits).await,
+            Program::Core(m) => self.run_core(m, spec.export.as_deref(), wasi, limits).await,
         }
     }
 
     async fn run_core(
         &self,
-        bytes: &[u8],
+        module: &Module,
         export: Option<&str>,
         mut wasi: WasiCtxBuilder,
         limits: StoreLimits,
     ) -> Result<i32> {
-        let module = wt(Module::new(&self.engine, bytes), "compiling the module")?;
         let mut linker: Linker<CoreState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
         let mut store = Store::new(
@@ -171,7 +203,7 @@ impl Engine {
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
-        let instance = linker.instantiate_async(&mut store, &module).await?;
+        let instance = linker.instantiate_async(&mut store, module).await?;
         let name = export.unwrap_or("_start");
         let func = instance
             .get_func(&mut store, name)
@@ -183,14 +215,10 @@ impl Engine {
 
     async fn run_component(
         &self,
-        bytes: &[u8],
+        component: &Component,
         mut wasi: WasiCtxBuilder,
         limits: StoreLimits,
     ) -> Result<i32> {
-        let component = wt(
-            Component::new(&self.engine, bytes),
-            "compiling the component",
-        )?;
         let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         let mut store = Store::new(
@@ -204,10 +232,8 @@ impl Engine {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
         let command = wt(
-            wasmtime_wasi::p2::bindings::Command::instantiate_async(
-                &mut store, &component, &linker,
-            )
-            .await,
+            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
+                .await,
             "the component is not a wasi:cli command",
         )?;
         let outcome = command.wasi_cli_run().call_run(&mut store).await;
@@ -339,18 +365,69 @@ fn report(spec: &RunSpec, message: &str) {
     }
 }
 
-/// Checks a module file before a container is created, so a bad image fails
-/// `create` with a clear error instead of failing after `start`.
-pub fn check_module(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.starts_with(b"\0asm") {
-        return Ok(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_wat(wat: &str, memory_limit: Option<usize>) -> i32 {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("m.wat");
+        std::fs::write(&module, wat).unwrap();
+        let spec = RunSpec {
+            module,
+            args: vec!["m.wat".into()],
+            memory_limit,
+            ..Default::default()
+        };
+        let engine = Engine::global().unwrap();
+        let program = engine.load(&spec).unwrap();
+        let (_kill, rx) = KillSwitch::new();
+        engine.run(&program, &spec, rx)
     }
-    if path.extension().is_some_and(|e| e == "wat") {
-        return Ok(());
+
+    /// Exits 0 when growing memory by 100 pages (6.4 MB) failed, 1 when it worked.
+    const GROW: &str = r#"(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        (call $exit (i32.ne (memory.grow (i32.const 100)) (i32.const -1)))))"#;
+
+    #[test]
+    fn memory_limit_refuses_growth_past_it() {
+        assert_eq!(run_wat(GROW, None), 1);
+        assert_eq!(run_wat(GROW, Some(1 << 20)), 0);
     }
-    bail!(
-        "{} is not a WebAssembly module (it does not start with \\0asm)",
-        path.display()
-    )
+
+    #[test]
+    fn proc_exit_code_and_trap_status() {
+        let exit7 = r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))
+            (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 7))))"#;
+        assert_eq!(run_wat(exit7, None), 7);
+        let trap = r#"(module (func (export "_start") unreachable))"#;
+        assert_eq!(run_wat(trap, None), TRAP_EXIT_STATUS);
+    }
+
+    #[test]
+    fn kill_ends_an_infinite_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("loop.wat");
+        std::fs::write(
+            &module,
+            r#"(module (func (export "_start") (loop $l (br $l))))"#,
+        )
+        .unwrap();
+        let spec = RunSpec {
+            module,
+            ..Default::default()
+        };
+        let engine = Engine::global().unwrap();
+        let program = engine.load(&spec).unwrap();
+        let (kill, rx) = KillSwitch::new();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            kill.kill(9);
+        });
+        assert_eq!(engine.run(&program, &spec, rx), 137);
+        killer.join().unwrap();
+    }
 }

@@ -29,7 +29,6 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
     let (module_path, export) = split_entrypoint(entry);
     let module = resolve_in_rootfs(rootfs, module_path)
         .with_context(|| format!("finding the module {module_path} in the image"))?;
-    crate::engine::check_module(&module)?;
 
     let env = process
         .env()

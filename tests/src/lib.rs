@@ -463,8 +463,14 @@ impl Containerd {
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
+        let shim = workspace_bin("containerd-shim-wasmtime-v1");
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let mut cmd = Command::new("containerd");
-        cmd.arg("--config").arg(&config_path);
+        cmd.arg("--config").arg(&config_path).env("PATH", path);
         let mut child = spawn_logged(cmd, &dir.path().join("containerd.log"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -510,6 +516,92 @@ impl Containerd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` with `input` on stdin (what `echo … | ctr run` does).
+    pub fn ctr_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.address)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait for ctr");
+        let _ = writer.join();
+        out
+    }
+
+    /// Imports an image archive (`wasmbox pack -o`).
+    pub fn import(&self, archive: &Path) {
+        let out = self.ctr(&["image", "import", archive.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "ctr image import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The bundle directory containerd gives the shim for container `id`.
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task/default")
+            .join(id)
+    }
+
+    /// Asserts that nothing is left of any container: no container record,
+    /// no shim process for this containerd, no mount and no task state dir.
+    /// Waits a little, because shims exit just after `ctr run --rm` returns.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let containers =
+                String::from_utf8(self.ctr(&["containers", "ls", "-q"]).stdout).unwrap();
+            let shims = Command::new("pgrep")
+                .args([
+                    "-f",
+                    &format!(
+                        "containerd-shim-wasmtime-v1 .*-address {}",
+                        self.address.display()
+                    ),
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&*self.dir.path().to_string_lossy()))
+                .map(str::to_string)
+                .collect();
+            let task_dirs: Vec<_> = std::fs::read_dir(
+                self.dir
+                    .path()
+                    .join("state/io.containerd.runtime.v2.task/default"),
+            )
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+            if containers.trim().is_empty()
+                && shims.is_empty()
+                && mounts.is_empty()
+                && task_dirs.is_empty()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: containers {containers:?}, shim pids {shims:?}, mounts {mounts:?}, task dirs {task_dirs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -1,0 +1,86 @@
+// A WASI guest for the shim tests: argv[1] picks what it does, and it reports
+// on stdout/stderr and through its exit code what it could and could not do.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern char **environ;
+
+int main(int argc, char **argv) {
+  const char *mode = argc > 1 ? argv[1] : "hello";
+  if (strcmp(mode, "hello") == 0) {
+    puts("hello from probe");
+    return 0;
+  }
+  if (strcmp(mode, "args") == 0) {
+    for (int i = 0; i < argc; i++) printf("arg[%d]=%s\n", i, argv[i]);
+    return 0;
+  }
+  if (strcmp(mode, "env") == 0) {
+    for (char **e = environ; *e; e++) printf("%s\n", *e);
+    return 0;
+  }
+  if (strcmp(mode, "stderr") == 0) {
+    fprintf(stderr, "to stderr\n");
+    return 0;
+  }
+  if (strcmp(mode, "exit") == 0 && argc > 2) {
+    return atoi(argv[2]);
+  }
+  if (strcmp(mode, "cat") == 0 && argc > 2) {
+    FILE *f = fopen(argv[2], "r");
+    if (!f) {
+      fprintf(stderr, "cannot open %s: %s\n", argv[2], strerror(errno));
+      return 1;
+    }
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stdout);
+    fclose(f);
+    return 0;
+  }
+  if (strcmp(mode, "write") == 0 && argc > 2) {
+    FILE *f = fopen(argv[2], "w");
+    if (!f || fputs("written\n", f) < 0 || fclose(f) != 0) {
+      fprintf(stderr, "cannot write %s: %s\n", argv[2], strerror(errno));
+      return 1;
+    }
+    puts("wrote");
+    return 0;
+  }
+  if (strcmp(mode, "stdin") == 0) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) fwrite(buf, 1, n, stdout);
+    puts("<eof>");
+    return 0;
+  }
+  if (strcmp(mode, "alloc") == 0 && argc > 2) {
+    size_t mb = (size_t)atoi(argv[2]);
+    // volatile: without it the compiler drops an allocation nobody reads.
+    char *volatile p = malloc(mb << 20);
+    if (!p) {
+      fprintf(stderr, "allocation of %zu MiB failed\n", mb);
+      return 1;
+    }
+    memset(p, 1, mb << 20);
+    printf("allocated %zu MiB\n", mb + (size_t)(p[(mb << 20) - 1] - 1));
+    return 0;
+  }
+  if (strcmp(mode, "sleep") == 0) {
+    puts("sleeping");
+    fflush(stdout);
+    sleep(1000);
+    return 0;
+  }
+  if (strcmp(mode, "spin") == 0) {
+    puts("spinning");
+    fflush(stdout);
+    volatile unsigned long i = 0;
+    for (;;) i++;
+  }
+  fprintf(stderr, "unknown mode %s\n", mode);
+  return 2;
+}

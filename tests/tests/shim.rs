@@ -1,0 +1,590 @@
+//! The shim under a real containerd: images packed by `wasmbox` (and one
+//! built by hand, Docker-style), run with `ctr run --runtime io.containerd.wasmtime.v1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wasmbox::image::sha256_digest;
+use wasmbox_tests::{Containerd, Wasmbox, compile_c, guests, workspace_bin};
+
+const RUNTIME: &str = "io.containerd.wasmtime.v1";
+
+/// tests/guests/probe.c compiled once per test binary.
+fn probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let dir = workspace_bin("wasmbox")
+            .parent()
+            .unwrap()
+            .join(format!("test-guests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("probe.wasm");
+        compile_c(include_str!("../guests/probe.c"), &out);
+        out
+    })
+}
+
+struct Node {
+    containerd: Containerd,
+    w: Wasmbox,
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+impl Node {
+    fn new() -> Node {
+        Node {
+            containerd: Containerd::start(),
+            w: Wasmbox::new(),
+        }
+    }
+
+    /// Packs `module` as `example.test/NAME:v1` and imports it into containerd.
+    fn image(&self, name: &str, module: &Path, pack_args: &[&str]) -> String {
+        let image = format!("example.test/{name}:v1");
+        let archive = self.w.dir().join(format!("{name}.tar"));
+        let mut args = vec![
+            "pack",
+            module.to_str().unwrap(),
+            "-t",
+            &image,
+            "-o",
+            archive.to_str().unwrap(),
+        ];
+        args.extend_from_slice(pack_args);
+        self.w.ok(&args);
+        self.containerd.import(&archive);
+        image
+    }
+
+    fn wat_image(&self, name: &str, wat: &str) -> String {
+        let path = self.w.dir().join(format!("{name}.wat"));
+        std::fs::write(&path, wat).unwrap();
+        self.image(name, &path, &[])
+    }
+
+    /// `ctr run --rm --runtime … IMAGE ID ARGS…` with stdin closed.
+    fn run(&self, image: &str, id: &str, args: &[&str]) -> Output {
+        self.run_with(&[], image, id, args)
+    }
+
+    /// Runs the probe image; `ctr run` replaces the whole command line when
+    /// given arguments, so the module path comes first, as a user types it.
+    fn probe(&self, opts: &[&str], image: &str, id: &str, args: &[&str]) -> Output {
+        let mut full = vec!["/probe.wasm"];
+        full.extend_from_slice(args);
+        self.run_with(opts, image, id, &full)
+    }
+
+    fn run_with(&self, opts: &[&str], image: &str, id: &str, args: &[&str]) -> Output {
+        let mut full = vec!["run", "--rm", "--runtime", RUNTIME];
+        full.extend_from_slice(opts);
+        full.push(image);
+        full.push(id);
+        full.extend_from_slice(args);
+        self.containerd.ctr_with_stdin(&full, b"")
+    }
+
+    fn task_status(&self, id: &str) -> Option<String> {
+        let list = stdout(&self.containerd.ctr(&["task", "ls"]));
+        list.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+    }
+
+    fn wait_for_status(&self, id: &str, wanted: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.task_status(id).as_deref() == Some(wanted) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+#[test]
+fn hello_world_prints_on_stdout_and_leaves_nothing_behind() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    let out = node.run(&image, "hello-1", &[]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stderr(&out),
+        node.containerd.log()
+    );
+    assert_eq!(stdout(&out), "hello from wasm\n");
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn args_env_stderr_and_exit_codes_are_the_containers() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &["--env", "GREETING=hi"]);
+
+    let out = node.probe(&[], &image, "args", &["args", "two words"]);
+    assert_eq!(
+        stdout(&out),
+        "arg[0]=/probe.wasm\narg[1]=args\narg[2]=two words\n",
+        "{}",
+        stderr(&out)
+    );
+
+    let out = node.probe(&[], &image, "env", &["env"]);
+    let env = stdout(&out);
+    assert!(env.lines().any(|l| l == "GREETING=hi"), "{env}");
+    assert_eq!(
+        env.lines().count(),
+        1,
+        "only the image's environment: {env}"
+    );
+    for leaked in ["TTRPC_ADDRESS", "GOMAXPROCS", "HOME=", "LD_LIBRARY_PATH"] {
+        assert!(
+            !env.contains(leaked),
+            "the shim's environment leaked ({leaked}): {env}"
+        );
+    }
+
+    let out = node.probe(&[], &image, "stderr", &["stderr"]);
+    assert!(out.status.success());
+    assert_eq!(stderr(&out), "to stderr\n");
+    assert_eq!(stdout(&out), "");
+
+    assert_eq!(
+        node.probe(&[], &image, "exit0", &["exit", "0"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        node.probe(&[], &image, "exit3", &["exit", "3"])
+            .status
+            .code(),
+        Some(3)
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_trap_exits_134_with_the_message_on_stderr() {
+    let node = Node::new();
+    let image = node.wat_image(
+        "trap",
+        r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#,
+    );
+    let out = node.run(&image, "trap", &[]);
+    assert_eq!(out.status.code(), Some(134));
+    assert!(
+        stderr(&out).contains("wasm trap") && stderr(&out).contains("unreachable"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn stdin_piped_in_reaches_the_guest_then_end_of_file() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let out = node.containerd.ctr_with_stdin(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &image,
+            "stdin",
+            "/probe.wasm",
+            "stdin",
+        ],
+        b"line one\nline two\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "line one\nline two\n<eof>\n");
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn files_in_the_image_and_bind_mounts_are_readable_read_only_mounts_refuse_writes() {
+    let node = Node::new();
+    let greeting = node.w.dir().join("greeting.txt");
+    std::fs::write(&greeting, "hello from the image\n").unwrap();
+    let image = node.image(
+        "files",
+        probe(),
+        &[
+            "--add",
+            &format!("{}:/etc/greeting.txt", greeting.display()),
+        ],
+    );
+    let out = node.probe(&[], &image, "cat-image", &["cat", "/etc/greeting.txt"]);
+    assert_eq!(stdout(&out), "hello from the image\n", "{}", stderr(&out));
+
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("data.txt"), "from the host\n").unwrap();
+    let ro = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        host.path().display()
+    );
+    let out = node.probe(
+        &["--mount", &ro],
+        &image,
+        "cat-bind",
+        &["cat", "/data/data.txt"],
+    );
+    assert_eq!(stdout(&out), "from the host\n", "{}", stderr(&out));
+
+    let out = node.probe(
+        &["--mount", &ro],
+        &image,
+        "write-ro",
+        &["write", "/data/new.txt"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cannot write /data/new.txt"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host.path().join("new.txt").exists());
+
+    let rw = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        host.path().display()
+    );
+    let out = node.probe(
+        &["--mount", &rw],
+        &image,
+        "write-rw",
+        &["write", "/data/new.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("new.txt")).unwrap(),
+        "written\n"
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn symlinks_and_kernel_filesystems_do_not_lead_out_of_the_container() {
+    let node = Node::new();
+    let links = node.w.dir().join("links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", links.join("absolute")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../../../../etc/hostname",
+        links.join("relative"),
+    )
+    .unwrap();
+    let image = node.image(
+        "links",
+        probe(),
+        &["--add", &format!("{}:/links", links.display())],
+    );
+    let host_hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    for (id, path) in [
+        ("abs", "/links/absolute"),
+        ("rel", "/links/relative"),
+        ("dotdot", "/../../../etc/hostname"),
+        ("proc", "/proc/self/environ"),
+    ] {
+        let out = node.probe(&[], &image, id, &["cat", path]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{path} was readable: {}",
+            stdout(&out)
+        );
+        if !host_hostname.trim().is_empty() {
+            assert!(
+                !stdout(&out).contains(host_hostname.trim()),
+                "{path} showed the host's file"
+            );
+        }
+    }
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn memory_limit_makes_allocation_fail_inside_the_guest() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let out = node.probe(&[], &image, "big-ok", &["alloc", "64"]);
+    assert_eq!(stdout(&out), "allocated 64 MiB\n", "{}", stderr(&out));
+    let out = node.probe(
+        &["--memory-limit", "33554432"],
+        &image,
+        "big-capped",
+        &["alloc", "64"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("allocation of 64 MiB failed"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    for (mode, signal, status) in [("spin", "SIGKILL", "137"), ("sleep", "SIGTERM", "143")] {
+        let id = format!("kill-{mode}");
+        let out = node.containerd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &image,
+            &id,
+            "/probe.wasm",
+            mode,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(node.wait_for_status(&id, "RUNNING", Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(200));
+        let out = node.containerd.ctr(&["task", "kill", "-s", signal, &id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            node.wait_for_status(&id, "STOPPED", Duration::from_secs(1)),
+            "{mode} guest still {:?} 1 s after {signal}",
+            node.task_status(&id)
+        );
+        let out = node.containerd.ctr(&["task", "delete", &id]);
+        assert!(
+            stderr(&out).contains(status),
+            "exit status of a {mode} guest killed by {signal}: {}",
+            stderr(&out)
+        );
+        assert!(
+            node.containerd
+                .ctr(&["containers", "rm", &id])
+                .status
+                .success()
+        );
+    }
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn exec_is_refused_as_unsupported() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    assert!(
+        node.containerd
+            .ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                &image,
+                "exec",
+                "/probe.wasm",
+                "sleep"
+            ])
+            .status
+            .success()
+    );
+    assert!(node.wait_for_status("exec", "RUNNING", Duration::from_secs(10)));
+    let out = node
+        .containerd
+        .ctr(&["task", "exec", "--exec-id", "x", "exec", "/probe.wasm"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not supported for Wasm containers"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "exec"]);
+    assert!(node.wait_for_status("exec", "STOPPED", Duration::from_secs(2)));
+    node.containerd.ctr(&["task", "delete", "exec"]);
+    node.containerd.ctr(&["containers", "rm", "exec"]);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_wasi_cli_component_runs() {
+    let node = Node::new();
+    let ok = node.wat_image("cli-ok", guests::CLI_COMPONENT_WAT);
+    let out = node.run(&ok, "cli-ok", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let failing = node.wat_image(
+        "cli-err",
+        &guests::CLI_COMPONENT_WAT.replace("i32.const 0", "i32.const 1"),
+    );
+    assert_eq!(node.run(&failing, "cli-err", &[]).status.code(), Some(1));
+    node.containerd.assert_clean();
+}
+
+/// An image built without wasmbox, the way `docker buildx --platform wasi/wasm`
+/// lays out a `FROM scratch` image: Docker media types, `os: wasi`.
+fn hand_built_image(node: &Node, name: &str, files: &[(&str, &[u8])], entrypoint: &str) -> String {
+    let root = node.w.dir().join(format!("{name}-root"));
+    for (path, data) in files {
+        let p = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let layout = node.w.dir().join(format!("{name}-layout"));
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer_path = node.w.dir().join(format!("{name}-layer.tar"));
+    assert!(
+        Command::new("tar")
+            .args([
+                "--owner=0",
+                "--group=0",
+                "-C",
+                root.to_str().unwrap(),
+                "-cf",
+                layer_path.to_str().unwrap(),
+                "."
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let layer = std::fs::read(&layer_path).unwrap();
+    let put = |data: &[u8]| {
+        let digest = sha256_digest(data);
+        std::fs::write(blobs.join(&digest[7..]), data).unwrap();
+        digest
+    };
+    let layer_digest = put(&layer);
+    let config = serde_json::json!({
+        "architecture": "wasm", "os": "wasi",
+        "config": {"Entrypoint": [entrypoint]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    })
+    .to_string();
+    let config_digest = put(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(), "digest": config_digest},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar", "size": layer.len(), "digest": layer_digest}],
+    })
+    .to_string();
+    let manifest_digest = put(manifest.as_bytes());
+    let image = format!("example.test/{name}:v1");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "size": manifest.len(), "digest": manifest_digest,
+            "annotations": {"io.containerd.image.name": image, "org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let archive = node.w.dir().join(format!("{name}.tar"));
+    assert!(
+        Command::new("tar")
+            .args([
+                "-C",
+                layout.to_str().unwrap(),
+                "-cf",
+                archive.to_str().unwrap(),
+                "."
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    node.containerd.import(&archive);
+    image
+}
+
+#[test]
+fn a_docker_style_image_built_without_wasmbox_runs() {
+    let node = Node::new();
+    let wasm = wat::parse_str(guests::HELLO_WAT).unwrap();
+    let image = hand_built_image(
+        &node,
+        "docker-style",
+        &[("/app/hello.wasm", &wasm)],
+        "/app/hello.wasm",
+    );
+    let out = node.run(&image, "docker-style", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from wasm\n");
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
+    let node = Node::new();
+    let mut corrupt = wat::parse_str(guests::HELLO_WAT).unwrap();
+    corrupt.truncate(corrupt.len() - 5);
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, &'a str, &'a str);
+    let cases: [Case; 3] = [
+        (
+            "not-wasm",
+            vec![("/app.sh", b"#!/bin/sh\necho hi\n")],
+            "/app.sh",
+            "/app.sh is not a WebAssembly module",
+        ),
+        (
+            "missing",
+            vec![("/other.wasm", b"\0asm")],
+            "/missing.wasm",
+            "/missing.wasm does not exist in the container's root filesystem",
+        ),
+        (
+            "corrupt",
+            vec![("/app.wasm", &corrupt)],
+            "/app.wasm",
+            "/app.wasm is not a valid WebAssembly module",
+        ),
+    ];
+    for (name, files, entrypoint, expected) in cases {
+        let image = hand_built_image(&node, name, &files, entrypoint);
+        let out = node.run(&image, name, &[]);
+        assert!(!out.status.success(), "{name} ran");
+        assert!(
+            stderr(&out).contains(expected),
+            "{name}: expected {expected:?} in {}",
+            stderr(&out)
+        );
+        node.containerd.ctr(&["containers", "rm", name]);
+    }
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn twenty_containers_in_parallel_all_exit_cleanly() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (node, image) = (&node, &image);
+                s.spawn(move || node.run(image, &format!("par-{i}"), &[]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, out) in outputs.iter().enumerate() {
+        assert!(out.status.success(), "par-{i}: {}", stderr(out));
+        assert_eq!(stdout(out), "hello from wasm\n", "par-{i}");
+    }
+    node.containerd.assert_clean();
+}
