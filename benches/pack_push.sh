@@ -5,7 +5,7 @@
 # where blobs live and would mount them instead of sending them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/registry.sh
+source scripts/services.sh
 runs=${RUNS:-5}
 work=$PWD/.bench
 rm -rf "$work" && mkdir -p "$work"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The main job end to end: build, start a local registry, pack examples/hello,
-# push it, pull it back into a fresh store and show what it is.
+# push it, pull it back into a fresh store and show what it is, then pull it
+# into a private containerd and run it there with the wasmtime shim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/registry.sh
+source scripts/services.sh
 work=$PWD/.demo
 rm -rf "$work" && mkdir -p "$work"
 
-echo "== building wasmbox"
-cargo build --quiet -p wasmbox
+echo "== building wasmbox and containerd-shim-wasmtime-v1"
+cargo build --quiet --workspace --bins
 wasmbox=$PWD/target/debug/wasmbox
 
 echo "== compiling examples/hello/hello.c to WASI with clang"
@@ -32,3 +33,9 @@ WASMBOX_STORE=$work/pulled "$wasmbox" inspect "$image"
 
 echo "== skopeo (an independent client) sees the same manifest"
 skopeo inspect --tls-verify=false "docker://$image" | grep -E '"(Digest|Architecture|Os)"'
+
+echo "== containerd: ctr image pull + ctr run --runtime io.containerd.wasmtime.v1"
+start_containerd "$work/containerd" "$PWD/target/debug"
+$CTR image pull --plain-http "$image" >/dev/null
+$CTR run --rm --runtime io.containerd.wasmtime.v1 "$image" demo-hello
+$CTR run --rm --runtime io.containerd.wasmtime.v1 --env GREETING=Bonjour "$image" demo-args /hello.wasm containerd
