@@ -17,6 +17,7 @@ test: deps
 
 bench: deps
 	benches/pack_push.sh
+	benches/startup.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -24,4 +25,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf .demo .bench
+	rm -rf .demo .bench .bench-startup

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
-use crate::engine::{Engine, KillSwitch, Program, RunSpec};
+use crate::engine::{Engine, KillSwitch, Program, RunSpec, Stdio};
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,9 @@ pub struct Container {
     pub stderr: String,
     spec: RunSpec,
     program: Program,
+    /// The pseudo-terminal's slave until the guest takes it, and its master for resizes.
+    terminal: Mutex<Option<std::os::fd::OwnedFd>>,
+    terminal_master: Option<std::fs::File>,
     mounted: bool,
     inner: Mutex<Inner>,
     exited: Condvar,
@@ -58,6 +61,7 @@ impl Container {
         bundle: &Path,
         mounts: &[RootfsMount],
         stdio: [&str; 3],
+        terminal: bool,
     ) -> Result<Container> {
         let rootfs = bundle.join("rootfs");
         let mut mounted = false;
@@ -76,10 +80,18 @@ impl Container {
             let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
                 .context("reading the container spec config.json")?;
             let mut run = crate::spec::run_spec(&spec, &rootfs)?;
-            let fifo = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
-            run.stdin = fifo(stdio[0]);
-            run.stdout = fifo(stdio[1]);
-            run.stderr = fifo(stdio[2]);
+            let fifo = |p: &str| {
+                if p.is_empty() {
+                    Stdio::Null
+                } else {
+                    Stdio::Fifo(PathBuf::from(p))
+                }
+            };
+            if !terminal {
+                run.stdin = fifo(stdio[0]);
+                run.stdout = fifo(stdio[1]);
+                run.stderr = fifo(stdio[2]);
+            }
             log::info!(
                 "{id}: module {}, memory limit {:?}, {} preopens",
                 run.module.display(),
@@ -89,7 +101,15 @@ impl Container {
             let program = Engine::global()?.load(&run)?;
             Ok::<_, anyhow::Error>((run, program))
         })();
-        let (spec, program) = match result {
+        let loaded = result.and_then(|(spec, program)| {
+            let pty = if terminal {
+                Some(Pty::open(stdio[0], stdio[1])?)
+            } else {
+                None
+            };
+            Ok((spec, program, pty))
+        });
+        let (spec, program, pty) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 if mounted {
@@ -97,6 +117,10 @@ impl Container {
                 }
                 return Err(e);
             }
+        };
+        let (terminal, terminal_master) = match pty {
+            Some(p) => (Some(p.slave), Some(p.master)),
+            None => (None, None),
         };
         Ok(Container {
             id: id.to_string(),
@@ -107,6 +131,8 @@ impl Container {
             stderr: stdio[2].to_string(),
             spec,
             program,
+            terminal: Mutex::new(terminal),
+            terminal_master,
             mounted,
             inner: Mutex::new(Inner {
                 status: Status::Created,
@@ -137,11 +163,20 @@ impl Container {
             inner.status = Status::Running;
             inner.kill = Some(kill);
         }
+        let mut spec = self.spec.clone();
+        if let Some(slave) = self.terminal.lock().unwrap().take() {
+            // The guest owns the only slave descriptor, so the terminal hangs up when it ends.
+            let tty = std::sync::Arc::new(slave);
+            spec.stdin = Stdio::Terminal(tty.clone());
+            spec.stdout = Stdio::Terminal(tty.clone());
+            spec.stderr = Stdio::Terminal(tty);
+        }
         let this = self.clone();
         std::thread::Builder::new()
             .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
             .spawn(move || {
-                let code = engine.run(&this.program, &this.spec, kill_rx);
+                let code = engine.run(&this.program, &spec, kill_rx);
+                drop(spec);
                 let exit = Exit {
                     status: code as u32,
                     at: SystemTime::now(),
@@ -182,6 +217,31 @@ impl Container {
             }
             Status::Stopped => false,
         }
+    }
+
+    /// Sets the terminal's window size (`ctr run -t` and `docker run -t` resizes).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(master) = &self.terminal_master else {
+            bail!("container {} has no terminal", self.id);
+        };
+        let size = libc::winsize {
+            ws_row: height as u16,
+            ws_col: width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(master),
+                libc::TIOCSWINSZ,
+                &size as *const libc::winsize,
+            )
+        };
+        if rc != 0 {
+            bail!("resizing the terminal: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Blocks until the guest has stopped.
@@ -271,4 +331,65 @@ fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A pseudo-terminal for `-t`: the guest gets the slave; two threads copy the
+/// caller's stdin FIFO into the master and the master into the stdout FIFO.
+struct Pty {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+}
+
+impl Pty {
+    fn open(stdin: &str, stdout: &str) -> Result<Pty> {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors into the provided ints; the
+        // name, termios and winsize pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!("creating a terminal: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: openpty succeeded, so both are fresh descriptors we own.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::os::fd::OwnedFd::from_raw_fd(slave),
+            )
+        };
+        if !stdout.is_empty() {
+            let mut from = master.try_clone()?;
+            let mut to = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(stdout)
+                .with_context(|| format!("opening {stdout}"))?;
+            std::thread::Builder::new()
+                .name("tty-out".into())
+                .spawn(move || {
+                    // Ends with EIO once the guest's side of the terminal is closed.
+                    let _ = std::io::copy(&mut from, &mut to);
+                })?;
+        }
+        if !stdin.is_empty() {
+            let mut to = master.try_clone()?;
+            let path = stdin.to_string();
+            std::thread::Builder::new()
+                .name("tty-in".into())
+                .spawn(move || {
+                    if let Ok(mut from) = std::fs::File::open(&path) {
+                        let _ = std::io::copy(&mut from, &mut to);
+                    }
+                })?;
+        }
+        Ok(Pty { master, slave })
+    }
 }

@@ -1,8 +1,9 @@
 //! The wasmtime-specific part: one [`Engine`] per process, and running one
 //! [`RunSpec`] to an exit status. It never sees an OCI or containerd type.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -28,10 +29,21 @@ pub struct RunSpec {
     pub preopens: Vec<Preopen>,
     /// Cap on the bytes of linear memory and table elements the guest may grow to.
     pub memory_limit: Option<usize>,
-    /// FIFOs (or files) for the guest's stdio; `None` means empty/discarded.
-    pub stdin: Option<PathBuf>,
-    pub stdout: Option<PathBuf>,
-    pub stderr: Option<PathBuf>,
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+/// Where one of the guest's standard streams goes.
+#[derive(Debug, Clone, Default)]
+pub enum Stdio {
+    /// Empty input, discarded output.
+    #[default]
+    Null,
+    /// A FIFO (containerd's stdio) or other file by path.
+    Fifo(PathBuf),
+    /// The slave side of a pseudo-terminal.
+    Terminal(Arc<OwnedFd>),
 }
 
 /// A host directory visible to the guest at `guest`.
@@ -309,16 +321,54 @@ fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
             &format!("opening {} for the guest", p.host.display()),
         )?;
     }
-    if let Some(path) = &spec.stdin {
-        wasi.stdin(AsyncStdinStream::new(stdin_pipe(path)?));
+    match &spec.stdin {
+        Stdio::Null => {}
+        Stdio::Fifo(path) => {
+            wasi.stdin(AsyncStdinStream::new(stdin_pipe(path)?));
+        }
+        Stdio::Terminal(tty) => {
+            let file = nonblocking_dup(tty)?;
+            wasi.stdin(AsyncStdinStream::new(
+                tokio::net::unix::pipe::Receiver::from_file_unchecked(file)?,
+            ));
+        }
     }
-    if let Some(path) = &spec.stdout {
-        wasi.stdout(AsyncStdoutStream::new(64 * 1024, output_fifo(path)?));
-    }
-    if let Some(path) = &spec.stderr {
-        wasi.stderr(AsyncStdoutStream::new(64 * 1024, output_fifo(path)?));
+    for (stdio, is_stdout) in [(&spec.stdout, true), (&spec.stderr, false)] {
+        let stream = match stdio {
+            Stdio::Null => continue,
+            Stdio::Fifo(path) => AsyncStdoutStream::new(64 * 1024, output_fifo(path)?),
+            Stdio::Terminal(tty) => AsyncStdoutStream::new(
+                64 * 1024,
+                tokio::net::unix::pipe::Sender::from_file_unchecked(nonblocking_dup(tty)?)?,
+            ),
+        };
+        if is_stdout {
+            wasi.stdout(stream);
+        } else {
+            wasi.stderr(stream);
+        }
     }
     Ok(wasi)
+}
+
+/// A non-blocking duplicate of a terminal descriptor, for the guest's async streams.
+fn nonblocking_dup(fd: &OwnedFd) -> Result<std::fs::File> {
+    let dup = fd
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the terminal")?;
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL do not touch memory.
+    unsafe {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&dup);
+        let flags = libc::fcntl(raw, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            bail!(
+                "making the terminal non-blocking: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(std::fs::File::from(dup))
 }
 
 /// Opens an output FIFO without waiting for a reader.
@@ -352,7 +402,7 @@ fn report(spec: &RunSpec, message: &str) {
     use std::io::Write;
     let line = format!("{message}\n");
     match &spec.stderr {
-        Some(path) => {
+        Stdio::Fifo(path) => {
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .write(true)
                 .read(true)
@@ -361,7 +411,12 @@ fn report(spec: &RunSpec, message: &str) {
                 let _ = f.write_all(line.as_bytes());
             }
         }
-        None => eprint!("{line}"),
+        Stdio::Terminal(tty) => {
+            if let Ok(dup) = tty.try_clone() {
+                let _ = std::fs::File::from(dup).write_all(line.as_bytes());
+            }
+        }
+        Stdio::Null => eprint!("{line}"),
     }
 }
 

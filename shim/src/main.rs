@@ -223,12 +223,6 @@ impl containerd_shim::Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         info!("create {}", req.id);
-        if req.terminal {
-            return Err(status_error(
-                Code::UNIMPLEMENTED,
-                "a terminal (ctr run -t, docker run -t) is not supported by this shim yet; run without -t",
-            ));
-        }
         if self.containers.lock().unwrap().contains_key(&req.id) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
@@ -249,6 +243,7 @@ impl containerd_shim::Task for TaskService {
             Path::new(&req.bundle),
             &mounts,
             [&req.stdin, &req.stdout, &req.stderr],
+            req.terminal,
         )
         .map_err(|e| {
             error!("create {}: {e:#}", req.id);
@@ -450,6 +445,18 @@ impl containerd_shim::Task for TaskService {
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
         // The guest's stdin reader sees end-of-file when the caller closes its end of the FIFO.
         self.get(&req.id)?;
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Self::no_exec(&req.exec_id)?;
+        self.get(&req.id)?
+            .resize(req.width, req.height)
+            .map_err(|e| status_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
         Ok(api::Empty::new())
     }
 

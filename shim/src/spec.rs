@@ -86,9 +86,7 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
             .and_then(|m| m.limit())
             .filter(|l| *l > 0)
             .map(|l| l as usize),
-        stdin: None,
-        stdout: None,
-        stderr: None,
+        ..Default::default()
     })
 }
 

@@ -588,3 +588,33 @@ fn twenty_containers_in_parallel_all_exit_cleanly() {
     }
     node.containerd.assert_clean();
 }
+
+#[test]
+fn a_terminal_works_like_ctr_run_t() {
+    wasmbox_tests::require_tool("script");
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    let command = format!(
+        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty",
+        node.containerd.address.display()
+    );
+    // `script` gives ctr the terminal it insists on; its stdin stays open
+    // until the run is over, as a person's keyboard would.
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let keyboard = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    drop(keyboard);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("hello from wasm\r"),
+        "terminal line endings: {:?}",
+        stdout(&out)
+    );
+    node.containerd.assert_clean();
+}

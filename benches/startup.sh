@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): wall time of `ctr run --rm` for the same hello world
+# as a Wasm image on our shim and as a static native binary on runc, on one
+# private containerd, interleaved; prints min/median/p90 and the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+runs=${RUNS:-30}
+work=$PWD/.bench-startup
+rm -rf "$work" && mkdir -p "$work"
+
+cargo build --quiet --release --workspace --bins
+start_containerd "$work/containerd" "$PWD/target/release"
+
+# Wasm image, packed by wasmbox.
+clang --target=wasm32-wasi -O2 -o "$work/hello.wasm" examples/hello/hello.c
+WASMBOX_STORE=$work/store target/release/wasmbox pack "$work/hello.wasm" -t bench.test/hello-wasm:v1 -o "$work/wasm.tar" >/dev/null
+$CTR image import "$work/wasm.tar" >/dev/null
+
+# The same program as a static Linux binary in a FROM-scratch style image.
+mkdir -p "$work/native/root" "$work/native/layout/blobs/sha256"
+gcc -static -O2 -o "$work/native/root/hello" examples/hello/hello.c
+tar --owner=0 --group=0 -C "$work/native/root" -cf "$work/native/layer.tar" .
+blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); cp "$1" "$work/native/layout/blobs/sha256/$d"; echo "$d"; }
+layer=$(blob "$work/native/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/hello"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$layer" >"$work/native/config.json"
+config=$(blob "$work/native/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
+  "$config" "$(stat -c %s "$work/native/config.json")" "$layer" "$(stat -c %s "$work/native/layer.tar")" >"$work/native/manifest.json"
+manifest=$(blob "$work/native/manifest.json")
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"io.containerd.image.name":"bench.test/hello-native:v1","org.opencontainers.image.ref.name":"v1"}}]}' \
+  "$manifest" "$(stat -c %s "$work/native/manifest.json")" >"$work/native/layout/index.json"
+echo '{"imageLayoutVersion":"1.0.0"}' >"$work/native/layout/oci-layout"
+tar -C "$work/native/layout" -cf "$work/native.tar" .
+$CTR image import "$work/native.tar" >/dev/null
+
+run_wasm() { $CTR run --rm --runtime io.containerd.wasmtime.v1 bench.test/hello-wasm:v1 "w$1" >/dev/null; }
+run_native() { $CTR run --rm --runtime io.containerd.runc.v2 bench.test/hello-native:v1 "n$1" >/dev/null; }
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+for i in 1 2; do run_wasm "warm$i"; run_native "warm$i"; done
+declare -a t_wasm t_native
+for i in $(seq "$runs"); do
+  s=$(date +%s%N); run_wasm "$i"; t_wasm+=("$(ms "$s")")
+  s=$(date +%s%N); run_native "$i"; t_native+=("$(ms "$s")")
+done
+stats() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "min %d ms  median %d ms  p90 %d ms", a[1], a[int((NR+1)/2)], a[int(NR*0.9+0.5)]}'; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "ctr run --rm, $runs runs each, interleaved"
+echo "wasm on containerd-shim-wasmtime-v1 : $(stats "${t_wasm[@]}")"
+echo "native static binary on runc        : $(stats "${t_native[@]}")"
+echo "ratio wasm/runc (median)            : $(echo "scale=2; $(median "${t_wasm[@]}") / $(median "${t_native[@]}")" | bc)  (goal < 1)"
