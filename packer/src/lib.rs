@@ -14,4 +14,5 @@ pub mod module;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod run;
 pub mod store;

@@ -83,6 +83,21 @@ enum Command {
     },
     /// Remove an image from the local store.
     Rm { reference: ImageRef },
+    /// Run an image from the local store, or a module file, with the shim's
+    /// engine but without containerd.
+    Run {
+        /// Image reference in the local store, or a .wasm/.wat file.
+        target: String,
+        /// Environment variable for the guest (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Host directory for the guest (repeatable).
+        #[arg(long = "dir", value_name = "HOST[:GUEST[:ro]]")]
+        dirs: Vec<wasmbox::run::DirSpec>,
+        /// Arguments after the module (replace the image's Cmd).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -139,6 +154,28 @@ struct PackArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run {
+        target,
+        env,
+        dirs,
+        args,
+    } = &cli.command
+    {
+        // The engine runs the guest on its own runtime, so this stays synchronous.
+        let request = wasmbox::run::RunRequest {
+            target,
+            args,
+            env,
+            dirs,
+        };
+        return match run_guest(cli.store.as_deref(), &request) {
+            Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("wasmbox: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,6 +193,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wasmbox run`: returns the guest's exit status.
+fn run_guest(store_dir: Option<&Path>, request: &wasmbox::run::RunRequest) -> Result<i32> {
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let spec = wasmbox::run::prepare(store_dir, request, scratch.path())?;
+    let engine = wasmbox_engine::Engine::global()?;
+    let program = engine.load(&spec)?;
+    let (_kill, not_killed) = wasmbox_engine::KillSwitch::new();
+    Ok(engine.run(&program, &spec, not_killed))
 }
 
 fn open_store(dir: Option<&Path>) -> Result<Store> {
@@ -231,6 +278,9 @@ async fn run(cli: Cli) -> Result<()> {
             open_store(store_dir)?.remove(&reference)?;
             println!("Deleted {reference}");
             Ok(())
+        }
+        Command::Run { .. } => {
+            bail!("internal error: `run` is handled before the async runtime starts")
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -1,6 +1,6 @@
 //! OCI runtime spec + rootfs → [`RunSpec`]: what the guest may see, and nothing more.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::Spec;
@@ -27,7 +27,7 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
         );
     };
     let (module_path, export) = split_entrypoint(entry);
-    let module = resolve_in_rootfs(rootfs, module_path)
+    let module = wasmbox_engine::resolve_in_root(rootfs, module_path)
         .with_context(|| format!("finding the module {module_path} in the image"))?;
 
     let env = process
@@ -88,27 +88,4 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
             .map(|l| l as usize),
         ..Default::default()
     })
-}
-
-/// Resolves an absolute guest path to a host path inside `rootfs`, refusing
-/// anything (`..`, symlinks) that would lead outside it.
-pub fn resolve_in_rootfs(rootfs: &Path, guest: &str) -> Result<PathBuf> {
-    let mut path = rootfs.to_path_buf();
-    for c in Path::new(guest).components() {
-        match c {
-            Component::Normal(p) => path.push(p),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                bail!("{guest} leaves the container's root filesystem")
-            }
-        }
-    }
-    let real = path
-        .canonicalize()
-        .with_context(|| format!("{guest} does not exist in the container's root filesystem"))?;
-    let root = rootfs.canonicalize()?;
-    if !real.starts_with(&root) {
-        bail!("{guest} is a link that leaves the container's root filesystem");
-    }
-    Ok(real)
 }

@@ -1,5 +1,6 @@
-//! The wasmtime-specific part: one [`Engine`] per process, and running one
-//! [`RunSpec`] to an exit status. It never sees an OCI or containerd type.
+//! The wasmtime-specific part of wasmbox: one [`Engine`] per process, and
+//! running one [`RunSpec`] to an exit status. It never sees an OCI or
+//! containerd type; the shim and `wasmbox run` each build a `RunSpec`.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub enum Stdio {
     Fifo(PathBuf),
     /// The slave side of a pseudo-terminal.
     Terminal(Arc<OwnedFd>),
+    /// This process's own stream (`wasmbox run`).
+    Inherit,
 }
 
 /// A host directory visible to the guest at `guest`.
@@ -323,6 +326,9 @@ fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
     }
     match &spec.stdin {
         Stdio::Null => {}
+        Stdio::Inherit => {
+            wasi.inherit_stdin();
+        }
         Stdio::Fifo(path) => {
             wasi.stdin(AsyncStdinStream::new(stdin_pipe(path)?));
         }
@@ -336,6 +342,14 @@ fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
     for (stdio, is_stdout) in [(&spec.stdout, true), (&spec.stderr, false)] {
         let stream = match stdio {
             Stdio::Null => continue,
+            Stdio::Inherit => {
+                if is_stdout {
+                    wasi.inherit_stdout();
+                } else {
+                    wasi.inherit_stderr();
+                }
+                continue;
+            }
             Stdio::Fifo(path) => AsyncStdoutStream::new(64 * 1024, output_fifo(path)?),
             Stdio::Terminal(tty) => AsyncStdoutStream::new(
                 64 * 1024,
@@ -416,8 +430,31 @@ fn report(spec: &RunSpec, message: &str) {
                 let _ = std::fs::File::from(dup).write_all(line.as_bytes());
             }
         }
-        Stdio::Null => eprint!("{line}"),
+        Stdio::Null | Stdio::Inherit => eprint!("{line}"),
     }
+}
+
+/// Resolves an absolute guest path to a host path inside `rootfs`, refusing
+/// anything (`..`, symlinks) that would lead outside it.
+pub fn resolve_in_root(rootfs: &Path, guest: &str) -> Result<PathBuf> {
+    let mut path = rootfs.to_path_buf();
+    for c in Path::new(guest).components() {
+        match c {
+            std::path::Component::Normal(p) => path.push(p),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            std::path::Component::ParentDir | std::path::Component::Prefix(_) => {
+                bail!("{guest} leaves the container's root filesystem")
+            }
+        }
+    }
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("{guest} does not exist in the container's root filesystem"))?;
+    let root = rootfs.canonicalize()?;
+    if !real.starts_with(&root) {
+        bail!("{guest} is a link that leaves the container's root filesystem");
+    }
+    Ok(real)
 }
 
 #[cfg(test)]

@@ -1,0 +1,192 @@
+//! `wasmbox run`: an image from the local store (or a module file) → the
+//! engine's [`RunSpec`], without containerd. The image's layers are unpacked
+//! into a temporary root filesystem that the guest sees as `/`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::image::ImageConfiguration;
+use wasmbox_engine::{Preopen, RunSpec, Stdio};
+
+use crate::format;
+use crate::image::parse_manifest;
+use crate::reference::ImageRef;
+use crate::store::Store;
+
+/// A host directory for the guest (`--dir HOST:GUEST[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSpec {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DirSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, guest, read_only) = match parts.as_slice() {
+            [host] => (*host, *host, false),
+            [host, guest] => (*host, *guest, false),
+            [host, guest, "ro"] => (*host, *guest, true),
+            [host, guest, "rw"] => (*host, *guest, false),
+            _ => return Err(format!("--dir {s}: expected HOST[:GUEST[:ro|rw]]")),
+        };
+        if !guest.starts_with('/') {
+            return Err(format!("--dir {s}: the guest path must be absolute"));
+        }
+        Ok(DirSpec {
+            host: PathBuf::from(host),
+            guest: guest.to_string(),
+            read_only,
+        })
+    }
+}
+
+/// What to run and how, as typed on the command line.
+pub struct RunRequest<'a> {
+    /// A `.wasm`/`.wat` file, or an image reference in the local store.
+    pub target: &'a str,
+    /// Arguments after the module; replace the image's `Cmd` when given.
+    pub args: &'a [String],
+    pub env: &'a [String],
+    pub dirs: &'a [DirSpec],
+}
+
+/// Builds the [`RunSpec`]; images are unpacked under `scratch`, which must
+/// outlive the run.
+pub fn prepare(store_dir: Option<&Path>, req: &RunRequest, scratch: &Path) -> Result<RunSpec> {
+    let file = Path::new(req.target);
+    let mut spec = if file.is_file() {
+        let mut args = vec![req.target.to_string()];
+        args.extend(req.args.iter().cloned());
+        RunSpec {
+            module: file.to_path_buf(),
+            args,
+            ..Default::default()
+        }
+    } else {
+        let name: ImageRef = req
+            .target
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| {
+                format!(
+                    "{} is neither a module file nor an image reference",
+                    req.target
+                )
+            })?;
+        let store = match store_dir {
+            Some(d) => Store::open(d)?,
+            None => Store::open(&Store::default_root()?)?,
+        };
+        from_image(&store, &name, req.args, scratch)?
+    };
+    for kv in req.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        spec.env.retain(|(key, _)| key != k);
+        spec.env.push((k.to_string(), v.to_string()));
+    }
+    for d in req.dirs {
+        if !d.host.is_dir() {
+            bail!("--dir {}: {} is not a directory", d.guest, d.host.display());
+        }
+        spec.preopens.push(Preopen {
+            host: d.host.clone(),
+            guest: d.guest.clone(),
+            read_only: d.read_only,
+        });
+    }
+    spec.stdin = Stdio::Inherit;
+    spec.stdout = Stdio::Inherit;
+    spec.stderr = Stdio::Inherit;
+    Ok(spec)
+}
+
+fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -> Result<RunSpec> {
+    let stored = store.get(name)?;
+    let (manifest_bytes, config_bytes) = store.manifest_and_config(&stored)?;
+    let manifest = parse_manifest(&manifest_bytes)?;
+    let rootfs = scratch.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+
+    // CNCF artifact (or any image whose layers are raw Wasm): the module is the layer.
+    if let Some(layer) = manifest
+        .layers()
+        .iter()
+        .find(|l| format::is_wasm_layer(l.media_type().as_ref()))
+    {
+        let module = rootfs.join("module.wasm");
+        std::fs::write(&module, store.read_blob(layer.digest().as_ref())?)?;
+        let mut argv = vec!["/module.wasm".to_string()];
+        argv.extend(args.iter().cloned());
+        return Ok(RunSpec {
+            module,
+            args: argv,
+            preopens: vec![root_preopen(&rootfs)],
+            ..Default::default()
+        });
+    }
+
+    for layer in manifest.layers() {
+        let media_type = layer.media_type().to_string();
+        if !format::is_tar_layer(&media_type) {
+            bail!("{name} has a layer of type {media_type}, which wasmbox run cannot unpack");
+        }
+        let data = store.read_blob(layer.digest().as_ref())?;
+        let reader: Box<dyn Read> = if media_type.ends_with("gzip") {
+            Box::new(flate2::read::GzDecoder::new(data.as_slice()))
+        } else if media_type.ends_with("zstd") {
+            Box::new(zstd::Decoder::new(data.as_slice())?)
+        } else {
+            Box::new(data.as_slice())
+        };
+        tar::Archive::new(reader)
+            .unpack(&rootfs)
+            .with_context(|| format!("unpacking layer {} of {name}", layer.digest()))?;
+    }
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).context("the image config is not valid JSON")?;
+    let process = config.config().clone().unwrap_or_default();
+    let mut argv = process.entrypoint().clone().unwrap_or_default();
+    if args.is_empty() {
+        argv.extend(process.cmd().clone().unwrap_or_default());
+    } else {
+        argv.extend(args.iter().cloned());
+    }
+    let Some(entry) = argv.first() else {
+        bail!("{name} has no entrypoint; give the module path as the first argument");
+    };
+    let (module_path, export) = format::split_entrypoint(entry);
+    let module = wasmbox_engine::resolve_in_root(&rootfs, module_path)
+        .with_context(|| format!("finding the module {module_path} in {name}"))?;
+    let env = process
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Ok(RunSpec {
+        module,
+        export: export.map(str::to_string),
+        args: argv,
+        env,
+        preopens: vec![root_preopen(&rootfs)],
+        ..Default::default()
+    })
+}
+
+fn root_preopen(rootfs: &Path) -> Preopen {
+    Preopen {
+        host: rootfs.to_path_buf(),
+        guest: "/".to_string(),
+        read_only: false,
+    }
+}
