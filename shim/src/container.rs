@@ -49,6 +49,8 @@ pub struct Container {
     /// The pseudo-terminal's slave until the guest takes it, and its master for resizes.
     terminal: Mutex<Option<std::os::fd::OwnedFd>>,
     terminal_master: Option<std::fs::File>,
+    /// The container's cgroup, which the shim process joined at create.
+    cgroup: Mutex<Option<crate::cgroup::Membership>>,
     mounted: bool,
     inner: Mutex<Inner>,
     exited: Condvar,
@@ -80,6 +82,11 @@ impl Container {
             let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
                 .context("reading the container spec config.json")?;
             let mut run = crate::spec::run_spec(&spec, &rootfs)?;
+            let cgroups_path = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().clone())
+                .map(|p| p.to_string_lossy().into_owned());
             let fifo = |p: &str| {
                 if p.is_empty() {
                     Stdio::Null
@@ -99,17 +106,21 @@ impl Container {
                 run.preopens.len()
             );
             let program = Engine::global()?.load(&run)?;
-            Ok::<_, anyhow::Error>((run, program))
+            Ok::<_, anyhow::Error>((run, program, cgroups_path))
         })();
-        let loaded = result.and_then(|(spec, program)| {
+        let loaded = result.and_then(|(spec, program, cgroups_path)| {
             let pty = if terminal {
                 Some(Pty::open(stdio[0], stdio[1])?)
             } else {
                 None
             };
-            Ok((spec, program, pty))
+            let cgroup = match cgroups_path {
+                Some(path) => crate::cgroup::join(&path)?,
+                None => None,
+            };
+            Ok((spec, program, pty, cgroup))
         });
-        let (spec, program, pty) = match loaded {
+        let (spec, program, pty, cgroup) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 if mounted {
@@ -133,6 +144,7 @@ impl Container {
             program,
             terminal: Mutex::new(terminal),
             terminal_master,
+            cgroup: Mutex::new(cgroup),
             mounted,
             inner: Mutex::new(Inner {
                 status: Status::Created,
@@ -255,8 +267,11 @@ impl Container {
         }
     }
 
-    /// Unmounts what `create` mounted.
+    /// Leaves the cgroup and unmounts what `create` mounted.
     pub fn cleanup(&self) -> Result<()> {
+        if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
+            cgroup.leave()?;
+        }
         if self.mounted {
             unmount_rootfs(&self.rootfs)?;
         }

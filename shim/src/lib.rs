@@ -5,6 +5,7 @@
 //! engine's [`engine::RunSpec`], [`container`] is one container's lifecycle,
 //! and the ttrpc task service in the binary is containerd plumbing only.
 
+pub mod cgroup;
 pub mod container;
 pub mod spec;
 

@@ -618,3 +618,49 @@ fn a_terminal_works_like_ctr_run_t() {
     );
     node.containerd.assert_clean();
 }
+
+#[test]
+fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let id = "cgroup-member";
+    assert!(
+        node.containerd
+            .ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                &image,
+                id,
+                "/probe.wasm",
+                "sleep"
+            ])
+            .status
+            .success()
+    );
+    assert!(node.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
+    let list = stdout(&node.containerd.ctr(&["task", "ls"]));
+    let pid: u32 = list
+        .lines()
+        .find(|l| l.starts_with(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {list}"));
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        membership.contains(&format!("/default/{id}")),
+        "{membership}"
+    );
+    node.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    assert!(node.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
+    node.containerd.ctr(&["task", "delete", id]);
+    node.containerd.ctr(&["containers", "rm", id]);
+    node.containerd.assert_clean();
+    let leftovers: Vec<_> = ["", "memory", "cpu", "pids"]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("default").join(id))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+}

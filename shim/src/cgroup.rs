@@ -1,0 +1,109 @@
+//! Joining the container's cgroup, so the node accounts the shim's CPU and
+//! memory to the container (what `kubectl top` and the OOM logic see), and
+//! leaving it again on delete, with nothing left behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// cgroup v1 hierarchies the shim joins (the ones that account resources).
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
+
+/// The shim process's membership in a container's cgroup.
+#[derive(Debug)]
+pub struct Membership {
+    /// `cgroup.procs` files to move back to on leave.
+    original: Vec<PathBuf>,
+    /// The container's own cgroup directories this membership created. Shared
+    /// parents (`/default`, the namespace) stay, as runc leaves them.
+    created: Vec<PathBuf>,
+}
+
+/// Moves this process into `cgroups_path` (cgroupfs style, `/default/ID`) in
+/// every hierarchy. Paths in systemd's `slice:prefix:name` form are left to a
+/// later change and return `None`.
+pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
+    if !cgroups_path.starts_with('/') {
+        return Ok(None);
+    }
+    let relative = cgroups_path.trim_start_matches('/');
+    let pid = std::process::id().to_string();
+    let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
+    let mut membership = Membership {
+        original: Vec::new(),
+        created: Vec::new(),
+    };
+    let hierarchies: Vec<(PathBuf, String)> = if unified {
+        vec![(PathBuf::from(CGROUP_ROOT), current_path("")?)]
+    } else {
+        let mut seen = Vec::new();
+        let mut list = Vec::new();
+        for controller in V1_CONTROLLERS {
+            let root = Path::new(CGROUP_ROOT).join(controller);
+            let Ok(real) = root.canonicalize() else {
+                continue;
+            };
+            if seen.contains(&real) {
+                continue; // cpu and cpuacct are often one hierarchy
+            }
+            seen.push(real);
+            list.push((root, current_path(controller)?));
+        }
+        list
+    };
+    for (root, current) in hierarchies {
+        let target = root.join(relative);
+        if !target.exists() {
+            std::fs::create_dir_all(&target)
+                .with_context(|| format!("creating the cgroup {}", target.display()))?;
+            membership.created.push(target.clone());
+        }
+        std::fs::write(target.join("cgroup.procs"), &pid)
+            .with_context(|| format!("joining the cgroup {}", target.display()))?;
+        membership.original.push(
+            root.join(current.trim_start_matches('/'))
+                .join("cgroup.procs"),
+        );
+    }
+    Ok(Some(membership))
+}
+
+impl Membership {
+    /// Moves the process back where it was and removes the cgroups it created.
+    pub fn leave(self) -> Result<()> {
+        let pid = std::process::id().to_string();
+        for procs in &self.original {
+            std::fs::write(procs, &pid)
+                .with_context(|| format!("moving the shim back to {}", procs.display()))?;
+        }
+        for dir in &self.created {
+            // A cgroup is removed with rmdir even though it lists files.
+            std::fs::remove_dir(dir)
+                .with_context(|| format!("removing the cgroup {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// This process's path in the hierarchy of `controller` ("" for cgroup v2).
+fn current_path(controller: &str) -> Result<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        if matches {
+            return Ok(path.to_string());
+        }
+    }
+    Ok("/".to_string())
+}
