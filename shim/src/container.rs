@@ -100,10 +100,11 @@ impl Container {
                 run.stderr = fifo(stdio[2]);
             }
             log::info!(
-                "{id}: module {}, memory limit {:?}, {} preopens",
-                run.module.display(),
-                run.memory_limit,
-                run.preopens.len()
+                id,
+                module:% = run.module.display(),
+                memory_limit:? = run.memory_limit,
+                preopens = run.preopens.len();
+                "loading"
             );
             let program = Engine::global()?.load(&run)?;
             Ok::<_, anyhow::Error>((run, program, cgroups_path))

@@ -85,7 +85,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    info!("shim serving on {path}");
+    info!(id = flags.id.as_str(), socket = path.as_str(); "shim serving");
     shim.exit.wait();
     server.shutdown();
     let _ = std::fs::remove_file(&path);
@@ -222,7 +222,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        info!("create {}", req.id);
+        info!(id = req.id.as_str(); "create");
         if self.containers.lock().unwrap().contains_key(&req.id) {
             return Err(status_error(
                 Code::ALREADY_EXISTS,
@@ -246,7 +246,7 @@ impl containerd_shim::Task for TaskService {
             req.terminal,
         )
         .map_err(|e| {
-            error!("create {}: {e:#}", req.id);
+            error!(id = req.id.as_str(); "create failed: {e:#}");
             status_error(Code::FAILED_PRECONDITION, format!("{e:#}"))
         })?;
         self.containers
@@ -291,7 +291,7 @@ impl containerd_shim::Task for TaskService {
         let pid = std::process::id();
         container
             .start(move |c: &Container, exit: &Exit| {
-                info!("{} exited with status {}", c.id, exit.status);
+                info!(id = c.id.as_str(), exit_status = exit.status; "exited");
                 publish(
                     &publisher,
                     &namespace,
@@ -364,7 +364,7 @@ impl containerd_shim::Task for TaskService {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         Self::no_exec(&req.exec_id)?;
-        info!("kill {} signal {}", req.id, req.signal);
+        info!(id = req.id.as_str(), signal = req.signal; "kill");
         if !self.get(&req.id)?.kill(req.signal) {
             return Err(status_error(Code::NOT_FOUND, "process already finished"));
         }
