@@ -30,6 +30,10 @@ pub struct RunSpec {
     pub preopens: Vec<Preopen>,
     /// Cap on the bytes of linear memory and table elements the guest may grow to.
     pub memory_limit: Option<usize>,
+    /// WASI sockets and name lookup in this process's network namespace.
+    pub network: bool,
+    /// Wasm features turned on (`true`) or off beyond wasmtime's defaults.
+    pub features: Vec<(String, bool)>,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -47,6 +51,17 @@ pub enum Stdio {
     Terminal(Arc<OwnedFd>),
     /// This process's own stream (`wasmbox run`).
     Inherit,
+}
+
+/// `KEY=VALUE` strings (OCI `process.env`, image `Env`) as pairs; entries
+/// without `=` are dropped.
+pub fn env_pairs(list: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    list.into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// A host directory visible to the guest at `guest`.
@@ -92,22 +107,96 @@ pub struct Engine {
     engine: wasmtime::Engine,
 }
 
-impl Engine {
-    /// The shared engine, created on first use.
-    pub fn global() -> Result<&'static Engine> {
-        static ENGINE: OnceLock<Engine> = OnceLock::new();
-        if let Some(e) = ENGINE.get() {
-            return Ok(e);
+/// A feature set: (proposal name, on) pairs beyond wasmtime's defaults.
+type Features = Vec<(String, bool)>;
+
+/// Wasm features an annotation may turn on or off, by their proposal names.
+pub const KNOWN_FEATURES: [&str; 12] = [
+    "simd",
+    "relaxed-simd",
+    "multi-memory",
+    "memory64",
+    "tail-call",
+    "function-references",
+    "gc",
+    "exceptions",
+    "custom-page-sizes",
+    "wide-arithmetic",
+    "extended-const",
+    "stack-switching",
+];
+
+/// Parses `a,+b,-c` into (feature, on) pairs, refusing unknown names.
+pub fn parse_features(list: &str) -> Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, on) = match item.strip_prefix('-') {
+            Some(n) => (n, false),
+            None => (item.trim_start_matches('+'), true),
+        };
+        if !KNOWN_FEATURES.contains(&name) {
+            bail!(
+                "unknown Wasm feature `{name}` (known: {})",
+                KNOWN_FEATURES.join(", ")
+            );
         }
-        let engine = Engine::new()?;
-        Ok(ENGINE.get_or_init(|| engine))
+        out.push((name.to_string(), on));
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// The shared engine with wasmtime's default features, created on first use.
+    pub fn global() -> Result<&'static Engine> {
+        Self::with_features(&[])
     }
 
-    fn new() -> Result<Engine> {
+    /// The shared engine for `spec`'s feature set.
+    pub fn for_spec(spec: &RunSpec) -> Result<&'static Engine> {
+        Self::with_features(&spec.features)
+    }
+
+    /// One engine per distinct feature set, created once and kept for the
+    /// life of the process (there are only as many as operators configure).
+    pub fn with_features(features: &[(String, bool)]) -> Result<&'static Engine> {
+        static ENGINES: OnceLock<std::sync::Mutex<Vec<(Features, &'static Engine)>>> =
+            OnceLock::new();
+        let engines = ENGINES.get_or_init(Default::default);
+        let mut engines = engines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, e)) = engines.iter().find(|(f, _)| f.as_slice() == features) {
+            return Ok(e);
+        }
+        let engine: &'static Engine = Box::leak(Box::new(Engine::new(features)?));
+        engines.push((features.to_vec(), engine));
+        Ok(engine)
+    }
+
+    fn new(features: &[(String, bool)]) -> Result<Engine> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        let engine = wasmtime::Engine::new(&config)?;
+        for (name, on) in features {
+            let on = *on;
+            match name.as_str() {
+                "simd" => config.wasm_simd(on),
+                "relaxed-simd" => config.wasm_relaxed_simd(on),
+                "multi-memory" => config.wasm_multi_memory(on),
+                "memory64" => config.wasm_memory64(on),
+                "tail-call" => config.wasm_tail_call(on),
+                "function-references" => config.wasm_function_references(on),
+                "gc" => config.wasm_gc(on),
+                "exceptions" => config.wasm_exceptions(on),
+                "custom-page-sizes" => config.wasm_custom_page_sizes(on),
+                "wide-arithmetic" => config.wasm_wide_arithmetic(on),
+                "extended-const" => config.wasm_extended_const(on),
+                "stack-switching" => config.wasm_stack_switching(on),
+                other => bail!("unknown Wasm feature `{other}`"),
+            };
+        }
+        let engine = wt(
+            wasmtime::Engine::new(&config),
+            "configuring wasmtime with these features",
+        )?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -313,6 +402,10 @@ fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.args(&spec.args);
     wasi.envs(&spec.env);
+    if spec.network {
+        wasi.inherit_network();
+        wasi.allow_ip_name_lookup(true);
+    }
     for p in &spec.preopens {
         let perms = if p.read_only {
             FsPerms::ReadOnly

@@ -8,7 +8,8 @@
 
 pub mod archive;
 pub mod auth;
-pub mod format;
+/// The image format, defined once in the `wasmbox-format` crate (the shim reads it too).
+pub use wasmbox_format as format;
 pub mod image;
 pub mod module;
 pub mod progress;

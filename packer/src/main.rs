@@ -199,7 +199,7 @@ fn main() -> ExitCode {
 fn run_guest(store_dir: Option<&Path>, request: &wasmbox::run::RunRequest) -> Result<i32> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let spec = wasmbox::run::prepare(store_dir, request, scratch.path())?;
-    let engine = wasmbox_engine::Engine::global()?;
+    let engine = wasmbox_engine::Engine::for_spec(&spec)?;
     let program = engine.load(&spec)?;
     let (_kill, not_killed) = wasmbox_engine::KillSwitch::new();
     Ok(engine.run(&program, &spec, not_killed))

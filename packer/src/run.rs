@@ -163,16 +163,7 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
     let (module_path, export) = format::split_entrypoint(entry);
     let module = wasmbox_engine::resolve_in_root(&rootfs, module_path)
         .with_context(|| format!("finding the module {module_path} in {name}"))?;
-    let env = process
-        .env()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
+    let env = wasmbox_engine::env_pairs(process.env().clone().unwrap_or_default());
     Ok(RunSpec {
         module,
         export: export.map(str::to_string),

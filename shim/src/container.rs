@@ -106,7 +106,7 @@ impl Container {
                 preopens = run.preopens.len();
                 "loading"
             );
-            let program = Engine::global()?.load(&run)?;
+            let program = Engine::for_spec(&run)?.load(&run)?;
             Ok::<_, anyhow::Error>((run, program, cgroups_path))
         })();
         let loaded = result.and_then(|(spec, program, cgroups_path)| {
@@ -166,7 +166,7 @@ impl Container {
         self: &std::sync::Arc<Self>,
         on_exit: impl FnOnce(&Container, &Exit) + Send + 'static,
     ) -> Result<()> {
-        let engine = Engine::global()?;
+        let engine = Engine::for_spec(&self.spec)?;
         let (kill, kill_rx) = KillSwitch::new();
         {
             let mut inner = self.inner.lock().unwrap();

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use oci_spec::runtime::Spec;
-use wasmbox::format::split_entrypoint;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use wasmbox_format::{self as format, split_entrypoint};
 
 use crate::engine::{Preopen, RunSpec};
 
@@ -30,22 +30,49 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
     let module = wasmbox_engine::resolve_in_root(rootfs, module_path)
         .with_context(|| format!("finding the module {module_path} in the image"))?;
 
-    let env = process
-        .env()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect();
+    let env = wasmbox_engine::env_pairs(process.env().clone().unwrap_or_default());
 
-    let root_read_only = spec
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let annotation = |key: &str| annotations.get(key).map(String::as_str);
+    let spec_read_only = spec
         .root()
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
+    let root_read_only = match annotation(format::ANNOTATION_ROOTFS) {
+        Some("ro") => true,
+        None | Some("rw") => spec_read_only,
+        Some(other) => bail!(
+            "annotation {}={other}: expected ro or rw",
+            format::ANNOTATION_ROOTFS
+        ),
+    };
+    let network = match annotation(format::ANNOTATION_NETWORK) {
+        None | Some("none") => false,
+        Some("host") => {
+            let own_netns = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+            if own_netns {
+                bail!(
+                    "annotation {}=host needs a container on the host network (ctr run --net-host): the guest's sockets would otherwise escape the container's own network namespace",
+                    format::ANNOTATION_NETWORK
+                );
+            }
+            true
+        }
+        Some(other) => bail!(
+            "annotation {}={other}: expected none or host",
+            format::ANNOTATION_NETWORK
+        ),
+    };
+    let features = match annotation(format::ANNOTATION_FEATURES) {
+        Some(list) => wasmbox_engine::parse_features(list)
+            .with_context(|| format!("annotation {}", format::ANNOTATION_FEATURES))?,
+        None => Vec::new(),
+    };
     let mut preopens = vec![Preopen {
         host: rootfs.to_path_buf(),
         guest: "/".to_string(),
@@ -86,6 +113,8 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
             .and_then(|m| m.limit())
             .filter(|l| *l > 0)
             .map(|l| l as usize),
+        network,
+        features,
         ..Default::default()
     })
 }

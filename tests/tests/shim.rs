@@ -664,3 +664,72 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
         .collect();
     assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
 }
+
+#[test]
+fn annotations_narrow_the_root_widen_features_and_allow_network_only_on_the_host_network() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+
+    let out = node.probe(&[], &image, "root-rw", &["write", "/new.txt"]);
+    assert!(
+        out.status.success(),
+        "the root is writable by default: {}",
+        stderr(&out)
+    );
+    let ro = ["--annotation", "dev.wasmbox.wasi.rootfs=ro"];
+    let out = node.probe(&ro, &image, "root-ro", &["write", "/new.txt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot write /new.txt"),
+        "{}",
+        stderr(&out)
+    );
+
+    let net = ["--annotation", "dev.wasmbox.wasi.network=host"];
+    let out = node.probe(&net, &image, "net-own-ns", &["hello"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs a container on the host network"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.probe(
+        &["--net-host", net[0], net[1]],
+        &image,
+        "net-host",
+        &["hello"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let pages = node.wat_image(
+        "pages",
+        r#"(module (memory 1 (pagesize 1)) (func (export "_start")))"#,
+    );
+    let out = node.run(&pages, "pages-off", &[]);
+    assert!(
+        !out.status.success(),
+        "custom page sizes are off by default"
+    );
+    assert!(
+        stderr(&out).contains("is not a valid WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
+    let on = [
+        "--annotation",
+        "dev.wasmbox.wasm.features=custom-page-sizes",
+    ];
+    let out = node.run_with(&on, &pages, "pages-on", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bad = ["--annotation", "dev.wasmbox.wasm.features=warp-drive"];
+    let out = node.run_with(&bad, &image, "bad-feature", &[]);
+    assert!(
+        stderr(&out).contains("unknown Wasm feature `warp-drive`"),
+        "{}",
+        stderr(&out)
+    );
+    for id in ["net-own-ns", "pages-off", "bad-feature"] {
+        node.containerd.ctr(&["containers", "rm", id]);
+    }
+    node.containerd.assert_clean();
+}

@@ -1,6 +1,7 @@
 //! The one definition of the wasmbox image format: media types, platform
 //! strings, annotation keys and the Wasm artifact config schema. The packer
-//! writes these and the shim reads them; nothing else spells them out.
+//! writes these and the shim reads them; nothing else spells them out. A crate
+//! of its own so the shim does not link the registry client.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +79,17 @@ pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 /// containerd's annotation for the full image name in an imported index.json.
 pub const ANNOTATION_CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+
+/// Container annotation (OCI runtime spec, e.g. `ctr run --annotation`, pod
+/// annotations): WASI network access, `none` (default) or `host` (sockets and
+/// name lookup in the host's network; only for containers on the host network).
+pub const ANNOTATION_NETWORK: &str = "dev.wasmbox.wasi.network";
+/// Container annotation: `ro` makes the root filesystem read-only for the
+/// guest even when the spec leaves it writable.
+pub const ANNOTATION_ROOTFS: &str = "dev.wasmbox.wasi.rootfs";
+/// Container annotation: wasmtime features to turn on (`name` or `+name`) or
+/// off (`-name`), comma-separated, e.g. `custom-page-sizes,-simd`.
+pub const ANNOTATION_FEATURES: &str = "dev.wasmbox.wasm.features";
 
 /// Separates the module path from the export to call in an entrypoint:
 /// `/module.wasm#function` runs `function` instead of `_start`.
