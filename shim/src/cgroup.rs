@@ -18,6 +18,19 @@ pub struct Membership {
     /// The container's own cgroup directories this membership created. Shared
     /// parents (`/default`, the namespace) stay, as runc leaves them.
     created: Vec<PathBuf>,
+    /// The container's cgroup directory in each hierarchy joined.
+    joined: Vec<PathBuf>,
+    unified: bool,
+}
+
+/// What the container's cgroup has used, for `stats` (`ctr task metrics`, `kubectl top`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    pub cpu_nanos: u64,
+    pub pids: u64,
+    /// cgroup v2 (else v1), which decides the metrics type containerd expects.
+    pub unified: bool,
 }
 
 /// Moves this process into `cgroups_path` (cgroupfs style, `/default/ID`) in
@@ -33,6 +46,8 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
     let mut membership = Membership {
         original: Vec::new(),
         created: Vec::new(),
+        joined: Vec::new(),
+        unified,
     };
     let hierarchies: Vec<(PathBuf, String)> = if unified {
         vec![(PathBuf::from(CGROUP_ROOT), current_path("")?)]
@@ -61,6 +76,7 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
         }
         std::fs::write(target.join("cgroup.procs"), &pid)
             .with_context(|| format!("joining the cgroup {}", target.display()))?;
+        membership.joined.push(target.clone());
         membership.original.push(
             root.join(current.trim_start_matches('/'))
                 .join("cgroup.procs"),
@@ -70,6 +86,45 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
 }
 
 impl Membership {
+    /// Reads the cgroup's counters; a counter that cannot be read is 0.
+    pub fn usage(&self) -> Usage {
+        let read = |file: &str| -> Option<String> {
+            self.joined
+                .iter()
+                .map(|dir| dir.join(file))
+                .find(|p| p.exists())
+                .and_then(|p| std::fs::read_to_string(p).ok())
+        };
+        let number = |file: &str| {
+            read(file)
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if self.unified {
+            let cpu_usec = read("cpu.stat")
+                .and_then(|t| {
+                    t.lines().find_map(|l| {
+                        l.strip_prefix("usage_usec ")
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                })
+                .unwrap_or(0);
+            Usage {
+                memory_bytes: number("memory.current"),
+                cpu_nanos: cpu_usec * 1000,
+                pids: number("pids.current"),
+                unified: true,
+            }
+        } else {
+            Usage {
+                memory_bytes: number("memory.usage_in_bytes"),
+                cpu_nanos: number("cpuacct.usage"),
+                pids: number("pids.current"),
+                unified: false,
+            }
+        }
+    }
+
     /// Moves the process back where it was and removes the cgroups it created.
     pub fn leave(self) -> Result<()> {
         let pid = std::process::id().to_string();

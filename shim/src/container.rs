@@ -232,6 +232,11 @@ impl Container {
         }
     }
 
+    /// The container's cgroup counters, when the shim joined its cgroup.
+    pub fn usage(&self) -> Option<crate::cgroup::Usage> {
+        self.cgroup.lock().unwrap().as_ref().map(|c| c.usage())
+    }
+
     /// Sets the terminal's window size (`ctr run -t` and `docker run -t` resizes).
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
         let Some(master) = &self.terminal_master else {

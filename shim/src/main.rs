@@ -431,8 +431,56 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        self.get(&req.id)?;
-        Ok(api::StatsResponse::default())
+        let Some(usage) = self.get(&req.id)?.usage() else {
+            return Ok(api::StatsResponse::default());
+        };
+        let metrics: Box<dyn MessageDyn> = if usage.unified {
+            use containerd_shim::protos::cgroups_v2::metrics as v2;
+            Box::new(v2::Metrics {
+                memory: MessageField::some(v2::MemoryStat {
+                    usage: usage.memory_bytes,
+                    ..Default::default()
+                }),
+                cpu: MessageField::some(v2::CPUStat {
+                    usage_usec: usage.cpu_nanos / 1000,
+                    ..Default::default()
+                }),
+                pids: MessageField::some(v2::PidsStat {
+                    current: usage.pids,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        } else {
+            use containerd_shim::protos::cgroups::metrics as v1;
+            Box::new(v1::Metrics {
+                memory: MessageField::some(v1::MemoryStat {
+                    usage: MessageField::some(v1::MemoryEntry {
+                        usage: usage.memory_bytes,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                cpu: MessageField::some(v1::CPUStat {
+                    usage: MessageField::some(v1::CPUUsage {
+                        total: usage.cpu_nanos,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                pids: MessageField::some(v1::PidsStat {
+                    current: usage.pids,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let stats = containerd_shim::util::convert_to_any(metrics)
+            .map_err(|e| status_error(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 
     fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {

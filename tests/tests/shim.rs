@@ -733,3 +733,53 @@ fn annotations_narrow_the_root_widen_features_and_allow_network_only_on_the_host
     }
     node.containerd.assert_clean();
 }
+
+#[test]
+fn task_metrics_report_the_containers_memory_and_cpu() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let id = "metrics";
+    assert!(
+        node.containerd
+            .ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                RUNTIME,
+                &image,
+                id,
+                "/probe.wasm",
+                "spin"
+            ])
+            .status
+            .success()
+    );
+    assert!(node.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = node
+        .containerd
+        .ctr(&["task", "metrics", "--format", "json", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (memory, cpu) = if metrics["memory"]["usage"].is_object() {
+        (
+            &metrics["memory"]["usage"]["usage"],
+            &metrics["cpu"]["usage"]["total"],
+        )
+    } else {
+        (&metrics["memory"]["usage"], &metrics["cpu"]["usage_usec"])
+    };
+    assert!(
+        memory.as_u64().unwrap_or(0) > 0,
+        "memory usage in {metrics}"
+    );
+    assert!(
+        cpu.as_u64().unwrap_or(0) > 0,
+        "a spinning guest used no CPU? {metrics}"
+    );
+    node.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    assert!(node.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
+    node.containerd.ctr(&["task", "delete", id]);
+    node.containerd.ctr(&["containers", "rm", id]);
+    node.containerd.assert_clean();
+}
