@@ -93,6 +93,30 @@ impl Node {
         self.containerd.ctr_with_stdin(&full, b"")
     }
 
+    /// `ctr run -d` of the probe in `mode`; returns once the task runs.
+    fn start_probe(&self, image: &str, id: &str, mode: &str) {
+        let out = self.containerd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            image,
+            id,
+            "/probe.wasm",
+            mode,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(self.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
+    }
+
+    /// SIGKILL, wait for STOPPED, then delete the task and the container.
+    fn kill_and_remove(&self, id: &str) {
+        self.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        assert!(self.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
+        self.containerd.ctr(&["task", "delete", id]);
+        self.containerd.ctr(&["containers", "rm", id]);
+    }
+
     fn task_status(&self, id: &str) -> Option<String> {
         let list = stdout(&self.containerd.ctr(&["task", "ls"]));
         list.lines()
@@ -343,18 +367,7 @@ fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
     let image = node.image("probe", probe(), &[]);
     for (mode, signal, status) in [("spin", "SIGKILL", "137"), ("sleep", "SIGTERM", "143")] {
         let id = format!("kill-{mode}");
-        let out = node.containerd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            &image,
-            &id,
-            "/probe.wasm",
-            mode,
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(node.wait_for_status(&id, "RUNNING", Duration::from_secs(10)));
+        node.start_probe(&image, &id, mode);
         std::thread::sleep(Duration::from_millis(200));
         let out = node.containerd.ctr(&["task", "kill", "-s", signal, &id]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -383,22 +396,7 @@ fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
 fn exec_is_refused_as_unsupported() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
-    assert!(
-        node.containerd
-            .ctr(&[
-                "run",
-                "-d",
-                "--runtime",
-                RUNTIME,
-                &image,
-                "exec",
-                "/probe.wasm",
-                "sleep"
-            ])
-            .status
-            .success()
-    );
-    assert!(node.wait_for_status("exec", "RUNNING", Duration::from_secs(10)));
+    node.start_probe(&image, "exec", "sleep");
     let out = node
         .containerd
         .ctr(&["task", "exec", "--exec-id", "x", "exec", "/probe.wasm"]);
@@ -408,11 +406,7 @@ fn exec_is_refused_as_unsupported() {
         "{}",
         stderr(&out)
     );
-    node.containerd
-        .ctr(&["task", "kill", "-s", "SIGKILL", "exec"]);
-    assert!(node.wait_for_status("exec", "STOPPED", Duration::from_secs(2)));
-    node.containerd.ctr(&["task", "delete", "exec"]);
-    node.containerd.ctr(&["containers", "rm", "exec"]);
+    node.kill_and_remove("exec");
     node.containerd.assert_clean();
 }
 
@@ -624,22 +618,7 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
     let id = "cgroup-member";
-    assert!(
-        node.containerd
-            .ctr(&[
-                "run",
-                "-d",
-                "--runtime",
-                RUNTIME,
-                &image,
-                id,
-                "/probe.wasm",
-                "sleep"
-            ])
-            .status
-            .success()
-    );
-    assert!(node.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
+    node.start_probe(&image, id, "sleep");
     let list = stdout(&node.containerd.ctr(&["task", "ls"]));
     let pid: u32 = list
         .lines()
@@ -652,10 +631,7 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
         membership.contains(&format!("/default/{id}")),
         "{membership}"
     );
-    node.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    assert!(node.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
-    node.containerd.ctr(&["task", "delete", id]);
-    node.containerd.ctr(&["containers", "rm", id]);
+    node.kill_and_remove(id);
     node.containerd.assert_clean();
     let leftovers: Vec<_> = ["", "memory", "cpu", "pids"]
         .iter()
@@ -739,22 +715,7 @@ fn task_metrics_report_the_containers_memory_and_cpu() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
     let id = "metrics";
-    assert!(
-        node.containerd
-            .ctr(&[
-                "run",
-                "-d",
-                "--runtime",
-                RUNTIME,
-                &image,
-                id,
-                "/probe.wasm",
-                "spin"
-            ])
-            .status
-            .success()
-    );
-    assert!(node.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
+    node.start_probe(&image, id, "spin");
     std::thread::sleep(Duration::from_millis(300));
     let out = node
         .containerd
@@ -777,9 +738,6 @@ fn task_metrics_report_the_containers_memory_and_cpu() {
         cpu.as_u64().unwrap_or(0) > 0,
         "a spinning guest used no CPU? {metrics}"
     );
-    node.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-    assert!(node.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
-    node.containerd.ctr(&["task", "delete", id]);
-    node.containerd.ctr(&["containers", "rm", id]);
+    node.kill_and_remove(id);
     node.containerd.assert_clean();
 }
