@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// cgroup v1 hierarchies the shim joins (the ones that account resources).
@@ -33,14 +33,16 @@ pub struct Usage {
     pub unified: bool,
 }
 
-/// Moves this process into `cgroups_path` (cgroupfs style, `/default/ID`) in
-/// every hierarchy. Paths in systemd's `slice:prefix:name` form are left to a
-/// later change and return `None`.
+/// Moves this process into `cgroups_path` in every hierarchy: cgroupfs style
+/// (`/default/ID`, containerd's default) or systemd style (`slice:prefix:name`,
+/// what the kubelet sends with the systemd cgroup driver), which is joined at
+/// its cgroupfs directory (the scope is not registered with systemd over
+/// D-Bus). A relative path returns `None`.
 pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
-    if !cgroups_path.starts_with('/') {
+    let Some(absolute) = cgroupfs_path(cgroups_path)? else {
         return Ok(None);
-    }
-    let relative = cgroups_path.trim_start_matches('/');
+    };
+    let relative = absolute.trim_start_matches('/');
     let pid = std::process::id().to_string();
     let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
     let mut membership = Membership {
@@ -141,6 +143,65 @@ impl Membership {
     }
 }
 
+/// The cgroupfs directory (absolute within a hierarchy) a spec's
+/// `linux.cgroupsPath` names, or `None` for a relative path.
+fn cgroupfs_path(cgroups_path: &str) -> Result<Option<String>> {
+    if cgroups_path.starts_with('/') {
+        return Ok(Some(cgroups_path.to_string()));
+    }
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    let [slice, prefix, name] = parts[..] else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        bail!("cgroupsPath {cgroups_path}: the systemd unit name is empty");
+    }
+    let parent = expand_slice(if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    })
+    .with_context(|| format!("cgroupsPath {cgroups_path}"))?;
+    let unit = if name.ends_with(".slice") {
+        name.to_string()
+    } else if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    };
+    Ok(Some(format!("{parent}/{unit}")))
+}
+
+/// systemd's slice nesting: `a-b-c.slice` lives at `/a.slice/a-b.slice/a-b-c.slice`.
+fn expand_slice(slice: &str) -> Result<String> {
+    let Some(stem) = slice.strip_suffix(".slice") else {
+        bail!("{slice} is not a systemd slice (it does not end in .slice)");
+    };
+    if stem == "-" {
+        return Ok(String::new()); // the root slice
+    }
+    if stem.is_empty()
+        || stem.contains('/')
+        || stem.starts_with('-')
+        || stem.ends_with('-')
+        || stem.contains("--")
+    {
+        bail!("{slice} is not a valid systemd slice name");
+    }
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for component in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(component);
+        path.push('/');
+        path.push_str(&prefix);
+        path.push_str(".slice");
+    }
+    Ok(path)
+}
+
 /// This process's path in the hierarchy of `controller` ("" for cgroup v2).
 fn current_path(controller: &str) -> Result<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
@@ -161,4 +222,50 @@ fn current_path(controller: &str) -> Result<String> {
         }
     }
     Ok("/".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroupfs_path;
+
+    fn path(p: &str) -> Option<String> {
+        cgroupfs_path(p).unwrap()
+    }
+
+    #[test]
+    fn cgroupfs_paths_stay_as_they_are() {
+        assert_eq!(path("/default/abc").as_deref(), Some("/default/abc"));
+        assert_eq!(path("relative/abc"), None);
+    }
+
+    #[test]
+    fn systemd_paths_expand_to_their_slice_directories() {
+        assert_eq!(
+            path("kubepods-besteffort-pod12.slice:cri-containerd:abc").as_deref(),
+            Some(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-abc.scope"
+            )
+        );
+        assert_eq!(
+            path(":wasmbox:abc").as_deref(),
+            Some("/system.slice/wasmbox-abc.scope")
+        );
+        assert_eq!(path("-.slice::abc").as_deref(), Some("/abc.scope"));
+        assert_eq!(
+            path("machine.slice:x:inner.slice").as_deref(),
+            Some("/machine.slice/inner.slice")
+        );
+    }
+
+    #[test]
+    fn malformed_systemd_paths_are_refused() {
+        for bad in [
+            "kubepods:cri:abc",
+            "a--b.slice:p:n",
+            "a.slice:p:",
+            "../x.slice:p:n",
+        ] {
+            assert!(cgroupfs_path(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

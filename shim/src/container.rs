@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
+use crate::content::ImageSource;
 use crate::engine::{Engine, KillSwitch, Program, RunSpec, Stdio};
 
 /// Where a container is in its life.
@@ -51,6 +52,12 @@ pub struct Container {
     terminal_master: Option<std::fs::File>,
     /// The container's cgroup, which the shim process joined at create.
     cgroup: Mutex<Option<crate::cgroup::Membership>>,
+    /// Write ends of the output FIFOs, opened at create and closed when the
+    /// guest ends. containerd's client opens its read ends asynchronously and
+    /// abandons an open still pending when the task is deleted; a writer from
+    /// create on lets that open finish long before a fast guest exits (runc's
+    /// shim opens them at create too).
+    output_fifos: Mutex<Vec<std::fs::File>>,
     mounted: bool,
     inner: Mutex<Inner>,
     exited: Condvar,
@@ -64,6 +71,7 @@ impl Container {
         mounts: &[RootfsMount],
         stdio: [&str; 3],
         terminal: bool,
+        image: &ImageSource,
     ) -> Result<Container> {
         let rootfs = bundle.join("rootfs");
         let mut mounted = false;
@@ -81,7 +89,10 @@ impl Container {
         let result = (|| {
             let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
                 .context("reading the container spec config.json")?;
-            let mut run = crate::spec::run_spec(&spec, &rootfs)?;
+            let mut run = crate::spec::run_spec(&spec, &rootfs, || {
+                // In the bundle, not the rootfs: containerd removes it at delete.
+                image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
+            })?;
             let cgroups_path = spec
                 .linux()
                 .as_ref()
@@ -115,13 +126,25 @@ impl Container {
             } else {
                 None
             };
+            let mut output_fifos = Vec::new();
+            if !terminal {
+                for path in [stdio[1], stdio[2]].into_iter().filter(|p| !p.is_empty()) {
+                    output_fifos.push(
+                        std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(path)
+                            .with_context(|| format!("opening the output FIFO {path}"))?,
+                    );
+                }
+            }
             let cgroup = match cgroups_path {
                 Some(path) => crate::cgroup::join(&path)?,
                 None => None,
             };
-            Ok((spec, program, pty, cgroup))
+            Ok((spec, program, pty, output_fifos, cgroup))
         });
-        let (spec, program, pty, cgroup) = match loaded {
+        let (spec, program, pty, output_fifos, cgroup) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
                 if mounted {
@@ -146,6 +169,7 @@ impl Container {
             terminal: Mutex::new(terminal),
             terminal_master,
             cgroup: Mutex::new(cgroup),
+            output_fifos: Mutex::new(output_fifos),
             mounted,
             inner: Mutex::new(Inner {
                 status: Status::Created,
@@ -189,7 +213,11 @@ impl Container {
             .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
             .spawn(move || {
                 let code = engine.run(&this.program, &spec, kill_rx);
+                if let Some(master) = &this.terminal_master {
+                    drain_terminal(master);
+                }
                 drop(spec);
+                this.output_fifos.lock().unwrap().clear();
                 let exit = Exit {
                     status: code as u32,
                     at: SystemTime::now(),
@@ -225,6 +253,8 @@ impl Container {
                     at: SystemTime::now(),
                 });
                 drop(inner);
+                self.output_fifos.lock().unwrap().clear();
+                self.terminal.lock().unwrap().take();
                 self.exited.notify_all();
                 true
             }
@@ -359,6 +389,28 @@ fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
 struct Pty {
     master: std::fs::File,
     slave: std::os::fd::OwnedFd,
+}
+
+/// Waits (up to a second) until the tty-out thread has read everything the
+/// guest wrote: Linux discards a terminal's unread output once its slave side
+/// closes, so the last lines of a fast guest would otherwise be lost.
+fn drain_terminal(master: &std::fs::File) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through a valid pointer; the fd is our open master.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(master),
+                libc::FIONREAD,
+                &mut pending,
+            )
+        };
+        if rc != 0 || pending == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 impl Pty {

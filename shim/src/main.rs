@@ -18,6 +18,7 @@ use containerd_shim::{
     Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use containerd_shim_wasmtime::container::{Container, Exit, RootfsMount, Status};
+use containerd_shim_wasmtime::content::ImageSource;
 use log::{error, info, warn};
 
 /// The runtime type containerd knows this shim by.
@@ -56,6 +57,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         RemotePublisher::new(&ttrpc_address).context("connecting to containerd's event service")?;
     let shim = WasmShim {
         namespace: flags.namespace.clone(),
+        containerd_address: flags.address.clone(),
         exit: Arc::new(ExitSignal::default()),
     };
     let service: Arc<dyn containerd_shim::Task + Send + Sync> =
@@ -120,6 +122,8 @@ fn start_and_print_address(flags: Flags) -> Result<(), containerd_shim::Error> {
 #[derive(Clone)]
 struct WasmShim {
     namespace: String,
+    /// containerd's gRPC socket, for images whose module is a layer.
+    containerd_address: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -129,6 +133,7 @@ impl containerd_shim::Shim for WasmShim {
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         WasmShim {
             namespace: args.namespace.clone(),
+            containerd_address: args.address.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
@@ -161,6 +166,7 @@ impl containerd_shim::Shim for WasmShim {
     fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         TaskService {
             namespace: self.namespace.clone(),
+            containerd_address: self.containerd_address.clone(),
             exit: self.exit.clone(),
             publisher: Arc::new(publisher),
             containers: Arc::new(Mutex::new(HashMap::new())),
@@ -171,6 +177,7 @@ impl containerd_shim::Shim for WasmShim {
 /// The ttrpc Task API for every container of this shim.
 struct TaskService {
     namespace: String,
+    containerd_address: String,
     exit: Arc<ExitSignal>,
     publisher: Arc<RemotePublisher>,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
@@ -244,6 +251,11 @@ impl containerd_shim::Task for TaskService {
             &mounts,
             [&req.stdin, &req.stdout, &req.stderr],
             req.terminal,
+            &ImageSource {
+                containerd_address: self.containerd_address.clone(),
+                namespace: self.namespace.clone(),
+                container_id: req.id.clone(),
+            },
         )
         .map_err(|e| {
             error!(id = req.id.as_str(); "create failed: {e:#}");

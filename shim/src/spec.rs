@@ -1,6 +1,6 @@
 //! OCI runtime spec + rootfs → [`RunSpec`]: what the guest may see, and nothing more.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -14,21 +14,45 @@ const KERNEL_FILESYSTEMS: [&str; 7] = [
     "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs",
 ];
 
-/// Builds the run description for the container whose root filesystem is at `rootfs`.
-pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
+/// argv[0] of a guest whose module came from an image layer and whose spec
+/// named no command (the layer has no path of its own).
+pub const LAYER_MODULE_ARGV0: &str = "/module.wasm";
+
+/// Builds the run description for the container whose root filesystem is at
+/// `rootfs`. `layer_module` is asked for the image's Wasm layer only when the
+/// rootfs does not hold the entrypoint (images of raw Wasm layers unpack to
+/// an empty rootfs).
+pub fn run_spec(
+    spec: &Spec,
+    rootfs: &Path,
+    layer_module: impl FnOnce() -> Result<Option<PathBuf>>,
+) -> Result<RunSpec> {
     let process = spec
         .process()
         .as_ref()
         .context("the container spec has no process")?;
-    let args = process.args().clone().unwrap_or_default();
-    let Some(entry) = args.first() else {
-        bail!(
-            "the container spec has no process.args: the image sets no entrypoint and none was given"
-        );
+    let mut args = process.args().clone().unwrap_or_default();
+    let (module, export) = match args.first() {
+        Some(entry) => {
+            let (module_path, export) = split_entrypoint(entry);
+            let module = match wasmbox_engine::resolve_in_root(rootfs, module_path) {
+                Ok(module) => module,
+                Err(not_in_rootfs) => layer_module()?.ok_or_else(|| {
+                    not_in_rootfs.context(format!("finding the module {module_path} in the image"))
+                })?,
+            };
+            (module, export.map(str::to_string))
+        }
+        None => match layer_module()? {
+            Some(module) => {
+                args.push(LAYER_MODULE_ARGV0.to_string());
+                (module, None)
+            }
+            None => bail!(
+                "the container spec has no process.args: the image sets no entrypoint and none was given"
+            ),
+        },
     };
-    let (module_path, export) = split_entrypoint(entry);
-    let module = wasmbox_engine::resolve_in_root(rootfs, module_path)
-        .with_context(|| format!("finding the module {module_path} in the image"))?;
 
     let env = wasmbox_engine::env_pairs(process.env().clone().unwrap_or_default());
 
@@ -101,7 +125,7 @@ pub fn run_spec(spec: &Spec, rootfs: &Path) -> Result<RunSpec> {
 
     Ok(RunSpec {
         module,
-        export: export.map(str::to_string),
+        export,
         args,
         env,
         preopens,

@@ -766,6 +766,8 @@ impl Wasmbox {
 }
 
 /// Guest programs for tests, written in WAT.
+pub mod containerd_api;
+
 pub mod guests {
     /// A WASI preview 1 command that prints `hello from wasm`.
     pub const HELLO_WAT: &str = r#"(module

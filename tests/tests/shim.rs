@@ -93,18 +93,12 @@ impl Node {
         self.containerd.ctr_with_stdin(&full, b"")
     }
 
-    /// `ctr run -d` of the probe in `mode`; returns once the task runs.
-    fn start_probe(&self, image: &str, id: &str, mode: &str) {
-        let out = self.containerd.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            image,
-            id,
-            "/probe.wasm",
-            mode,
-        ]);
+    /// `ctr run -d OPTS…` of the probe in `mode`; returns once the task runs.
+    fn start_probe(&self, opts: &[&str], image: &str, id: &str, mode: &str) {
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[image, id, "/probe.wasm", mode]);
+        let out = self.containerd.ctr(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(self.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
     }
@@ -115,6 +109,16 @@ impl Node {
         assert!(self.wait_for_status(id, "STOPPED", Duration::from_secs(2)));
         self.containerd.ctr(&["task", "delete", id]);
         self.containerd.ctr(&["containers", "rm", id]);
+    }
+
+    /// The pid `ctr task ls` shows for `id` (the shim's, for Wasm tasks).
+    fn task_pid(&self, id: &str) -> u32 {
+        let list = stdout(&self.containerd.ctr(&["task", "ls"]));
+        list.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid for {id} in {list}"))
     }
 
     fn task_status(&self, id: &str) -> Option<String> {
@@ -367,7 +371,7 @@ fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
     let image = node.image("probe", probe(), &[]);
     for (mode, signal, status) in [("spin", "SIGKILL", "137"), ("sleep", "SIGTERM", "143")] {
         let id = format!("kill-{mode}");
-        node.start_probe(&image, &id, mode);
+        node.start_probe(&[], &image, &id, mode);
         std::thread::sleep(Duration::from_millis(200));
         let out = node.containerd.ctr(&["task", "kill", "-s", signal, &id]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -396,7 +400,7 @@ fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
 fn exec_is_refused_as_unsupported() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
-    node.start_probe(&image, "exec", "sleep");
+    node.start_probe(&[], &image, "exec", "sleep");
     let out = node
         .containerd
         .ctr(&["task", "exec", "--exec-id", "x", "exec", "/probe.wasm"]);
@@ -618,15 +622,9 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
     let id = "cgroup-member";
-    node.start_probe(&image, id, "sleep");
-    let list = stdout(&node.containerd.ctr(&["task", "ls"]));
-    let pid: u32 = list
-        .lines()
-        .find(|l| l.starts_with(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {list}"));
-    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    node.start_probe(&[], &image, id, "sleep");
+    let membership =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", node.task_pid(id))).unwrap();
     assert!(
         membership.contains(&format!("/default/{id}")),
         "{membership}"
@@ -639,6 +637,29 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
         .filter(|p| p.exists())
         .collect();
     assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+
+    // The kubelet's systemd driver names slice:prefix:name; the shim joins
+    // the directory systemd would give that scope.
+    let id = "cgroup-systemd";
+    let slice = format!("wasmboxtest{}.slice", std::process::id());
+    let path = format!("{slice}:wasmbox:{id}");
+    node.start_probe(&["--cgroup", &path], &image, id, "sleep");
+    let membership =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", node.task_pid(id))).unwrap();
+    let scope = format!("/{slice}/wasmbox-{id}.scope");
+    assert!(membership.contains(&scope), "{scope} not in {membership}");
+    node.kill_and_remove(id);
+    node.containerd.assert_clean();
+    for hierarchy in ["", "memory", "cpu", "pids"] {
+        let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(&slice);
+        assert!(
+            !dir.join(format!("wasmbox-{id}.scope")).exists(),
+            "scope left in {}",
+            dir.display()
+        );
+        // The slice is a shared parent the shim leaves, as runc does.
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
 
 #[test]
@@ -715,7 +736,7 @@ fn task_metrics_report_the_containers_memory_and_cpu() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
     let id = "metrics";
-    node.start_probe(&image, id, "spin");
+    node.start_probe(&[], &image, id, "spin");
     std::thread::sleep(Duration::from_millis(300));
     let out = node
         .containerd
@@ -739,5 +760,62 @@ fn task_metrics_report_the_containers_memory_and_cpu() {
         "a spinning guest used no CPU? {metrics}"
     );
     node.kill_and_remove(id);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn an_image_of_wasm_layers_runs_from_containerds_content_store() {
+    let node = Node::new();
+    let image = "example.test/layer:v1";
+    let archive = node.w.dir().join("layer.tar");
+    node.w.ok(&[
+        "pack",
+        probe().to_str().unwrap(),
+        "--format",
+        "artifact",
+        "-t",
+        image,
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    let out = node
+        .containerd
+        .ctr(&["image", "import", "--no-unpack", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", stderr(&out));
+
+    // No command at all: the layer is the module, argv[0] is /module.wasm.
+    let run = node
+        .containerd
+        .run_via_api(RUNTIME, image, "layer-plain", None)
+        .unwrap();
+    assert_eq!(
+        (run.exit_status, run.stdout.as_str()),
+        (0, "hello from probe\n")
+    );
+
+    // A command whose path the (empty) rootfs lacks: the layer runs with it.
+    let run = node
+        .containerd
+        .run_via_api(
+            RUNTIME,
+            image,
+            "layer-args",
+            Some(&["/app.wasm", "args", "x"]),
+        )
+        .unwrap();
+    assert_eq!(
+        (run.exit_status, run.stdout.as_str()),
+        (0, "arg[0]=/app.wasm\narg[1]=args\narg[2]=x\n")
+    );
+    let run = node
+        .containerd
+        .run_via_api(
+            RUNTIME,
+            image,
+            "layer-exit",
+            Some(&["/app.wasm", "exit", "9"]),
+        )
+        .unwrap();
+    assert_eq!(run.exit_status, 9, "{run:?}");
     node.containerd.assert_clean();
 }

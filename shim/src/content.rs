@@ -1,0 +1,189 @@
+//! Modules that live in an image's layers rather than in its root filesystem.
+//!
+//! Images whose manifest carries raw Wasm layers (`application/wasm`, the
+//! CNCF `application/vnd.wasm.content.layer.v1+wasm`, the Bytecode Alliance
+//! component layer) unpack to an empty root filesystem (containerd ≥ 1.7.7
+//! skips layers that are not tars). The module is then read from containerd's
+//! content store: container → image → manifest → Wasm layer. Only containers
+//! whose rootfs lacks the entrypoint pay for this, so the usual start path
+//! makes no gRPC call.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use containerd_client::services::v1::{
+    GetContainerRequest, GetImageRequest, ReadContentRequest, containers_client::ContainersClient,
+    content_client::ContentClient, images_client::ImagesClient,
+};
+use containerd_client::tonic::{Request, transport::Channel};
+use containerd_client::with_namespace;
+use oci_spec::image::{ImageIndex, ImageManifest};
+use sha2::{Digest, Sha256};
+use wasmbox_format as format;
+
+/// Upper bound on a manifest or index read from the content store.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Where a container's image can be read: containerd's gRPC socket and the
+/// container's namespace and id.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    pub containerd_address: String,
+    pub namespace: String,
+    pub container_id: String,
+}
+
+impl ImageSource {
+    /// Writes the image's Wasm layer to `dest` and returns `dest`, or `None`
+    /// when the container has no image or its image has no Wasm layer.
+    pub fn wasm_layer_to(&self, dest: &Path) -> Result<Option<PathBuf>> {
+        if self.containerd_address.is_empty() {
+            return Ok(None);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for containerd's API")?;
+        let Some(bytes) = runtime.block_on(self.fetch_wasm_layer())? else {
+            return Ok(None);
+        };
+        std::fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+        Ok(Some(dest.to_path_buf()))
+    }
+
+    async fn fetch_wasm_layer(&self) -> Result<Option<Vec<u8>>> {
+        let channel = containerd_client::connect(&self.containerd_address)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to containerd at {} to read the image",
+                    self.containerd_address
+                )
+            })?;
+        let ns = self.namespace.as_str();
+        let container = ContainersClient::new(channel.clone())
+            .get(with_namespace!(
+                GetContainerRequest {
+                    id: self.container_id.clone()
+                },
+                ns
+            ))
+            .await
+            .with_context(|| format!("asking containerd for container {}", self.container_id))?
+            .into_inner()
+            .container
+            .context("containerd answered without the container")?;
+        if container.image.is_empty() {
+            return Ok(None);
+        }
+        let image_name = container.image;
+        let target = ImagesClient::new(channel.clone())
+            .get(with_namespace!(
+                GetImageRequest {
+                    name: image_name.clone()
+                },
+                ns
+            ))
+            .await
+            .with_context(|| format!("asking containerd for image {image_name}"))?
+            .into_inner()
+            .image
+            .and_then(|i| i.target)
+            .with_context(|| format!("image {image_name} has no target descriptor"))?;
+        let content = Content { channel, ns };
+        let manifest = content
+            .manifest_of(&target.media_type, &target.digest)
+            .await
+            .with_context(|| format!("reading the manifest of {image_name}"))?;
+        let Some(layer) = manifest
+            .layers()
+            .iter()
+            .find(|l| format::is_wasm_layer(l.media_type().as_ref()))
+        else {
+            return Ok(None);
+        };
+        let digest = layer.digest().to_string();
+        let bytes = content
+            .read(&digest, None)
+            .await
+            .with_context(|| format!("reading the Wasm layer {digest} of {image_name}"))?;
+        Ok(Some(bytes))
+    }
+}
+
+struct Content<'a> {
+    channel: Channel,
+    ns: &'a str,
+}
+
+impl Content<'_> {
+    /// The image manifest `digest` names, following an index to its Wasm
+    /// platform entry (or its only entry).
+    async fn manifest_of(&self, media_type: &str, digest: &str) -> Result<ImageManifest> {
+        let bytes = self.read(digest, Some(MAX_MANIFEST_BYTES)).await?;
+        let is_index = matches!(
+            media_type,
+            format::MEDIA_TYPE_OCI_INDEX | format::MEDIA_TYPE_DOCKER_MANIFEST_LIST
+        );
+        if !is_index {
+            return ImageManifest::from_reader(&bytes[..])
+                .with_context(|| format!("{digest} is not an image manifest"));
+        }
+        let index = ImageIndex::from_reader(&bytes[..])
+            .with_context(|| format!("{digest} is not an image index"))?;
+        let manifests = index.manifests();
+        let entry = manifests
+            .iter()
+            .find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    format::is_wasm_platform(&p.os().to_string(), &p.architecture().to_string())
+                })
+            })
+            .or(if manifests.len() == 1 {
+                manifests.first()
+            } else {
+                None
+            })
+            .with_context(|| format!("the index {digest} has no wasm platform entry"))?;
+        let bytes = self
+            .read(entry.digest().as_ref(), Some(MAX_MANIFEST_BYTES))
+            .await?;
+        ImageManifest::from_reader(&bytes[..])
+            .with_context(|| format!("{} is not an image manifest", entry.digest()))
+    }
+
+    /// A whole blob, checked against its sha256 digest.
+    async fn read(&self, digest: &str, limit: Option<usize>) -> Result<Vec<u8>> {
+        let Some(expected) = digest.strip_prefix("sha256:") else {
+            bail!("unsupported digest algorithm in {digest}");
+        };
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(with_namespace!(
+                ReadContentRequest {
+                    digest: digest.to_string(),
+                    offset: 0,
+                    size: 0,
+                },
+                self.ns
+            ))
+            .await
+            .with_context(|| format!("reading {digest} from containerd's content store"))?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .with_context(|| format!("reading {digest} from containerd's content store"))?
+        {
+            bytes.extend_from_slice(&chunk.data);
+            if limit.is_some_and(|l| bytes.len() > l) {
+                bail!("{digest} is larger than {} bytes", limit.unwrap_or(0));
+            }
+        }
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != expected {
+            bail!("{digest} read from containerd hashes to sha256:{actual}");
+        }
+        Ok(bytes)
+    }
+}
