@@ -783,39 +783,24 @@ fn an_image_of_wasm_layers_runs_from_containerds_content_store() {
         .ctr(&["image", "import", "--no-unpack", archive.to_str().unwrap()]);
     assert!(out.status.success(), "import: {}", stderr(&out));
 
+    let run = |id: &str, args: Option<&[&str]>| {
+        node.containerd
+            .run_via_api(RUNTIME, image, id, args)
+            .unwrap()
+    };
     // No command at all: the layer is the module, argv[0] is /module.wasm.
-    let run = node
-        .containerd
-        .run_via_api(RUNTIME, image, "layer-plain", None)
-        .unwrap();
+    let out = run("layer-plain", None);
     assert_eq!(
-        (run.exit_status, run.stdout.as_str()),
+        (out.exit_status, out.stdout.as_str()),
         (0, "hello from probe\n")
     );
-
     // A command whose path the (empty) rootfs lacks: the layer runs with it.
-    let run = node
-        .containerd
-        .run_via_api(
-            RUNTIME,
-            image,
-            "layer-args",
-            Some(&["/app.wasm", "args", "x"]),
-        )
-        .unwrap();
+    let out = run("layer-args", Some(&["/app.wasm", "args", "x"]));
     assert_eq!(
-        (run.exit_status, run.stdout.as_str()),
+        (out.exit_status, out.stdout.as_str()),
         (0, "arg[0]=/app.wasm\narg[1]=args\narg[2]=x\n")
     );
-    let run = node
-        .containerd
-        .run_via_api(
-            RUNTIME,
-            image,
-            "layer-exit",
-            Some(&["/app.wasm", "exit", "9"]),
-        )
-        .unwrap();
-    assert_eq!(run.exit_status, 9, "{run:?}");
+    let out = run("layer-exit", Some(&["/app.wasm", "exit", "9"]));
+    assert_eq!(out.exit_status, 9, "{out:?}");
     node.containerd.assert_clean();
 }
