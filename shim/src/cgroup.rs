@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Whether this process is in a container's cgroup (see [`join`]).
+static JOINED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 /// cgroup v1 hierarchies the shim joins (the ones that account resources).
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
 
@@ -38,10 +40,19 @@ pub struct Usage {
 /// what the kubelet sends with the systemd cgroup driver), which is joined at
 /// its cgroupfs directory (the scope is not registered with systemd over
 /// D-Bus). A relative path returns `None`.
+///
+/// A process sits in one cgroup per hierarchy, so only the shim's first
+/// container is joined: for a pod that is its sandbox, whose cgroup then
+/// accounts the whole pod (the kubelet reads pod usage from the parent).
+/// Later containers of the same shim return `None`.
 pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
     let Some(absolute) = cgroupfs_path(cgroups_path)? else {
         return Ok(None);
     };
+    let mut joined = JOINED.lock().unwrap();
+    if *joined {
+        return Ok(None);
+    }
     let relative = absolute.trim_start_matches('/');
     let pid = std::process::id().to_string();
     let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
@@ -84,6 +95,7 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
                 .join("cgroup.procs"),
         );
     }
+    *joined = true;
     Ok(Some(membership))
 }
 
@@ -129,6 +141,7 @@ impl Membership {
 
     /// Moves the process back where it was and removes the cgroups it created.
     pub fn leave(self) -> Result<()> {
+        *JOINED.lock().unwrap() = false;
         let pid = std::process::id().to_string();
         for procs in &self.original {
             std::fs::write(procs, &pid)

@@ -37,6 +37,16 @@ pub struct RootfsMount {
     pub options: Vec<String>,
 }
 
+/// What a container runs.
+enum Workload {
+    Wasm { spec: RunSpec, program: Program },
+    /// A pod's sandbox: no program; it holds the pod until it is killed.
+    Sandbox,
+}
+
+/// Called on the guest's thread (or the killer's, for a sandbox) when the container stops.
+type OnExit = Box<dyn FnOnce(&Container, &Exit) + Send>;
+
 /// A container the shim runs.
 pub struct Container {
     pub id: String,
@@ -45,8 +55,9 @@ pub struct Container {
     pub stdin: String,
     pub stdout: String,
     pub stderr: String,
-    spec: RunSpec,
-    program: Program,
+    workload: Workload,
+    /// A running sandbox's exit callback, run by `kill`.
+    sandbox_exit: Mutex<Option<OnExit>>,
     /// The pseudo-terminal's slave until the guest takes it, and its master for resizes.
     terminal: Mutex<Option<std::os::fd::OwnedFd>>,
     terminal_master: Option<std::fs::File>,
@@ -74,6 +85,11 @@ impl Container {
         image: &ImageSource,
     ) -> Result<Container> {
         let rootfs = bundle.join("rootfs");
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .context("reading the container spec config.json")?;
+        if crate::pod::is_sandbox(&spec) {
+            return Ok(Container::sandbox(id, bundle, rootfs, &spec, stdio));
+        }
         let mut mounted = false;
         if !mounts.is_empty() {
             std::fs::create_dir_all(&rootfs)
@@ -87,8 +103,6 @@ impl Container {
             }
         }
         let result = (|| {
-            let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-                .context("reading the container spec config.json")?;
             let mut run = crate::spec::run_spec(&spec, &rootfs, || {
                 // In the bundle, not the rootfs: containerd removes it at delete.
                 image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
@@ -164,8 +178,8 @@ impl Container {
             stdin: stdio[0].to_string(),
             stdout: stdio[1].to_string(),
             stderr: stdio[2].to_string(),
-            spec,
-            program,
+            workload: Workload::Wasm { spec, program },
+            sandbox_exit: Mutex::new(None),
             terminal: Mutex::new(terminal),
             terminal_master,
             cgroup: Mutex::new(cgroup),
@@ -180,6 +194,50 @@ impl Container {
         })
     }
 
+    /// A pod's sandbox: nothing to mount or load. The shim joins its cgroup
+    /// (the pod's accounting; the pod's containers share this process).
+    fn sandbox(
+        id: &str,
+        bundle: &Path,
+        rootfs: PathBuf,
+        spec: &oci_spec::runtime::Spec,
+        stdio: [&str; 3],
+    ) -> Container {
+        let cgroup = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .and_then(|p| match crate::cgroup::join(&p.to_string_lossy()) {
+                Ok(membership) => membership,
+                Err(e) => {
+                    log::warn!(id; "not joining the pod's cgroup: {e:#}");
+                    None
+                }
+            });
+        log::info!(id; "pod sandbox");
+        Container {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            rootfs,
+            stdin: stdio[0].to_string(),
+            stdout: stdio[1].to_string(),
+            stderr: stdio[2].to_string(),
+            workload: Workload::Sandbox,
+            sandbox_exit: Mutex::new(None),
+            terminal: Mutex::new(None),
+            terminal_master: None,
+            cgroup: Mutex::new(cgroup),
+            output_fifos: Mutex::new(Vec::new()),
+            mounted: false,
+            inner: Mutex::new(Inner {
+                status: Status::Created,
+                exit: None,
+                kill: None,
+            }),
+            exited: Condvar::new(),
+        }
+    }
+
     pub fn status(&self) -> (Status, Option<Exit>) {
         let inner = self.inner.lock().unwrap();
         (inner.status, inner.exit.clone())
@@ -190,7 +248,19 @@ impl Container {
         self: &std::sync::Arc<Self>,
         on_exit: impl FnOnce(&Container, &Exit) + Send + 'static,
     ) -> Result<()> {
-        let engine = Engine::for_spec(&self.spec)?;
+        let (run_spec, program) = match &self.workload {
+            Workload::Wasm { spec, program } => (spec, program),
+            Workload::Sandbox => {
+                let mut inner = self.inner.lock().unwrap();
+                if inner.status != Status::Created {
+                    bail!("container {} was already started", self.id);
+                }
+                inner.status = Status::Running;
+                *self.sandbox_exit.lock().unwrap() = Some(Box::new(on_exit));
+                return Ok(());
+            }
+        };
+        let engine = Engine::for_spec(run_spec)?;
         let (kill, kill_rx) = KillSwitch::new();
         {
             let mut inner = self.inner.lock().unwrap();
@@ -200,7 +270,8 @@ impl Container {
             inner.status = Status::Running;
             inner.kill = Some(kill);
         }
-        let mut spec = self.spec.clone();
+        let program = program.clone();
+        let mut spec = run_spec.clone();
         if let Some(slave) = self.terminal.lock().unwrap().take() {
             // The guest owns the only slave descriptor, so the terminal hangs up when it ends.
             let tty = std::sync::Arc::new(slave);
@@ -212,7 +283,7 @@ impl Container {
         std::thread::Builder::new()
             .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
             .spawn(move || {
-                let code = engine.run(&this.program, &spec, kill_rx);
+                let code = engine.run(&program, &spec, kill_rx);
                 if let Some(master) = &this.terminal_master {
                     drain_terminal(master);
                 }
@@ -243,6 +314,19 @@ impl Container {
             Status::Running => {
                 if let Some(k) = &inner.kill {
                     k.kill(signal as i32);
+                } else {
+                    // A sandbox: it stops at once, whatever the signal.
+                    let exit = Exit {
+                        status: 128 + signal,
+                        at: SystemTime::now(),
+                    };
+                    inner.status = Status::Stopped;
+                    inner.exit = Some(exit.clone());
+                    drop(inner);
+                    self.exited.notify_all();
+                    if let Some(on_exit) = self.sandbox_exit.lock().unwrap().take() {
+                        on_exit(self, &exit);
+                    }
                 }
                 true
             }

@@ -3,12 +3,14 @@
 //! Split like runwasi: [`engine`] (the `wasmbox-engine` crate) is the small
 //! wasmtime-specific part (it knows nothing of containerd), [`spec`] turns an OCI runtime spec into the
 //! engine's [`engine::RunSpec`], [`container`] is one container's lifecycle,
-//! [`content`] reads modules kept in an image's Wasm layers,
+//! [`content`] reads modules kept in an image's Wasm layers, [`pod`] is the
+//! Kubernetes sandbox and pod network,
 //! and the ttrpc task service in the binary is containerd plumbing only.
 
 pub mod cgroup;
 pub mod container;
 pub mod content;
+pub mod pod;
 pub mod spec;
 
 /// The engine lives in its own crate so that `wasmbox run` shares it.

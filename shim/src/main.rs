@@ -50,6 +50,8 @@ fn main() {
 fn serve(flags: Flags) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::fd::IntoRawFd;
+    // First, while this is the only thread: every later thread inherits it.
+    containerd_shim_wasmtime::pod::enter_pod_network(&std::env::current_dir()?)?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
@@ -100,7 +102,9 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
 /// accepts the bare address.
 fn start_and_print_address(flags: Flags) -> Result<(), containerd_shim::Error> {
     use std::io::Write;
-    let grouping = flags.id.clone();
+    // A pod's containers join the shim of its sandbox.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let grouping = containerd_shim_wasmtime::pod::grouping(&cwd, &flags.id);
     let opts = StartOpts {
         id: flags.id,
         publish_binary: flags.publish_binary,
@@ -110,12 +114,22 @@ fn start_and_print_address(flags: Flags) -> Result<(), containerd_shim::Error> {
         debug: flags.debug,
         ..Default::default()
     };
-    let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+    let existing = opts.socket_address(&grouping);
+    let address = if grouping != opts.id && shim_is_serving(&existing) {
+        existing
+    } else {
+        containerd_shim::spawn(opts, &grouping, Vec::new())?.1
+    };
     containerd_shim::util::write_address(&address)?;
     let mut out = std::io::stdout().lock();
     out.write_all(address.as_bytes())
         .and_then(|_| out.flush())
         .map_err(|e| containerd_shim::Error::Other(format!("writing the address: {e}")))
+}
+
+/// Whether a shim answers on `address` (the pod's shim, when it is up).
+fn shim_is_serving(address: &str) -> bool {
+    std::os::unix::net::UnixStream::connect(address.trim_start_matches("unix://")).is_ok()
 }
 
 /// The shim process: bootstrap (`start`, `delete`) and the task service.

@@ -72,7 +72,9 @@ pub fn run_spec(
         ),
     };
     let network = match annotation(format::ANNOTATION_NETWORK) {
-        None | Some("none") => false,
+        // A pod's container shares the pod network the shim entered.
+        None => crate::pod::shares_shim_network(spec),
+        Some("none") => false,
         Some("host") => {
             let own_netns = spec
                 .linux()

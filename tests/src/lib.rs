@@ -448,6 +448,12 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with("")
+    }
+
+    /// Starts containerd with `cri_config` appended to its config: keys of
+    /// the CRI plugin's table first, then any sub-tables of it.
+    pub fn start_with(cri_config: &str) -> Containerd {
         require_tool("containerd");
         require_tool("ctr");
         let dir = tempfile::Builder::new()
@@ -456,7 +462,7 @@ impl Containerd {
             .expect("temp dir");
         let address = dir.path().join("containerd.sock");
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n",
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{cri_config}\n",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             sock = address.display(),
@@ -561,10 +567,17 @@ impl Containerd {
     /// no shim process for this containerd, no mount and no task state dir.
     /// Waits a little, because shims exit just after `ctr run --rm` returns.
     pub fn assert_clean(&self) {
+        self.assert_clean_in("default");
+    }
+
+    /// [`Containerd::assert_clean`] for containerd namespace `namespace`
+    /// (`k8s.io` for the CRI's containers).
+    pub fn assert_clean_in(&self, namespace: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let containers =
-                String::from_utf8(self.ctr(&["containers", "ls", "-q"]).stdout).unwrap();
+                String::from_utf8(self.ctr(&["-n", namespace, "containers", "ls", "-q"]).stdout)
+                    .unwrap();
             let shims = Command::new("pgrep")
                 .args([
                     "-f",
@@ -585,7 +598,8 @@ impl Containerd {
             let task_dirs: Vec<_> = std::fs::read_dir(
                 self.dir
                     .path()
-                    .join("state/io.containerd.runtime.v2.task/default"),
+                    .join("state/io.containerd.runtime.v2.task")
+                    .join(namespace),
             )
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
             .unwrap_or_default();
@@ -767,6 +781,23 @@ impl Wasmbox {
 
 /// Guest programs for tests, written in WAT.
 pub mod containerd_api;
+
+/// tests/guests/probe.c (the C guest whose argv[1] picks what it does),
+/// compiled once per test binary.
+pub fn probe() -> &'static Path {
+    static PROBE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let dir = workspace_bin("wasmbox")
+            .parent()
+            .unwrap()
+            .join(format!("test-guests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("probe.wasm");
+        compile_c(include_str!("../guests/probe.c"), &out);
+        out
+    })
+}
+pub mod cri;
 
 pub mod guests {
     /// A WASI preview 1 command that prints `hello from wasm`.

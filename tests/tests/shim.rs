@@ -1,30 +1,15 @@
 //! The shim under a real containerd: images packed by `wasmbox` (and one
 //! built by hand, Docker-style), run with `ctr run --runtime io.containerd.wasmtime.v1`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use wasmbox::image::sha256_digest;
-use wasmbox_tests::{Containerd, Wasmbox, compile_c, guests, workspace_bin};
+use wasmbox_tests::{Containerd, Wasmbox, guests, probe};
 
 const RUNTIME: &str = "io.containerd.wasmtime.v1";
 
-/// tests/guests/probe.c compiled once per test binary.
-fn probe() -> &'static Path {
-    static PROBE: OnceLock<PathBuf> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        let dir = workspace_bin("wasmbox")
-            .parent()
-            .unwrap()
-            .join(format!("test-guests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("probe.wasm");
-        compile_c(include_str!("../guests/probe.c"), &out);
-        out
-    })
-}
 
 struct Node {
     containerd: Containerd,

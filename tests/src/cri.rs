@@ -1,0 +1,405 @@
+//! A kubelet stand-in: containerd's CRI plugin, configured with the snippet
+//! `deploy/` ships, a CNI bridge network on a private test range, a local
+//! registry holding the sandbox image, and a CRI client (k8s-cri over tonic)
+//! that drives pods the way the kubelet does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest, ContainerStatus,
+    ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue, PodSandboxConfig,
+    PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::{Containerd, Registry, RegistryAuth, Wasmbox};
+
+/// The RuntimeClass handler the tests (and `deploy/`) use.
+pub const HANDLER: &str = "wasmtime";
+/// CNI plugins from Debian's containernetworking-plugins.
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// containerd with its CRI plugin, a registry and a CNI network, all private
+/// to one test.
+pub struct CriNode {
+    pub containerd: Containerd,
+    pub registry: Registry,
+    pub w: Wasmbox,
+    dir: TempDir,
+    runtime: tokio::runtime::Runtime,
+    rt: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+/// A pod the test made: its sandbox id and the config the kubelet would
+/// send again with each container.
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+}
+
+impl CriNode {
+    pub fn start() -> CriNode {
+        crate::require_tool("containerd");
+        assert!(
+            Path::new(CNI_BIN_DIR).join("bridge").exists(),
+            "CNI plugins missing in {CNI_BIN_DIR}: apt-get install containernetworking-plugins"
+        );
+        let registry = Registry::start(RegistryAuth::None);
+        let w = Wasmbox::new();
+        let dir = tempfile::Builder::new().prefix("cri").tempdir().unwrap();
+
+        // The sandbox ("pause") image: containerd pulls and unpacks it, the
+        // shim never runs it. A tiny image of our own, in the local registry.
+        let pause = format!("{}/wasmbox/pause:v1", registry.addr);
+        let pause_wat = dir.path().join("pause.wat");
+        std::fs::write(&pause_wat, r#"(module (func (export "_start")))"#).unwrap();
+        w.ok(&[
+            "pack",
+            pause_wat.to_str().unwrap(),
+            "-t",
+            &pause,
+            "--push",
+            "--plain-http",
+        ]);
+
+        let net = unique_network();
+        let cni_conf = dir.path().join("net.d");
+        std::fs::create_dir_all(&cni_conf).unwrap();
+        std::fs::write(
+            cni_conf.join("10-wasmbox-test.conflist"),
+            serde_json::json!({
+                "cniVersion": "0.4.0",
+                "name": format!("wbx-test-{net}"),
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": format!("wbx{net}"),
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": format!("10.{}.{}.0/24", 200 + net / 256, net % 256)}]],
+                        "dataDir": dir.path().join("ipam"),
+                    }
+                }]
+            })
+            .to_string(),
+        )
+        .unwrap();
+
+        let deploy_snippet = std::fs::read_to_string(
+            workspace_root().join("deploy/containerd/config-1.x.toml"),
+        )
+        .expect("deploy/containerd/config-1.x.toml");
+        let cri_config = format!(
+            r#"  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
+    endpoint = ["http://{reg}"]
+{deploy_snippet}"#,
+            conf = cni_conf.display(),
+            reg = registry.addr,
+        );
+        let containerd = Containerd::start_with(&cri_config);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = containerd.address.clone();
+        let channel = runtime
+            .block_on(
+                Endpoint::try_from("http://[::]")
+                    .unwrap()
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    })),
+            )
+            .expect("connecting to containerd's CRI");
+        CriNode {
+            rt: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            containerd,
+            registry,
+            w,
+            dir,
+            runtime,
+        }
+    }
+
+    /// The directory pods write their CRI logs under.
+    pub fn log_dir(&self, pod: &str) -> PathBuf {
+        self.dir.path().join("pods").join(pod)
+    }
+
+    /// Packs `module` as `NAME:v1`, pushes it to the registry and pulls it
+    /// through the CRI, as the kubelet does before creating a container.
+    pub fn image(&self, name: &str, module: &Path) -> String {
+        let image = format!("{}/{name}:v1", self.registry.addr);
+        self.w.ok(&[
+            "pack",
+            module.to_str().unwrap(),
+            "-t",
+            &image,
+            "--push",
+            "--plain-http",
+        ]);
+        let mut images = self.images.clone();
+        self.runtime
+            .block_on(images.pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("CRI PullImage {image}: {}", e.message()));
+        image
+    }
+
+    /// RunPodSandbox with the Wasm runtime handler.
+    pub fn run_pod(&self, name: &str) -> Result<Pod, tonic::Status> {
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: format!("uid-{name}"),
+                namespace: "default".to_string(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: self.log_dir(name).to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let mut rt = self.rt.clone();
+        let id = self
+            .runtime
+            .block_on(rt.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: HANDLER.to_string(),
+            }))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod { id, config })
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    pub fn run_container(
+        &self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String, tonic::Status> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            envs: env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            log_path: format!("{name}/0.log"),
+            ..Default::default()
+        };
+        let mut rt = self.rt.clone();
+        self.runtime.block_on(async {
+            let id = rt
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                    config: Some(config),
+                    sandbox_config: Some(pod.config.clone()),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rt.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            Ok(id)
+        })
+    }
+
+    pub fn container_status(&self, id: &str) -> ContainerStatus {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(rt.container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            }))
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {}", e.message()))
+            .into_inner()
+            .status
+            .expect("a status")
+    }
+
+    /// Waits until the container has exited; returns its status.
+    pub fn wait_exited(&self, id: &str, within: Duration) -> ContainerStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.container_status(id);
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still {:?} after {within:?}",
+                status.state()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// ContainerStats: (memory working set bytes, CPU core nanoseconds).
+    pub fn container_stats(&self, id: &str) -> (u64, u64) {
+        let mut rt = self.rt.clone();
+        let stats = self
+            .runtime
+            .block_on(rt.container_stats(ContainerStatsRequest {
+                container_id: id.to_string(),
+            }))
+            .unwrap_or_else(|e| panic!("ContainerStats {id}: {}", e.message()))
+            .into_inner()
+            .stats
+            .expect("stats");
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        (memory, cpu)
+    }
+
+    pub fn stop_container(&self, id: &str, timeout_seconds: i64) -> Result<(), tonic::Status> {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(rt.stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: timeout_seconds,
+            }))
+            .map(|_| ())
+    }
+
+    pub fn remove_container(&self, id: &str) {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(rt.remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            }))
+            .unwrap_or_else(|e| panic!("RemoveContainer {id}: {}", e.message()));
+    }
+
+    /// The pod's IP and its network namespace path (from the verbose status).
+    pub fn pod_network(&self, pod: &Pod) -> (String, String) {
+        let mut rt = self.rt.clone();
+        let status = self
+            .runtime
+            .block_on(rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: true,
+            }))
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {}: {}", pod.id, e.message()))
+            .into_inner();
+        let ip = status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        let info: HashMap<String, serde_json::Value> = status
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default();
+        let netns = info
+            .get("netNamespacePath")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        (ip, netns)
+    }
+
+    /// StopPodSandbox + RemovePodSandbox, as the kubelet does on pod delete.
+    pub fn remove_pod(&self, pod: &Pod) {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(async {
+                rt.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                })
+                .await?;
+                rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                })
+                .await
+            })
+            .unwrap_or_else(|e| panic!("removing pod {}: {}", pod.id, e.message()));
+    }
+
+    /// The guest's lines from the CRI log file (`TIMESTAMP STREAM P|F LINE`),
+    /// as `(stream, line)`.
+    pub fn log_lines(&self, pod: &str, container: &str) -> Vec<(String, String)> {
+        let path = self.log_dir(pod).join(container).join("0.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(4, ' ');
+                let (_time, stream, _tag) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((stream.to_string(), parts.next().unwrap_or("").to_string()))
+            })
+            .collect()
+    }
+
+    /// Asserts that no shim process, mount, container or task state dir of
+    /// this containerd is left, and that none of `netns` still exists.
+    pub fn assert_clean(&self, netns: &[String]) {
+        self.containerd.assert_clean_in("k8s.io");
+        let left: Vec<_> = netns
+            .iter()
+            .filter(|p| !p.is_empty() && Path::new(p).exists())
+            .collect();
+        assert!(left.is_empty(), "network namespaces left: {left:?}");
+    }
+}
+
+/// A number that keeps each test's bridge and subnet apart from the other
+/// tests running at the same time.
+fn unique_network() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 10_000
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
