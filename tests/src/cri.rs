@@ -99,12 +99,17 @@ impl CriNode {
             workspace_root().join("deploy/containerd/config-1.x.toml"),
         )
         .expect("deploy/containerd/config-1.x.toml");
+        // containerd replaces its default runtime table when the config names
+        // any runtime, so runc (the default handler) is listed as in every
+        // real config.
         let cri_config = format!(
             r#"  sandbox_image = "{pause}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
     endpoint = ["http://{reg}"]
 {deploy_snippet}"#,
@@ -339,11 +344,22 @@ impl CriNode {
             .get("info")
             .and_then(|i| serde_json::from_str(i).ok())
             .unwrap_or_default();
+        // The sandbox's runtime spec names the network namespace CNI set up.
         let netns = info
-            .get("netNamespacePath")
-            .and_then(|v| v.as_str())
+            .get("runtimeSpec")
+            .and_then(|spec| spec.pointer("/linux/namespaces"))
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .find(|ns| ns["type"] == "network")
+            .and_then(|ns| ns["path"].as_str())
             .unwrap_or_default()
             .to_string();
+        assert!(
+            !netns.is_empty() && Path::new(&netns).exists(),
+            "pod {} has no network namespace in its status: {info:?}",
+            pod.id
+        );
         (ip, netns)
     }
 

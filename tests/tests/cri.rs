@@ -1,0 +1,191 @@
+//! Pods through containerd's CRI plugin, driven the way the kubelet drives
+//! them (RunPodSandbox with `runtime_handler: "wasmtime"`, PullImage,
+//! CreateContainer, StartContainer, …), with containerd configured by the
+//! snippet in `deploy/containerd/` and pods on a real CNI bridge network.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use wasmbox_tests::cri::CriNode;
+use wasmbox_tests::probe;
+
+/// Pids of this node's shims.
+fn shim_pids(node: &CriNode) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!(
+                "containerd-shim-wasmtime-v1 .*-address {}",
+                node.containerd.address.display()
+            ),
+        ])
+        .output()
+        .expect("run pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// The inode of a network namespace file (`/proc/PID/ns/net`, `/var/run/netns/…`).
+fn netns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .ino()
+}
+
+#[test]
+fn a_wasm_container_runs_in_a_pod_with_its_output_in_the_cri_log() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("hello").expect("RunPodSandbox");
+    let (ip, netns) = node.pod_network(&pod);
+    assert!(ip.starts_with("10.2"), "pod IP {ip:?} is not from the CNI range");
+
+    let out = node
+        .run_container(&pod, "out", &image, &["hello"], &[])
+        .expect("a container");
+    let status = node.wait_exited(&out, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0);
+    assert_eq!(status.reason, "Completed");
+    assert_eq!(
+        node.log_lines("hello", "out"),
+        vec![("stdout".to_string(), "hello from probe".to_string())]
+    );
+
+    let err = node
+        .run_container(&pod, "err", &image, &["stderr"], &[])
+        .expect("a container");
+    let status = node.wait_exited(&err, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0);
+    let lines = node.log_lines("hello", "err");
+    assert!(
+        !lines.is_empty() && lines.iter().all(|(stream, _)| stream == "stderr"),
+        "stderr lines in the CRI log: {lines:?}"
+    );
+
+    let env = node
+        .run_container(&pod, "env", &image, &["env"], &[("GREETING", "hi")])
+        .expect("a container");
+    node.wait_exited(&env, Duration::from_secs(30));
+    let lines = node.log_lines("hello", "env");
+    assert!(
+        lines.iter().any(|(_, l)| l == "GREETING=hi"),
+        "env from the container config: {lines:?}"
+    );
+
+    for id in [&out, &err, &env] {
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
+
+#[test]
+fn a_container_that_exits_non_zero_is_reported_as_an_error() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("fails").expect("RunPodSandbox");
+    let id = node
+        .run_container(&pod, "fails", &image, &["exit", "3"], &[])
+        .expect("a container");
+    let status = node.wait_exited(&id, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 3);
+    assert_eq!(status.reason, "Error");
+    node.remove_container(&id);
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
+
+#[test]
+fn containers_of_a_pod_share_one_shim_in_the_pods_network_namespace() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("two").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let a = node
+        .run_container(&pod, "a", &image, &["sleep"], &[])
+        .expect("container a");
+    let b = node
+        .run_container(&pod, "b", &image, &["sleep"], &[])
+        .expect("container b");
+    for id in [&a, &b] {
+        let status = node.container_status(id);
+        assert_eq!(
+            status.state(),
+            k8s_cri::v1::ContainerState::ContainerRunning,
+            "container {id}"
+        );
+    }
+    let shims = shim_pids(&node);
+    assert_eq!(shims.len(), 1, "one shim for the pod, found {shims:?}");
+    assert_eq!(
+        netns_inode(&format!("/proc/{}/ns/net", shims[0])),
+        netns_inode(&netns),
+        "the shim is in the pod's network namespace {netns}"
+    );
+
+    // A second pod gets a shim of its own.
+    let other = node.run_pod("other").expect("RunPodSandbox");
+    assert_eq!(shim_pids(&node).len(), 2);
+    node.remove_pod(&other);
+
+    for id in [&a, &b] {
+        node.stop_container(id, 2).expect("StopContainer");
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
+
+#[test]
+fn stopping_a_guest_that_does_not_exit_ends_within_the_grace_period() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("stubborn").expect("RunPodSandbox");
+    let ids: Vec<String> = ["sleep", "spin"]
+        .iter()
+        .map(|mode| {
+            node.run_container(&pod, mode, &image, &[mode], &[])
+                .expect("a container")
+        })
+        .collect();
+    for id in &ids {
+        let started = Instant::now();
+        node.stop_container(id, 5).expect("StopContainer");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "StopContainer took {:?}",
+            started.elapsed()
+        );
+        let status = node.container_status(id);
+        assert_eq!(
+            status.state(),
+            k8s_cri::v1::ContainerState::ContainerExited
+        );
+        assert_ne!(status.exit_code, 0, "a stopped guest does not exit 0");
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
+
+#[test]
+fn fifty_pods_created_and_removed_leave_nothing_behind() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let mut netns = Vec::new();
+    for i in 0..50 {
+        let name = format!("pod{i}");
+        let pod = node.run_pod(&name).expect("RunPodSandbox");
+        netns.push(node.pod_network(&pod).1);
+        let id = node
+            .run_container(&pod, "c", &image, &["hello"], &[])
+            .expect("a container");
+        assert_eq!(node.wait_exited(&id, Duration::from_secs(30)).exit_code, 0);
+        node.remove_container(&id);
+        node.remove_pod(&pod);
+    }
+    node.assert_clean(&netns);
+}
