@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -37,6 +38,113 @@ pub struct RunSpec {
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
+    /// What the guest uses while it runs; shared by every clone of the spec.
+    pub meter: Arc<GuestMeter>,
+}
+
+/// What one guest uses: its linear memory and the CPU time of the thread it
+/// runs on. Guests of a pod share one shim process and one cgroup, so this
+/// is how each container's `ContainerStats` stays its own.
+#[derive(Debug, Default)]
+pub struct GuestMeter {
+    memory_bytes: AtomicU64,
+    /// CPU of runs that have ended.
+    cpu_nanos_done: AtomicU64,
+    /// Kernel thread id of the running guest, 0 when none runs.
+    thread: AtomicI32,
+}
+
+impl GuestMeter {
+    /// Bytes of linear memory the guest has now (what it grew to).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// CPU time the guest's thread has used, in nanoseconds.
+    pub fn cpu_nanos(&self) -> u64 {
+        let done = self.cpu_nanos_done.load(Ordering::Relaxed);
+        match self.thread.load(Ordering::Relaxed) {
+            0 => done,
+            tid => done + thread_cpu_nanos(tid).unwrap_or(0),
+        }
+    }
+
+    fn enter(&self) {
+        // SAFETY: gettid takes no arguments and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        self.thread.store(tid, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid, writable timespec for the whole call.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+        if ok {
+            let nanos = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+            self.cpu_nanos_done.fetch_add(nanos, Ordering::Relaxed);
+        }
+        self.thread.store(0, Ordering::Relaxed);
+        // The store, and with it the guest's memory, is gone.
+        self.memory_bytes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// CPU time of thread `tid` of this process, from `/proc` (first field of
+/// `schedstat`: nanoseconds on the CPU).
+fn thread_cpu_nanos(tid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The store's limits, counting linear memory into the guest's meter.
+struct MeteredLimits {
+    limits: StoreLimits,
+    meter: Arc<GuestMeter>,
+}
+
+impl wasmtime::ResourceLimiter for MeteredLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.meter
+                .memory_bytes
+                .fetch_add((desired - current) as u64, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// Where one of the guest's standard streams goes.
@@ -230,6 +338,7 @@ impl Engine {
                 return TRAP_EXIT_STATUS;
             }
         };
+        spec.meter.enter();
         let status = runtime.block_on(async {
             let mut kill = kill;
             tokio::select! {
@@ -245,6 +354,7 @@ impl Engine {
         });
         // Blocking readers of a stdin FIFO must not hold the exit up.
         runtime.shutdown_background();
+        spec.meter.leave();
         status
     }
 
@@ -283,6 +393,12 @@ impl Engine {
                 .build(),
             None => StoreLimits::default(),
         };
+        // A new run starts from no memory.
+        spec.meter.memory_bytes.store(0, Ordering::Relaxed);
+        let limits = MeteredLimits {
+            limits,
+            meter: spec.meter.clone(),
+        };
         match program {
             Program::Component(c) => self.run_component(c, wasi, limits).await,
             Program::Core(m) => self.run_core(m, spec.export.as_deref(), wasi, limits).await,
@@ -294,7 +410,7 @@ impl Engine {
         module: &Module,
         export: Option<&str>,
         mut wasi: WasiCtxBuilder,
-        limits: StoreLimits,
+        limits: MeteredLimits,
     ) -> Result<i32> {
         let mut linker: Linker<CoreState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
@@ -321,7 +437,7 @@ impl Engine {
         &self,
         component: &Component,
         mut wasi: WasiCtxBuilder,
-        limits: StoreLimits,
+        limits: MeteredLimits,
     ) -> Result<i32> {
         let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -351,13 +467,13 @@ impl Engine {
 
 struct CoreState {
     wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: MeteredLimits,
 }
 
 struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MeteredLimits,
 }
 
 impl WasiView for ComponentState {

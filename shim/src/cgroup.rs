@@ -35,6 +35,11 @@ pub struct Usage {
     pub unified: bool,
 }
 
+/// Whether the node runs cgroup v2, which decides the metrics type containerd expects.
+pub fn unified() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
 /// Moves this process into `cgroups_path` in every hierarchy: cgroupfs style
 /// (`/default/ID`, containerd's default) or systemd style (`slice:prefix:name`,
 /// what the kubelet sends with the systemd cgroup driver), which is joined at
@@ -55,7 +60,7 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
     }
     let relative = absolute.trim_start_matches('/');
     let pid = std::process::id().to_string();
-    let unified = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
+    let unified = unified();
     let mut membership = Membership {
         original: Vec::new(),
         created: Vec::new(),

@@ -346,9 +346,26 @@ impl Container {
         }
     }
 
-    /// The container's cgroup counters, when the shim joined its cgroup.
-    pub fn usage(&self) -> Option<crate::cgroup::Usage> {
-        self.cgroup.lock().unwrap().as_ref().map(|c| c.usage())
+    /// What the container uses: its cgroup's counters when the shim joined
+    /// that cgroup (a shim's first container), else the guest's own meter
+    /// (the containers of a pod, which share the shim's process).
+    pub fn usage(&self) -> crate::cgroup::Usage {
+        if let Some(cgroup) = self.cgroup.lock().unwrap().as_ref() {
+            return cgroup.usage();
+        }
+        let running = self.inner.lock().unwrap().status == Status::Running;
+        match &self.workload {
+            Workload::Wasm { spec, .. } => crate::cgroup::Usage {
+                memory_bytes: spec.meter.memory_bytes(),
+                cpu_nanos: spec.meter.cpu_nanos(),
+                pids: u64::from(running),
+                unified: crate::cgroup::unified(),
+            },
+            Workload::Sandbox => crate::cgroup::Usage {
+                unified: crate::cgroup::unified(),
+                ..Default::default()
+            },
+        }
     }
 
     /// Sets the terminal's window size (`ctr run -t` and `docker run -t` resizes).

@@ -457,9 +457,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let Some(usage) = self.get(&req.id)?.usage() else {
-            return Ok(api::StatsResponse::default());
-        };
+        let usage = self.get(&req.id)?.usage();
         let metrics: Box<dyn MessageDyn> = if usage.unified {
             use containerd_shim::protos::cgroups_v2::metrics as v2;
             Box::new(v2::Metrics {

@@ -189,3 +189,35 @@ fn fifty_pods_created_and_removed_leave_nothing_behind() {
     }
     node.assert_clean(&netns);
 }
+
+#[test]
+fn container_stats_report_memory_and_cpu_of_each_wasm_container() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("stats").expect("RunPodSandbox");
+    let spin = node
+        .run_container(&pod, "spin", &image, &["spin"], &[])
+        .expect("a container");
+    let sleep = node
+        .run_container(&pod, "sleep", &image, &["sleep"], &[])
+        .expect("a container");
+    std::thread::sleep(Duration::from_millis(500));
+    let (spin_memory, spin_cpu) = node.container_stats(&spin);
+    let (sleep_memory, sleep_cpu) = node.container_stats(&sleep);
+    eprintln!("spin {spin_memory} {spin_cpu}; sleep {sleep_memory} {sleep_cpu}");
+    assert!(spin_memory > 0 && sleep_memory > 0, "memory of each container");
+    assert!(
+        spin_cpu > 200_000_000,
+        "the spinning guest used {spin_cpu} ns of CPU in 500 ms"
+    );
+    assert!(
+        sleep_cpu < spin_cpu / 4,
+        "the sleeping guest's CPU ({sleep_cpu} ns) is its own, not the pod's ({spin_cpu} ns)"
+    );
+    for id in [&spin, &sleep] {
+        node.stop_container(id, 1).expect("StopContainer");
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
