@@ -15,6 +15,9 @@ use wasmtime::{Config, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub mod http;
 
 /// Everything the engine needs to run one program. Built from an OCI spec
 /// (the shim) or from CLI flags (`wasmbox run`).
@@ -38,6 +41,9 @@ pub struct RunSpec {
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
+    /// Port to serve a `wasi:http` component on, when set by annotation;
+    /// else the container's `PORT`, else 8080.
+    pub http_port: Option<u16>,
     /// What the guest uses while it runs; shared by every clone of the spec.
     pub meter: Arc<GuestMeter>,
 }
@@ -87,8 +93,6 @@ impl GuestMeter {
             self.cpu_nanos_done.fetch_add(nanos, Ordering::Relaxed);
         }
         self.thread.store(0, Ordering::Relaxed);
-        // The store, and with it the guest's memory, is gone.
-        self.memory_bytes.store(0, Ordering::Relaxed);
     }
 }
 
@@ -107,6 +111,35 @@ fn thread_cpu_nanos(tid: i32) -> Option<u64> {
 struct MeteredLimits {
     limits: StoreLimits,
     meter: Arc<GuestMeter>,
+    /// Bytes this store added to the meter, taken off again when it drops.
+    added: u64,
+}
+
+impl MeteredLimits {
+    /// The limits `spec` sets, metered into `spec.meter`.
+    fn new(spec: &RunSpec) -> MeteredLimits {
+        let limits = match spec.memory_limit {
+            Some(bytes) => StoreLimitsBuilder::new()
+                .memory_size(bytes)
+                .table_elements(bytes / 8)
+                .trap_on_grow_failure(false)
+                .build(),
+            None => StoreLimits::default(),
+        };
+        MeteredLimits {
+            limits,
+            meter: spec.meter.clone(),
+            added: 0,
+        }
+    }
+}
+
+impl Drop for MeteredLimits {
+    fn drop(&mut self) {
+        self.meter
+            .memory_bytes
+            .fetch_sub(self.added, Ordering::Relaxed);
+    }
 }
 
 impl wasmtime::ResourceLimiter for MeteredLimits {
@@ -118,9 +151,9 @@ impl wasmtime::ResourceLimiter for MeteredLimits {
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
-            self.meter
-                .memory_bytes
-                .fetch_add((desired - current) as u64, Ordering::Relaxed);
+            let grown = (desired - current) as u64;
+            self.added += grown;
+            self.meter.memory_bytes.fetch_add(grown, Ordering::Relaxed);
         }
         Ok(allowed)
     }
@@ -200,7 +233,10 @@ impl KillSwitch {
 #[derive(Clone)]
 pub enum Program {
     Core(Module),
+    /// A `wasi:cli` command.
     Component(Component),
+    /// A `wasi:http/incoming-handler`, served on a port.
+    Http(ProxyPre<http::HttpState>),
 }
 
 /// Exit status for a guest killed by a trap (as SIGABRT would).
@@ -339,8 +375,14 @@ impl Engine {
             }
         };
         spec.meter.enter();
+        let mut kill = kill;
         let status = runtime.block_on(async {
-            let mut kill = kill;
+            if let Program::Http(pre) = program {
+                return http::serve(pre, spec, &mut kill).await.unwrap_or_else(|e| {
+                    report(spec, &format!("{e:#}"));
+                    1
+                });
+            }
             tokio::select! {
                 result = self.run_guest(program, spec) => match result {
                     Ok(status) => status,
@@ -368,10 +410,13 @@ impl Engine {
             spec.module.display()
         );
         if wasmparser::Parser::is_component(&bytes) {
-            Ok(Program::Component(wt(
-                Component::new(&self.engine, &bytes),
-                &what,
-            )?))
+            let component = wt(Component::new(&self.engine, &bytes), &what)?;
+            if http::is_http_handler(&self.engine, &component) {
+                let pre = http::pre_instantiate(&self.engine, &component)
+                    .with_context(|| format!("{} cannot be served", spec.module.display()))?;
+                return Ok(Program::Http(pre));
+            }
+            Ok(Program::Component(component))
         } else if bytes.starts_with(b"\0asm") || spec.module.extension().is_some_and(|e| e == "wat")
         {
             Ok(Program::Core(wt(Module::new(&self.engine, &bytes), &what)?))
@@ -385,23 +430,11 @@ impl Engine {
 
     async fn run_guest(&self, program: &Program, spec: &RunSpec) -> Result<i32> {
         let wasi = wasi_builder(spec)?;
-        let limits = match spec.memory_limit {
-            Some(bytes) => StoreLimitsBuilder::new()
-                .memory_size(bytes)
-                .table_elements(bytes / 8)
-                .trap_on_grow_failure(false)
-                .build(),
-            None => StoreLimits::default(),
-        };
-        // A new run starts from no memory.
-        spec.meter.memory_bytes.store(0, Ordering::Relaxed);
-        let limits = MeteredLimits {
-            limits,
-            meter: spec.meter.clone(),
-        };
+        let limits = MeteredLimits::new(spec);
         match program {
             Program::Component(c) => self.run_component(c, wasi, limits).await,
             Program::Core(m) => self.run_core(m, spec.export.as_deref(), wasi, limits).await,
+            Program::Http(_) => unreachable!("Engine::run serves HTTP components"),
         }
     }
 
@@ -515,24 +548,7 @@ fn exit_status<T>(outcome: wasmtime::Result<T>) -> Result<i32> {
 
 /// The WASI context: args, env, preopens and stdio from `spec`, nothing inherited.
 fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.args);
-    wasi.envs(&spec.env);
-    if spec.network {
-        wasi.inherit_network();
-        wasi.allow_ip_name_lookup(true);
-    }
-    for p in &spec.preopens {
-        let perms = if p.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wt(
-            wasi.preopened_dir(&p.host, &p.guest, perms).map(|_| ()),
-            &format!("opening {} for the guest", p.host.display()),
-        )?;
-    }
+    let mut wasi = wasi_without_stdio(spec)?;
     match &spec.stdin {
         Stdio::Null => {}
         Stdio::Inherit => {
@@ -570,6 +586,30 @@ fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
         } else {
             wasi.stderr(stream);
         }
+    }
+    Ok(wasi)
+}
+
+/// The guest's WASI context but for its standard streams: args, env,
+/// network and preopened directories.
+fn wasi_without_stdio(spec: &RunSpec) -> Result<WasiCtxBuilder> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.args);
+    wasi.envs(&spec.env);
+    if spec.network {
+        wasi.inherit_network();
+        wasi.allow_ip_name_lookup(true);
+    }
+    for p in &spec.preopens {
+        let perms = if p.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wt(
+            wasi.preopened_dir(&p.host, &p.guest, perms).map(|_| ()),
+            &format!("opening {} for the guest", p.host.display()),
+        )?;
     }
     Ok(wasi)
 }

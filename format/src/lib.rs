@@ -91,6 +91,10 @@ pub const ANNOTATION_ROOTFS: &str = "dev.wasmbox.wasi.rootfs";
 /// off (`-name`), comma-separated, e.g. `custom-page-sizes,-simd`.
 pub const ANNOTATION_FEATURES: &str = "dev.wasmbox.wasm.features";
 
+/// Container annotation: the port a `wasi:http` component is served on
+/// (default: the container's `PORT` environment variable, else 8080).
+pub const ANNOTATION_HTTP_PORT: &str = "dev.wasmbox.http.port";
+
 /// Separates the module path from the export to call in an entrypoint:
 /// `/module.wasm#function` runs `function` instead of `_start`.
 pub const ENTRYPOINT_EXPORT_SEPARATOR: char = '#';

@@ -39,7 +39,10 @@ pub struct RootfsMount {
 
 /// What a container runs.
 enum Workload {
-    Wasm { spec: RunSpec, program: Program },
+    Wasm {
+        spec: RunSpec,
+        program: Program,
+    },
     /// A pod's sandbox: no program; it holds the pod until it is killed.
     Sandbox,
 }

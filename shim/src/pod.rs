@@ -71,16 +71,10 @@ pub fn enter_pod_network(bundle: &Path) -> Result<()> {
         .with_context(|| format!("opening the pod's network namespace {}", path.display()))?;
     // SAFETY: setns(2) on a descriptor we hold open; it changes only this
     // thread's namespace and touches no memory.
-    let rc = unsafe {
-        libc::setns(
-            std::os::fd::AsRawFd::as_raw_fd(&netns),
-            libc::CLONE_NEWNET,
-        )
-    };
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&netns), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
-            format!("entering the pod's network namespace {}", path.display())
-        });
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering the pod's network namespace {}", path.display()));
     }
     Ok(())
 }

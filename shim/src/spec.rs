@@ -99,6 +99,15 @@ pub fn run_spec(
             .with_context(|| format!("annotation {}", format::ANNOTATION_FEATURES))?,
         None => Vec::new(),
     };
+    let http_port = match annotation(format::ANNOTATION_HTTP_PORT) {
+        None => None,
+        Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p != 0).with_context(|| {
+            format!(
+                "annotation {}={v}: expected a port number (1-65535)",
+                format::ANNOTATION_HTTP_PORT
+            )
+        })?),
+    };
     let mut preopens = vec![Preopen {
         host: rootfs.to_path_buf(),
         guest: "/".to_string(),
@@ -141,6 +150,7 @@ pub fn run_spec(
             .map(|l| l as usize),
         network,
         features,
+        http_port,
         ..Default::default()
     })
 }

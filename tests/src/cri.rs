@@ -95,10 +95,9 @@ impl CriNode {
         )
         .unwrap();
 
-        let deploy_snippet = std::fs::read_to_string(
-            workspace_root().join("deploy/containerd/config-1.x.toml"),
-        )
-        .expect("deploy/containerd/config-1.x.toml");
+        let deploy_snippet =
+            std::fs::read_to_string(workspace_root().join("deploy/containerd/config-1.x.toml"))
+                .expect("deploy/containerd/config-1.x.toml");
         // containerd replaces its default runtime table when the config names
         // any runtime, so runc (the default handler) is listed as in every
         // real config.

@@ -575,9 +575,11 @@ impl Containerd {
     pub fn assert_clean_in(&self, namespace: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let containers =
-                String::from_utf8(self.ctr(&["-n", namespace, "containers", "ls", "-q"]).stdout)
-                    .unwrap();
+            let containers = String::from_utf8(
+                self.ctr(&["-n", namespace, "containers", "ls", "-q"])
+                    .stdout,
+            )
+            .unwrap();
             let shims = Command::new("pgrep")
                 .args([
                     "-f",
@@ -798,6 +800,49 @@ pub fn probe() -> &'static Path {
     })
 }
 pub mod cri;
+
+/// examples/http-hello (a `wasi:http` handler: WAT core module + WIT world)
+/// made into a component with `wit-component`, once per test binary.
+pub fn http_hello() -> &'static Path {
+    static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/http-hello");
+        let dir = workspace_bin("wasmbox")
+            .parent()
+            .unwrap()
+            .join(format!("test-guests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("http-hello.wasm");
+        std::fs::write(&out, component_from_wat(&example, "hello")).unwrap();
+        out
+    })
+}
+
+/// Builds the component of world `world` in `dir/wit` from the core module
+/// `dir/WORLD.wat`, as `wasm-tools component new` would.
+pub fn component_from_wat(dir: &Path, world: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(dir.join("wit"))
+        .unwrap_or_else(|e| panic!("WIT in {}: {e:#}", dir.display()));
+    let world = resolve
+        .select_world(&[package], Some(world))
+        .expect("the world");
+    let mut module = wat::parse_file(dir.join(format!("{}.wat", resolve.worlds[world].name)))
+        .expect("the core module's WAT");
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .expect("embedding the WIT world");
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .and_then(|mut e| e.encode())
+        .unwrap_or_else(|e| panic!("making the component from {}: {e:#}", dir.display()))
+}
 
 pub mod guests {
     /// A WASI preview 1 command that prints `hello from wasm`.

@@ -41,7 +41,10 @@ fn a_wasm_container_runs_in_a_pod_with_its_output_in_the_cri_log() {
     let image = node.image("probe", probe());
     let pod = node.run_pod("hello").expect("RunPodSandbox");
     let (ip, netns) = node.pod_network(&pod);
-    assert!(ip.starts_with("10.2"), "pod IP {ip:?} is not from the CNI range");
+    assert!(
+        ip.starts_with("10.2"),
+        "pod IP {ip:?} is not from the CNI range"
+    );
 
     let out = node
         .run_container(&pod, "out", &image, &["hello"], &[])
@@ -160,10 +163,7 @@ fn stopping_a_guest_that_does_not_exit_ends_within_the_grace_period() {
             started.elapsed()
         );
         let status = node.container_status(id);
-        assert_eq!(
-            status.state(),
-            k8s_cri::v1::ContainerState::ContainerExited
-        );
+        assert_eq!(status.state(), k8s_cri::v1::ContainerState::ContainerExited);
         assert_ne!(status.exit_code, 0, "a stopped guest does not exit 0");
         node.remove_container(id);
     }
@@ -205,7 +205,10 @@ fn container_stats_report_memory_and_cpu_of_each_wasm_container() {
     let (spin_memory, spin_cpu) = node.container_stats(&spin);
     let (sleep_memory, sleep_cpu) = node.container_stats(&sleep);
     eprintln!("spin {spin_memory} {spin_cpu}; sleep {sleep_memory} {sleep_cpu}");
-    assert!(spin_memory > 0 && sleep_memory > 0, "memory of each container");
+    assert!(
+        spin_memory > 0 && sleep_memory > 0,
+        "memory of each container"
+    );
     assert!(
         spin_cpu > 200_000_000,
         "the spinning guest used {spin_cpu} ns of CPU in 500 ms"
@@ -220,4 +223,117 @@ fn container_stats_report_memory_and_cpu_of_each_wasm_container() {
     }
     node.remove_pod(&pod);
     node.assert_clean(&[]);
+}
+
+/// `curl -s URL` (inside network namespace `netns` when given): status line
+/// and body.
+fn curl(netns: Option<&str>, url: &str) -> (String, String) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("curl");
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn an_http_component_serves_at_the_pod_ip_and_finishes_requests_in_flight_on_stop() {
+    wasmbox_tests::require_tool("curl");
+    let node = CriNode::start();
+    let image = node.image("http-hello", wasmbox_tests::http_hello());
+    let pod = node.run_pod("web").expect("RunPodSandbox");
+    let (ip, netns) = node.pod_network(&pod);
+    let port = wasmbox_tests::free_port().to_string();
+    let id = node
+        .run_container(&pod, "web", &image, &[], &[("PORT", &port)])
+        .expect("a container");
+
+    let at_pod_ip = format!("{ip}:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wasmbox_tests::http_status(&at_pod_ip, "/ready") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "nothing answers at {at_pod_ip}: {:?}\n{}",
+            node.container_status(&id),
+            node.containerd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        curl(None, &format!("http://{at_pod_ip}/hello?x=1")),
+        (
+            "200".to_string(),
+            "hello from wasm at /hello?x=1\n".to_string()
+        )
+    );
+    assert_eq!(
+        curl(Some(&netns), &format!("http://127.0.0.1:{port}/inside")),
+        (
+            "200".to_string(),
+            "hello from wasm at /inside\n".to_string()
+        ),
+        "the pod's own loopback reaches the guest"
+    );
+    assert_eq!(
+        wasmbox_tests::http_status(&format!("127.0.0.1:{port}"), "/"),
+        None,
+        "the guest listens in the pod's network only, not the host's"
+    );
+    assert_eq!(
+        curl(None, &format!("http://{at_pod_ip}/trap")).0,
+        "500",
+        "a trapping request answers 500"
+    );
+
+    // A request in flight when the kubelet stops the container finishes.
+    let slow_url = format!("http://{at_pod_ip}/slow");
+    let slow = std::thread::spawn(move || curl(None, &slow_url));
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    node.stop_container(&id, 10).expect("StopContainer");
+    let stop_took = stopping.elapsed();
+    assert_eq!(
+        slow.join().unwrap(),
+        ("200".to_string(), "hello from wasm at /slow\n".to_string()),
+        "the request in flight at stop finished; containerd's log:\n{}",
+        node.containerd.log()
+    );
+    assert!(
+        stop_took >= Duration::from_secs(1) && stop_took < Duration::from_secs(9),
+        "stop waited {stop_took:?} for the 2 s request, not for the grace period"
+    );
+    let status = node.container_status(&id);
+    assert_eq!(status.exit_code, 0, "a drained server exits 0: {status:?}");
+    assert!(
+        wasmbox_tests::http_status(&at_pod_ip, "/").is_none(),
+        "the port is closed after stop"
+    );
+
+    let lines = node.log_lines("web", "web");
+    for path in ["/hello?x=1", "/inside", "/slow"] {
+        assert!(
+            lines
+                .iter()
+                .any(|(stream, l)| stream == "stdout" && l == path),
+            "the guest's stdout line {path} in the CRI log: {lines:?}"
+        );
+    }
+    let log = node.containerd.log();
+    assert!(
+        log.contains("1 failed"),
+        "the shim logs the requests served and failed: {log}"
+    );
+
+    node.remove_container(&id);
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
 }

@@ -10,7 +10,6 @@ use wasmbox_tests::{Containerd, Wasmbox, guests, probe};
 
 const RUNTIME: &str = "io.containerd.wasmtime.v1";
 
-
 struct Node {
     containerd: Containerd,
     w: Wasmbox,

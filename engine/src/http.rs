@@ -1,0 +1,353 @@
+//! Serving a component that exports `wasi:http/incoming-handler`: an HTTP/1.1
+//! server on the container's port, one fresh instance per request from a
+//! component pre-instantiated at create, and a graceful stop on SIGTERM that
+//! lets requests in flight finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::{MeteredLimits, RunSpec, Stdio, nonblocking_dup, output_fifo, wait_for_kill};
+
+/// Port served when neither the annotation nor `PORT` names one.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The container environment variable that names the port to serve.
+pub const PORT_ENV: &str = "PORT";
+/// What one request's guest may print to stdout or stderr; more is cut.
+const REQUEST_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// Whether `component` is an HTTP handler (exports `wasi:http/incoming-handler@0.2.x`).
+pub fn is_http_handler(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
+}
+
+/// The component linked against WASI and `wasi:http` once, at create, so
+/// each request only instantiates.
+pub fn pre_instantiate(
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<ProxyPre<HttpState>> {
+    let mut linker: Linker<HttpState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something neither WASI nor wasi:http provides")?;
+    ProxyPre::new(pre)
+        .map_err(anyhow::Error::from)
+        .context("the component's wasi:http/incoming-handler export has the wrong type")
+}
+
+/// One request's store data.
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: MeteredLimits,
+    hooks: OutgoingRequests,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing `wasi:http` requests leave only when the container has a
+/// network (its pod's, or the host's by annotation), like its sockets.
+struct OutgoingRequests {
+    allowed: bool,
+}
+
+impl WasiHttpHooks for OutgoingRequests {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let allowed = self.allowed;
+        Box::new(async move {
+            if !allowed {
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// Where the guest's stdout or stderr lines go, shared by all requests.
+type Sink = Option<Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>>;
+
+fn sink(stdio: &Stdio, is_stdout: bool) -> Result<Sink> {
+    let writer: Box<dyn AsyncWrite + Send + Unpin> = match stdio {
+        Stdio::Null => return Ok(None),
+        Stdio::Inherit if is_stdout => Box::new(tokio::io::stdout()),
+        Stdio::Inherit => Box::new(tokio::io::stderr()),
+        Stdio::Fifo(path) => Box::new(output_fifo(path)?),
+        Stdio::Terminal(tty) => Box::new(tokio::net::unix::pipe::Sender::from_file_unchecked(
+            nonblocking_dup(tty)?,
+        )?),
+    };
+    Ok(Some(Arc::new(Mutex::new(writer))))
+}
+
+/// The port to serve: the annotation's (already in `spec.http_port`), else
+/// the container's `PORT`, else 8080.
+fn port(spec: &RunSpec) -> Result<u16> {
+    if let Some(port) = spec.http_port {
+        return Ok(port);
+    }
+    match spec.env.iter().rev().find(|(k, _)| k == PORT_ENV) {
+        None => Ok(DEFAULT_PORT),
+        Some((_, v)) => v.parse().ok().filter(|p| *p != 0).with_context(|| {
+            format!("environment variable {PORT_ENV}={v} is not a port number (1-65535)")
+        }),
+    }
+}
+
+struct Server {
+    pre: ProxyPre<HttpState>,
+    spec: RunSpec,
+    stdout: Sink,
+    stderr: Sink,
+    served: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Serves until killed. SIGKILL ends at once (137); any other signal stops
+/// accepting, lets the requests in flight finish and exits 0.
+pub(crate) async fn serve(
+    pre: &ProxyPre<HttpState>,
+    spec: &RunSpec,
+    kill: &mut watch::Receiver<Option<i32>>,
+) -> Result<i32> {
+    if !spec.network {
+        bail!(
+            "serving wasi:http needs a network: run the container in a pod, or on the host network with the annotation {}=host",
+            wasmbox_format::ANNOTATION_NETWORK
+        );
+    }
+    let port = port(spec)?;
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for wasi:http"))?;
+    log::info!("serving wasi:http on {addr}");
+    let server = Arc::new(Server {
+        pre: pre.clone(),
+        spec: spec.clone(),
+        stdout: sink(&spec.stdout, true)?,
+        stderr: sink(&spec.stderr, false)?,
+        served: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let signal = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("accepting a wasi:http connection: {e}");
+                        continue;
+                    }
+                };
+                let server = server.clone();
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(move |request| {
+                            let server = server.clone();
+                            async move { Ok::<_, std::convert::Infallible>(server.handle(request).await) }
+                        }),
+                    );
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        log::info!("wasi:http connection from {peer}: {e}");
+                    }
+                });
+            }
+            signal = wait_for_kill(kill) => break signal,
+        }
+    };
+    drop(listener);
+    let status = if signal == libc::SIGKILL {
+        128 + signal
+    } else {
+        log::info!("signal {signal}: finishing the wasi:http requests in flight");
+        tokio::select! {
+            _ = graceful.shutdown() => 0,
+            _ = wait_for_sigkill(kill) => 128 + libc::SIGKILL,
+        }
+    };
+    log::info!(
+        "wasi:http on {addr} stopped: {} requests served, {} failed",
+        server.served.load(Ordering::Relaxed),
+        server.failed.load(Ordering::Relaxed)
+    );
+    Ok(status)
+}
+
+/// Waits for SIGKILL (the end of the grace period); other signals while
+/// draining change nothing.
+async fn wait_for_sigkill(kill: &mut watch::Receiver<Option<i32>>) {
+    loop {
+        if *kill.borrow_and_update() == Some(libc::SIGKILL) {
+            return;
+        }
+        if kill.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Server {
+    /// One request in a fresh instance; a guest that fails answers 500.
+    async fn handle(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let what = format!("{} {}", request.method(), request.uri());
+        match self.call_guest(request).await {
+            Ok(response) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+                response
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                log::warn!("wasi:http request {what} failed: {e:#}");
+                let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"internal server error\n",
+                ))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+                let mut response = hyper::Response::new(body);
+                *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                response
+            }
+        }
+    }
+
+    async fn call_guest(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>> {
+        let stdout = MemoryOutputPipe::new(REQUEST_OUTPUT_LIMIT);
+        let stderr = MemoryOutputPipe::new(REQUEST_OUTPUT_LIMIT);
+        let mut wasi = crate::wasi_without_stdio(&self.spec)?;
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        let mut store = Store::new(
+            self.pre.engine(),
+            HttpState {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                limits: MeteredLimits::new(&self.spec),
+                hooks: OutgoingRequests {
+                    allowed: self.spec.network,
+                },
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(anyhow::Error::from)?;
+        let outparam = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(anyhow::Error::from)?;
+        let pre = self.pre.clone();
+        let (out_sink, err_sink) = (self.stdout.clone(), self.stderr.clone());
+        // The guest runs in its own task: it may go on writing the body
+        // after it has handed the response over.
+        let guest = tokio::spawn(async move {
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            }
+            .await;
+            drop(store);
+            for (pipe, sink) in [(stdout, out_sink), (stderr, err_sink)] {
+                let bytes = pipe.contents();
+                if let (false, Some(sink)) = (bytes.is_empty(), sink) {
+                    let mut sink = sink.lock().await;
+                    let _ = sink.write_all(&bytes).await;
+                    let _ = sink.flush().await;
+                }
+            }
+            result.map_err(anyhow::Error::from)
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(error_code(code)),
+            Err(_) => match guest.await {
+                Ok(Ok(())) => bail!("the guest returned without setting a response"),
+                Ok(Err(e)) => Err(e.context("the guest trapped before responding")),
+                Err(e) => Err(anyhow::Error::from(e).context("the guest's task failed")),
+            },
+        }
+    }
+}
+
+fn error_code(code: ErrorCode) -> anyhow::Error {
+    anyhow::anyhow!("the guest answered with error {code:?}")
+}
