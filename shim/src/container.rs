@@ -40,7 +40,7 @@ pub struct RootfsMount {
 /// What a container runs.
 enum Workload {
     Wasm {
-        spec: RunSpec,
+        spec: Box<RunSpec>,
         program: Program,
     },
     /// A pod's sandbox: no program; it holds the pod until it is killed.
@@ -181,7 +181,10 @@ impl Container {
             stdin: stdio[0].to_string(),
             stdout: stdio[1].to_string(),
             stderr: stdio[2].to_string(),
-            workload: Workload::Wasm { spec, program },
+            workload: Workload::Wasm {
+                spec: Box::new(spec),
+                program,
+            },
             sandbox_exit: Mutex::new(None),
             terminal: Mutex::new(terminal),
             terminal_master,
