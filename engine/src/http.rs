@@ -140,6 +140,17 @@ fn sink(stdio: &Stdio, is_stdout: bool) -> Result<Sink> {
     Ok(Some(Arc::new(Mutex::new(writer))))
 }
 
+/// Checks, at create, that `spec` can be served; returns the port.
+pub fn check(spec: &RunSpec) -> Result<u16> {
+    if !spec.network {
+        bail!(
+            "serving wasi:http needs a network: run the container in a pod, or on the host network with the annotation {}=host",
+            wasmbox_format::ANNOTATION_NETWORK
+        );
+    }
+    port(spec)
+}
+
 /// The port to serve: the annotation's (already in `spec.http_port`), else
 /// the container's `PORT`, else 8080.
 fn port(spec: &RunSpec) -> Result<u16> {
@@ -170,13 +181,7 @@ pub(crate) async fn serve(
     spec: &RunSpec,
     kill: &mut watch::Receiver<Option<i32>>,
 ) -> Result<i32> {
-    if !spec.network {
-        bail!(
-            "serving wasi:http needs a network: run the container in a pod, or on the host network with the annotation {}=host",
-            wasmbox_format::ANNOTATION_NETWORK
-        );
-    }
-    let port = port(spec)?;
+    let port = check(spec)?;
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
     let listener = TcpListener::bind(addr)
         .await

@@ -412,6 +412,7 @@ impl Engine {
         if wasmparser::Parser::is_component(&bytes) {
             let component = wt(Component::new(&self.engine, &bytes), &what)?;
             if http::is_http_handler(&self.engine, &component) {
+                http::check(spec)?;
                 let pre = http::pre_instantiate(&self.engine, &component)
                     .with_context(|| format!("{} cannot be served", spec.module.display()))?;
                 return Ok(Program::Http(pre));

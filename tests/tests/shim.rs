@@ -412,6 +412,64 @@ fn a_wasi_cli_component_runs() {
     node.containerd.assert_clean();
 }
 
+#[test]
+fn an_http_component_is_served_on_the_host_network_only_when_granted() {
+    let node = Node::new();
+    let image = node.image("http-hello", wasmbox_tests::http_hello(), &[]);
+    let net = [
+        "--net-host",
+        "--annotation",
+        "dev.wasmbox.wasi.network=host",
+    ];
+    let refused: [(&str, Vec<&str>, &str); 3] = [
+        ("no-net", vec![], "serving wasi:http needs a network"),
+        (
+            "bad-env",
+            [&net[..], &["--env", "PORT=http"]].concat(),
+            "environment variable PORT=http is not a port number",
+        ),
+        (
+            "bad-annotation",
+            [&net[..], &["--annotation", "dev.wasmbox.http.port=0"]].concat(),
+            "annotation dev.wasmbox.http.port=0: expected a port number",
+        ),
+    ];
+    for (id, opts, expected) in refused {
+        let out = node.run_with(&opts, &image, id, &[]);
+        assert!(!out.status.success(), "{id} started");
+        assert!(
+            stderr(&out).contains(expected),
+            "{id}: expected {expected:?} in {}",
+            stderr(&out)
+        );
+        node.containerd.ctr(&["containers", "rm", id]);
+    }
+
+    let port = wasmbox_tests::free_port();
+    let annotation = format!("dev.wasmbox.http.port={port}");
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend_from_slice(&net);
+    args.extend_from_slice(&["--annotation", &annotation, &image, "web"]);
+    let out = node.containerd.ctr(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wasmbox_tests::http_status(&addr, "/") != Some(200) {
+        assert!(Instant::now() < deadline, "nothing answers at {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "web"]);
+    assert!(node.wait_for_status("web", "STOPPED", Duration::from_secs(5)));
+    assert!(
+        wasmbox_tests::http_status(&addr, "/").is_none(),
+        "still listening"
+    );
+    node.containerd.ctr(&["task", "delete", "web"]);
+    node.containerd.ctr(&["containers", "rm", "web"]);
+    node.containerd.assert_clean();
+}
+
 /// An image built without wasmbox, the way `docker buildx --platform wasi/wasm`
 /// lays out a `FROM scratch` image: Docker media types, `os: wasi`.
 fn hand_built_image(node: &Node, name: &str, files: &[(&str, &[u8])], entrypoint: &str) -> String {
