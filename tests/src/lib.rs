@@ -789,17 +789,22 @@ pub mod containerd_api;
 pub fn probe() -> &'static Path {
     static PROBE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PROBE.get_or_init(|| {
-        let dir = workspace_bin("wasmbox")
-            .parent()
-            .unwrap()
-            .join(format!("test-guests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("probe.wasm");
+        let out = guest_dir().join("probe.wasm");
         compile_c(include_str!("../guests/probe.c"), &out);
         out
     })
 }
 pub mod cri;
+
+/// Where this test binary keeps the guests it builds.
+fn guest_dir() -> PathBuf {
+    let dir = workspace_bin("wasmbox")
+        .parent()
+        .unwrap()
+        .join(format!("test-guests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
 
 /// examples/http-hello (a `wasi:http` handler: WAT core module + WIT world)
 /// made into a component with `wit-component`, once per test binary.
@@ -807,12 +812,7 @@ pub fn http_hello() -> &'static Path {
     static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COMPONENT.get_or_init(|| {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/http-hello");
-        let dir = workspace_bin("wasmbox")
-            .parent()
-            .unwrap()
-            .join(format!("test-guests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("http-hello.wasm");
+        let out = guest_dir().join("http-hello.wasm");
         std::fs::write(&out, component_from_wat(&example, "hello")).unwrap();
         out
     })

@@ -66,15 +66,8 @@ struct InstallArgs {
     /// Directory on the host, on containerd's PATH, to install the shim into.
     #[arg(long, default_value = "/usr/local/bin")]
     bin_dir: PathBuf,
-    /// containerd major version (picks the schema of a config written from scratch).
-    #[arg(long, value_enum, default_value = "auto")]
-    containerd_major: Major,
-    /// Runtime handler name (the RuntimeClass's handler).
-    #[arg(long, default_value = DEFAULT_HANDLER)]
-    handler: String,
-    /// containerd runtime_type of the handler.
-    #[arg(long, default_value = DEFAULT_RUNTIME_TYPE)]
-    runtime_type: String,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// Shell command that restarts the host's containerd.
     #[arg(long, default_value = DEFAULT_RESTART)]
     restart_command: String,
@@ -98,11 +91,19 @@ struct ConfigArgs {
     /// (2 on errors).
     #[arg(long)]
     check: bool,
-    /// containerd major version, for a config written from scratch
-    /// (auto: 2 if the config says version = 3, else 1).
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+/// The runtime to add, shared by `install` and `config`.
+#[derive(clap::Args)]
+struct RuntimeArgs {
+    /// containerd major version, for a config written from scratch (auto:
+    /// `install` asks the host's containerd binary; else the config's
+    /// version key decides).
     #[arg(long, value_enum, default_value = "auto")]
     containerd_major: Major,
-    /// Runtime handler name.
+    /// Runtime handler name (the RuntimeClass's handler).
     #[arg(long, default_value = DEFAULT_HANDLER)]
     handler: String,
     /// containerd runtime_type of the handler.
@@ -160,14 +161,14 @@ fn install(args: &InstallArgs) -> Result<()> {
     };
 
     let text = read_text(&config_path)?;
-    let major = match args.containerd_major {
+    let major = match args.runtime.containerd_major {
         Major::One => 1,
         Major::Two => 2,
         Major::Auto => detect_major(&args.host_root, &text),
     };
     let opts = RuntimeOptions {
-        handler: args.handler.clone(),
-        runtime_type: args.runtime_type.clone(),
+        handler: args.runtime.handler.clone(),
+        runtime_type: args.runtime.runtime_type.clone(),
         containerd_major: major,
         path: config_path.clone(),
     };
@@ -188,13 +189,13 @@ fn install(args: &InstallArgs) -> Result<()> {
         write_config_atomically(&config_path, &edit.text)?;
         println!(
             "added runtime handler {} to {}",
-            args.handler,
+            args.runtime.handler,
             config_path.display()
         );
     } else {
         println!(
             "runtime handler {} already in {}",
-            args.handler,
+            args.runtime.handler,
             config_path.display()
         );
     }
@@ -331,9 +332,9 @@ fn label_node(label: &str) -> Result<()> {
 fn config(args: &ConfigArgs) -> Result<ExitCode> {
     let text = read_text(&args.config)?;
     let opts = RuntimeOptions {
-        handler: args.handler.clone(),
-        runtime_type: args.runtime_type.clone(),
-        containerd_major: match args.containerd_major {
+        handler: args.runtime.handler.clone(),
+        runtime_type: args.runtime.runtime_type.clone(),
+        containerd_major: match args.runtime.containerd_major {
             Major::One => 1,
             Major::Two => 2,
             Major::Auto => major_from_config(&text),
@@ -346,7 +347,7 @@ fn config(args: &ConfigArgs) -> Result<ExitCode> {
             eprintln!(
                 "{} needs the runtime handler {}",
                 args.config.display(),
-                args.handler
+                args.runtime.handler
             );
             return Ok(ExitCode::from(1));
         }
