@@ -3,7 +3,8 @@
 ;; tests/src/lib.rs `guests::http_hello`) wraps it into the component.
 ;;
 ;; GET /PATH answers `hello from wasm at /PATH` and prints the path on stdout;
-;; /slow answers after 2 seconds (a request in flight during shutdown);
+;; /slow answers after 2 seconds (a request in flight during shutdown),
+;; /hang after 60 (one that outlasts a grace period);
 ;; /trap traps (the server answers 500 and counts a failure).
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields_new (result i32)))
@@ -29,6 +30,7 @@
   (data (i32.const 48) "\n")
   (data (i32.const 64) "/slow")
   (data (i32.const 80) "/trap")
+  (data (i32.const 96) "/hang")
 
   (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
     (local $p i32)
@@ -52,9 +54,15 @@
         (i32.eq (i32.load (local.get $ptr)) (i32.load (local.get $lit)))
         (i32.eq (i32.load8_u offset=4 (local.get $ptr)) (i32.load8_u offset=4 (local.get $lit))))))
 
+  (func $sleep (param $nanos i64)
+    (local $pollable i32)
+    (local.set $pollable (call $sleep_for (local.get $nanos)))
+    (call $block (local.get $pollable))
+    (call $pollable_drop (local.get $pollable)))
+
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $path i32) (local $len i32) (local $response i32) (local $body i32)
-    (local $stream i32) (local $stdout i32) (local $pollable i32)
+    (local $stream i32) (local $stdout i32)
     ;; option<string> at 528: tag, pointer, length.
     (call $request_path (local.get $request) (i32.const 528))
     (if (i32.load8_u (i32.const 528))
@@ -71,10 +79,9 @@
     (if (call $is (local.get $path) (local.get $len) (i32.const 80))
       (then unreachable))
     (if (call $is (local.get $path) (local.get $len) (i32.const 64))
-      (then
-        (local.set $pollable (call $sleep_for (i64.const 2000000000)))
-        (call $block (local.get $pollable))
-        (call $pollable_drop (local.get $pollable))))
+      (then (call $sleep (i64.const 2000000000))))
+    (if (call $is (local.get $path) (local.get $len) (i32.const 96))
+      (then (call $sleep (i64.const 60000000000))))
 
     ;; result<outgoing-body> / result<output-stream> at 560: tag, handle.
     (local.set $response (call $response_new (call $fields_new)))
