@@ -12,10 +12,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -37,6 +37,8 @@ pub struct CriNode {
     runtime: tokio::runtime::Runtime,
     rt: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// The CNI bridge of this node's network (CNI leaves bridges behind).
+    bridge: String,
 }
 
 /// A pod the test made: its sandbox id and the config the kubelet would
@@ -72,6 +74,7 @@ impl CriNode {
         ]);
 
         let net = unique_network();
+        let bridge = format!("wbx{net}");
         let cni_conf = dir.path().join("net.d");
         std::fs::create_dir_all(&cni_conf).unwrap();
         std::fs::write(
@@ -81,7 +84,7 @@ impl CriNode {
                 "name": format!("wbx-test-{net}"),
                 "plugins": [{
                     "type": "bridge",
-                    "bridge": format!("wbx{net}"),
+                    "bridge": bridge,
                     "isGateway": true,
                     "ipMasq": false,
                     "ipam": {
@@ -144,6 +147,7 @@ impl CriNode {
             w,
             dir,
             runtime,
+            bridge,
         }
     }
 
@@ -402,6 +406,42 @@ impl CriNode {
             .filter(|p| !p.is_empty() && Path::new(p).exists())
             .collect();
         assert!(left.is_empty(), "network namespaces left: {left:?}");
+    }
+}
+
+impl Drop for CriNode {
+    /// Removes the pods a failed test left, so their shims, network
+    /// namespaces and mounts do not outlive it (the kubelet's garbage
+    /// collection, in short). A passing test has removed them already.
+    fn drop(&mut self) {
+        let mut rt = self.rt.clone();
+        let cleanup = async move {
+            let pods = rt
+                .list_pod_sandbox(ListPodSandboxRequest::default())
+                .await
+                .map(|r| r.into_inner().items)
+                .unwrap_or_default();
+            for pod in pods {
+                let _ = rt
+                    .stop_pod_sandbox(StopPodSandboxRequest {
+                        pod_sandbox_id: pod.id.clone(),
+                    })
+                    .await;
+                let _ = rt
+                    .remove_pod_sandbox(RemovePodSandboxRequest {
+                        pod_sandbox_id: pod.id,
+                    })
+                    .await;
+            }
+        };
+        // The timer must be made inside the runtime.
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), cleanup).await });
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
