@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Installs the Debian packages in scripts/debian-packages.txt that are missing.
 # Safe to run again: it does nothing when everything is there.
+#
+# A line may name a binary after the package (`containerd containerd`): the
+# package is then skipped when that binary is already on PATH, whoever
+# installed it. Debian's containerd and runc conflict with Docker's
+# containerd.io, and apt would remove Docker Engine to install them; on a
+# machine with Docker, its containerd and runc serve the tests as well.
+#
+# `--print` only prints the packages it would install, one per line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t wanted < <(grep -v '^\s*#' scripts/debian-packages.txt | grep -v '^\s*$')
 missing=()
-for pkg in "${wanted[@]}"; do
+while read -r pkg binary _; do
+  case "$pkg" in "" | \#*) continue ;; esac
+  if [ -n "${binary:-}" ] && command -v "$binary" >/dev/null 2>&1; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
+done <scripts/debian-packages.txt
+if [ "${1:-}" = "--print" ]; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

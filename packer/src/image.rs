@@ -136,10 +136,13 @@ impl Image {
 
 /// Builds the image for `module`. Reads the `--add` sources; writes nothing.
 pub fn build(module: &WasmModule, opts: &PackOptions) -> Result<Image> {
-    let os = opts
-        .os
-        .clone()
-        .unwrap_or_else(|| module.default_os().to_string());
+    let os = opts.os.clone().unwrap_or_else(|| match opts.format {
+        // Docker's spelling, the one `docker run --platform wasi/wasm` and
+        // buildx use: Docker matches a single manifest's `os` exactly.
+        ImageFormat::Image => format::OS_WASI.to_string(),
+        // The CNCF Wasm artifact spec names the WASI version.
+        ImageFormat::Artifact => module.default_os().to_string(),
+    });
     let created = humantime::format_rfc3339_seconds(opts.created).to_string();
     let mut annotations = opts.annotations.clone();
     annotations.insert(
@@ -616,7 +619,7 @@ mod tests {
         let info = describe("x", &img.manifest.data, &img.blobs[0].data).unwrap();
         assert_eq!(
             (info.os.as_str(), info.architecture.as_str()),
-            ("wasip1", "wasm")
+            ("wasi", "wasm")
         );
         assert_eq!(info.entrypoint, vec!["/hello.wasm"]);
         assert_eq!(info.cmd, vec!["x"]);

@@ -142,7 +142,7 @@ struct PackArgs {
     format: ImageFormat,
     #[arg(long, value_enum, default_value = "gzip")]
     compression: Compression,
-    /// Image os: wasip1 (core modules), wasip2 (components) or wasi (Docker's spelling). Detected when omitted.
+    /// Image os: wasi (Docker's `--platform wasi/wasm`, the default for --format image), wasip1 or wasip2 (the WASI version: the default for --format artifact, detected from the module).
     #[arg(long, value_parser = ["wasip1", "wasip2", "wasi"])]
     os: Option<String>,
     /// Exported function to run when the module is not a WASI command.

@@ -164,7 +164,7 @@ impl WasmModule {
         })
     }
 
-    /// The image `os` this module gets when the user does not choose one.
+    /// The `os` of a Wasm artifact of this module (the CNCF spec's WASI version).
     pub fn default_os(&self) -> &'static str {
         match self.kind {
             ModuleKind::Core => OS_WASIP1,

@@ -29,6 +29,8 @@ pub struct Membership {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub memory_bytes: u64,
+    /// The memory limit in bytes; 0 when there is none.
+    pub memory_limit: u64,
     pub cpu_nanos: u64,
     pub pids: u64,
     /// cgroup v2 (else v1), which decides the metrics type containerd expects.
@@ -130,6 +132,8 @@ impl Membership {
                 .unwrap_or(0);
             Usage {
                 memory_bytes: number("memory.current"),
+                // "max" (no limit) does not parse, and reads as 0.
+                memory_limit: number("memory.max"),
                 cpu_nanos: cpu_usec * 1000,
                 pids: number("pids.current"),
                 unified: true,
@@ -137,6 +141,7 @@ impl Membership {
         } else {
             Usage {
                 memory_bytes: number("memory.usage_in_bytes"),
+                memory_limit: number("memory.limit_in_bytes"),
                 cpu_nanos: number("cpuacct.usage"),
                 pids: number("pids.current"),
                 unified: false,

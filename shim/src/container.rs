@@ -87,9 +87,16 @@ impl Container {
         terminal: bool,
         image: &ImageSource,
     ) -> Result<Container> {
-        let rootfs = bundle.join("rootfs");
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .context("reading the container spec config.json")?;
+        // containerd's mounts go to `bundle/rootfs`. With none, the caller
+        // mounted the root itself and names it in `root.path`, as runc reads
+        // it: Docker's containerd image store does so (an absolute path).
+        let rootfs = if mounts.is_empty() {
+            bundle.join(spec.root().as_ref().map_or(Path::new("rootfs"), |r| r.path()))
+        } else {
+            bundle.join("rootfs")
+        };
         if crate::pod::is_sandbox(&spec) {
             return Ok(Container::sandbox(id, bundle, rootfs, &spec, stdio));
         }
@@ -363,6 +370,7 @@ impl Container {
         match &self.workload {
             Workload::Wasm { spec, .. } => crate::cgroup::Usage {
                 memory_bytes: spec.meter.memory_bytes(),
+                memory_limit: spec.memory_limit.unwrap_or(0) as u64,
                 cpu_nanos: spec.meter.cpu_nanos(),
                 pids: u64::from(running),
                 unified: crate::cgroup::unified(),

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod content;
+pub mod network;
 pub mod pod;
 pub mod spec;
 

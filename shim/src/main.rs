@@ -51,7 +51,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::fd::IntoRawFd;
     // First, while this is the only thread: every later thread inherits it.
-    containerd_shim_wasmtime::pod::enter_pod_network(&std::env::current_dir()?)?;
+    containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
@@ -463,6 +463,7 @@ impl containerd_shim::Task for TaskService {
             Box::new(v2::Metrics {
                 memory: MessageField::some(v2::MemoryStat {
                     usage: usage.memory_bytes,
+                    usage_limit: usage.memory_limit,
                     ..Default::default()
                 }),
                 cpu: MessageField::some(v2::CPUStat {
@@ -477,12 +478,20 @@ impl containerd_shim::Task for TaskService {
             })
         } else {
             use containerd_shim::protos::cgroups::metrics as v1;
+            // Every message field is set, even when empty: Docker's stats
+            // reader dereferences them without checking (it crashed dockerd
+            // 28 on a missing `cpu.throttling`).
             Box::new(v1::Metrics {
                 memory: MessageField::some(v1::MemoryStat {
                     usage: MessageField::some(v1::MemoryEntry {
                         usage: usage.memory_bytes,
+                        limit: usage.memory_limit,
                         ..Default::default()
                     }),
+                    hierarchical_memory_limit: usage.memory_limit,
+                    swap: MessageField::some(v1::MemoryEntry::default()),
+                    kernel: MessageField::some(v1::MemoryEntry::default()),
+                    kernel_tcp: MessageField::some(v1::MemoryEntry::default()),
                     ..Default::default()
                 }),
                 cpu: MessageField::some(v1::CPUStat {
@@ -490,8 +499,10 @@ impl containerd_shim::Task for TaskService {
                         total: usage.cpu_nanos,
                         ..Default::default()
                     }),
+                    throttling: MessageField::some(v1::Throttle::default()),
                     ..Default::default()
                 }),
+                blkio: MessageField::some(v1::BlkIOStat::default()),
                 pids: MessageField::some(v1::PidsStat {
                     current: usage.pids,
                     ..Default::default()

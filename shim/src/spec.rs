@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 use wasmbox_format::{self as format, split_entrypoint};
 
 use crate::engine::{Preopen, RunSpec};
@@ -54,7 +54,14 @@ pub fn run_spec(
         },
     };
 
-    let env = wasmbox_engine::env_pairs(process.env().clone().unwrap_or_default());
+    let mut env = wasmbox_engine::env_pairs(process.env().clone().unwrap_or_default());
+    // WASI preview 1 has no working directory (relative paths resolve from
+    // `/`), so a `cwd` other than `/` reaches the guest as `PWD`, which a
+    // guest can chdir to, unless the spec sets PWD itself.
+    let cwd = process.cwd().to_string_lossy();
+    if cwd != "/" && !cwd.is_empty() && !env.iter().any(|(k, _)| k == "PWD") {
+        env.push(("PWD".to_string(), cwd.into_owned()));
+    }
 
     let annotations = spec.annotations().clone().unwrap_or_default();
     let annotation = |key: &str| annotations.get(key).map(String::as_str);
@@ -72,15 +79,11 @@ pub fn run_spec(
         ),
     };
     let network = match annotation(format::ANNOTATION_NETWORK) {
-        // A pod's container shares the pod network the shim entered.
-        None => crate::pod::shares_shim_network(spec),
+        // The container's own (or its pod's) network, which the shim entered.
+        None => crate::network::guest_has_network(spec),
         Some("none") => false,
         Some("host") => {
-            let own_netns = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.namespaces().as_ref())
-                .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+            let own_netns = crate::network::has_own_namespace(spec);
             if own_netns {
                 bail!(
                     "annotation {}=host needs a container on the host network (ctr run --net-host): the guest's sockets would otherwise escape the container's own network namespace",

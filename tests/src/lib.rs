@@ -117,6 +117,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: RegistryAuth) -> Registry {
+        Registry::start_in(auth, None)
+    }
+
+    /// A registry listening on loopback inside `netns` (for a daemon that
+    /// runs there), or on the machine's loopback with `None`.
+    pub fn start_in(auth: RegistryAuth, netns: Option<&netns::NetNs>) -> Registry {
         require_tool("docker-registry");
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -210,6 +216,9 @@ impl Registry {
         std::fs::write(&config_path, config).unwrap();
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(&config_path);
+        if let Some(netns) = netns {
+            netns.enter(&mut cmd);
+        }
         let child = spawn_logged(cmd, &dir.path().join("registry.log"));
         let mut registry = Registry {
             child,
@@ -218,7 +227,10 @@ impl Registry {
             tls,
             _token_server: token_server,
         };
-        registry.wait_ready();
+        match netns {
+            Some(netns) => netns.run(|| registry.wait_ready()),
+            None => registry.wait_ready(),
+        }
         registry
     }
 
@@ -438,12 +450,45 @@ fn b64(data: &[u8], url: bool) -> String {
     }
 }
 
-/// Debian's containerd with its own root, state and socket in a temp dir.
+/// A containerd with its own root, state and socket in a temp dir: the
+/// machine's (`containerd` on PATH) unless [`ContainerdOptions::bin_dir`]
+/// names another build.
 pub struct Containerd {
     child: Child,
     dir: TempDir,
     /// The gRPC socket (`ctr -a`).
     pub address: PathBuf,
+    ctr: PathBuf,
+}
+
+/// How to start a [`Containerd`].
+#[derive(Default)]
+pub struct ContainerdOptions<'a> {
+    /// Where `containerd` and `ctr` are (default: PATH).
+    pub bin_dir: Option<PathBuf>,
+    /// Top-level config lines (before any table), e.g. `disabled_plugins`.
+    pub top_level: String,
+    /// Keys of the CRI plugin's table first, then any sub-tables of it.
+    pub cri_config: String,
+    /// Start it inside this network namespace.
+    pub netns: Option<&'a netns::NetNs>,
+}
+
+/// `containerd --version` of the binary at `containerd`, printed once per
+/// test binary so every run says which containerd it tested against.
+fn announce_version(containerd: &Path) {
+    static ANNOUNCED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = ANNOUNCED.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|p| p == containerd) {
+        return;
+    }
+    let version = Command::new(containerd)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    eprintln!("testing against {version} ({})", containerd.display());
+    seen.push(containerd.to_path_buf());
 }
 
 impl Containerd {
@@ -454,29 +499,49 @@ impl Containerd {
     /// Starts containerd with `cri_config` appended to its config: keys of
     /// the CRI plugin's table first, then any sub-tables of it.
     pub fn start_with(cri_config: &str) -> Containerd {
-        require_tool("containerd");
-        require_tool("ctr");
+        Containerd::start_opts(ContainerdOptions {
+            cri_config: cri_config.to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub fn start_opts(opts: ContainerdOptions) -> Containerd {
+        let (containerd, ctr) = match &opts.bin_dir {
+            Some(dir) => (dir.join("containerd"), dir.join("ctr")),
+            None => {
+                require_tool("containerd");
+                require_tool("ctr");
+                (PathBuf::from("containerd"), PathBuf::from("ctr"))
+            }
+        };
+        announce_version(&containerd);
         let dir = tempfile::Builder::new()
             .prefix("ctrd")
             .tempdir()
             .expect("temp dir");
         let address = dir.path().join("containerd.sock");
         let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{cri_config}\n",
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{top}\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{cri_config}\n",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             sock = address.display(),
+            top = opts.top_level,
+            cri_config = opts.cri_config,
         );
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         let shim = workspace_bin("containerd-shim-wasmtime-v1");
-        let path = format!(
-            "{}:{}",
-            shim.parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut cmd = Command::new("containerd");
+        let mut path = std::env::var("PATH").unwrap_or_default();
+        if let Some(bin_dir) = &opts.bin_dir {
+            // Its own runc shim comes before the machine's.
+            path = format!("{}:{path}", bin_dir.display());
+        }
+        let path = format!("{}:{path}", shim.parent().unwrap().display());
+        let mut cmd = Command::new(&containerd);
         cmd.arg("--config").arg(&config_path).env("PATH", path);
+        if let Some(netns) = opts.netns {
+            netns.enter(&mut cmd);
+        }
         let mut child = spawn_logged(cmd, &dir.path().join("containerd.log"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -486,7 +551,7 @@ impl Containerd {
                     std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default()
                 );
             }
-            let ready = Command::new("ctr")
+            let ready = Command::new(&ctr)
                 .arg("-a")
                 .arg(&address)
                 .arg("version")
@@ -506,12 +571,13 @@ impl Containerd {
             child,
             dir,
             address,
+            ctr,
         }
     }
 
     /// Runs `ctr -a SOCKET ARGS…`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(&self.ctr)
             .arg("-a")
             .arg(&self.address)
             .args(args)
@@ -526,7 +592,7 @@ impl Containerd {
 
     /// Runs `ctr` with `input` on stdin (what `echo … | ctr run` does).
     pub fn ctr_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new("ctr")
+        let mut child = Command::new(&self.ctr)
             .arg("-a")
             .arg(&self.address)
             .args(args)
@@ -623,21 +689,27 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: `kill(2)` on the pid of a child we spawned and have not yet
-        // reaped; the pid cannot have been reused before our `wait` below.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// SIGTERM to a daemon we started, then SIGKILL if it has not exited within
+/// `grace`; reaps it either way.
+fn terminate(child: &mut Child, grace: Duration) {
+    // SAFETY: `kill(2)` on the pid of a child we spawned and have not yet
+    // reaped; the pid cannot have been reused before our `wait` below.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The status code of a plain-HTTP GET, or None when nothing answers.
@@ -795,6 +867,8 @@ pub fn probe() -> &'static Path {
     })
 }
 pub mod cri;
+pub mod docker;
+pub mod netns;
 
 /// Where this test binary keeps the guests it builds.
 fn guest_dir() -> PathBuf {

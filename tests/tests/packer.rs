@@ -89,7 +89,7 @@ fn pack_push_and_read_back_with_skopeo() {
     ]))
     .unwrap();
     assert_eq!(config["architecture"], "wasm");
-    assert_eq!(config["os"], "wasip1");
+    assert_eq!(config["os"], "wasi");
     assert_eq!(config["config"]["Entrypoint"][0], "/hello.wasm");
     assert_eq!(config["config"]["Cmd"][0], "--loud");
     assert_eq!(config["config"]["Env"][0], "GREETING=hi");
@@ -124,7 +124,7 @@ fn pack_push_and_read_back_with_skopeo() {
 
     // The remote inspect agrees with what was packed.
     let info = w.inspect(&image, &["--remote", "--plain-http"]);
-    assert_eq!(info["os"], "wasip1");
+    assert_eq!(info["os"], "wasi");
     assert_eq!(info["architecture"], "wasm");
     assert_eq!(info["entrypoint"][0], "/hello.wasm");
     assert_eq!(info["wasi_world"], "wasi_snapshot_preview1");
@@ -157,7 +157,7 @@ fn pull_reads_what_skopeo_pushed() {
     assert!(out.contains(&format!("Pulled {target}")), "{out}");
     assert_eq!(puller.images(), vec![target.clone()]);
     let info = puller.inspect(&target, &[]);
-    assert_eq!(info["os"], "wasip1");
+    assert_eq!(info["os"], "wasi");
     assert_eq!(info["entrypoint"][0], "/hello.wasm");
     // The same bytes came back: the digest matches what was packed.
     assert_eq!(
@@ -469,22 +469,30 @@ fn c_program_compiled_with_clang_packs_as_preview1() {
 }
 
 #[test]
-fn components_get_wasip2_and_their_world() {
+fn images_get_dockers_wasi_os_artifacts_the_wasi_version_and_both_their_world() {
     let w = Wasmbox::new();
     let cli = write(&w, "cli.wat", guests::CLI_COMPONENT_WAT);
     let http = write(&w, "http.wat", guests::HTTP_COMPONENT_WAT);
+    let hello = write(&w, "hello.wat", guests::HELLO_WAT);
     w.ok(&["pack", p(&cli), "-t", "r/cli:1"]);
-    w.ok(&["pack", p(&http), "-t", "r/http:1", "--os", "wasi"]);
-    let info = w.inspect("r/cli:1", &[]);
+    w.ok(&["pack", p(&http), "-t", "r/http:1", "--os", "wasip2"]);
+    w.ok(&["pack", p(&cli), "-t", "r/cli-artifact:1", "--format", "artifact"]);
+    w.ok(&["pack", p(&hello), "-t", "r/hello-artifact:1", "--format", "artifact"]);
+    let platform = |reference: &str| {
+        let info = w.inspect(reference, &[]);
+        (
+            info["os"].as_str().unwrap().to_string(),
+            info["wasi_world"].as_str().unwrap().to_string(),
+        )
+    };
+    let pair = |os: &str, world: &str| (os.to_string(), world.to_string());
+    assert_eq!(platform("r/cli:1"), pair("wasi", "wasi:cli/command"));
+    assert_eq!(w.inspect("r/cli:1", &[])["entrypoint"][0], "/cli.wasm");
+    assert_eq!(platform("r/http:1"), pair("wasip2", "wasi:http/proxy"));
+    assert_eq!(platform("r/cli-artifact:1"), pair("wasip2", "wasi:cli/command"));
     assert_eq!(
-        (info["os"].as_str(), info["wasi_world"].as_str()),
-        (Some("wasip2"), Some("wasi:cli/command"))
-    );
-    assert_eq!(info["entrypoint"][0], "/cli.wasm");
-    let info = w.inspect("r/http:1", &[]);
-    assert_eq!(
-        (info["os"].as_str(), info["wasi_world"].as_str()),
-        (Some("wasi"), Some("wasi:http/proxy"))
+        platform("r/hello-artifact:1"),
+        pair("wasip1", "wasi_snapshot_preview1")
     );
 }
 
@@ -724,7 +732,7 @@ fn ctr_image_import_accepts_the_archive() {
         .lines()
         .find(|l| l.starts_with("example.test/import/hello:v1 "))
         .unwrap_or_else(|| panic!("imported image not listed: {list}"));
-    assert!(line.contains("wasip1/wasm"), "{line}");
+    assert!(line.contains("wasi/wasm"), "{line}");
     assert!(
         line.contains(
             w.inspect("example.test/import/hello:v1", &[])["digest"]
