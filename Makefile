@@ -1,9 +1,14 @@
 # The README's two commands are `make demo` and `make test`; both install what
 # is missing first.
-.PHONY: deps build demo test bench lint clean
+.PHONY: deps docker-engine build demo test bench lint clean
 
 deps:
 	@scripts/install-deps.sh
+
+# A private Docker Engine 28 + containerd 1.7 from Debian's packages, unpacked
+# into .cache/docker-engine (nothing is installed into the system).
+docker-engine:
+	@scripts/docker-engine.sh >/dev/null
 
 build: deps
 	cargo build --workspace --bins
@@ -11,7 +16,7 @@ build: deps
 demo: deps
 	scripts/demo.sh
 
-test: deps
+test: deps docker-engine
 	cargo build --workspace --bins
 	cargo test --workspace
 

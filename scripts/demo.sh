@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end: build, start a local registry, pack examples/hello,
 # push it, pull it back into a fresh store and show what it is, then pull it
-# into a private containerd and run it there with the wasmtime shim.
+# into a private containerd and run it there with the wasmtime shim, and last
+# through a private Docker Engine with `docker run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -23,7 +24,7 @@ echo "registry at $REGISTRY"
 echo "== wasmbox pack $image --push"
 WASMBOX_STORE=$work/store "$wasmbox" pack "$work/hello.wasm" -t "$image" \
   --env GREETING=hello --arg world --label org.opencontainers.image.source=examples/hello \
-  --push --plain-http
+  --push --plain-http -o "$work/hello.tar"
 
 echo "== wasmbox pull $image (into a fresh store)"
 WASMBOX_STORE=$work/pulled "$wasmbox" pull "$image" --plain-http
@@ -39,3 +40,11 @@ start_containerd "$work/containerd" "$PWD/target/debug"
 $CTR image pull --plain-http "$image" >/dev/null
 $CTR run --rm --runtime io.containerd.wasmtime.v1 "$image" demo-hello
 $CTR run --rm --runtime io.containerd.wasmtime.v1 --env GREETING=Bonjour "$image" demo-args /hello.wasm containerd
+
+echo "== a private Docker Engine: docker load + docker run --runtime io.containerd.wasmtime.v1 --platform wasi/wasm"
+start_docker "$work/docker" "$PWD/target/debug"
+$DOCKER version --format 'Docker Engine {{.Server.Version}}, containerd {{(index .Server.Components 1).Version}}'
+
+$DOCKER load -i "$work/hello.tar"
+$DOCKER run --rm --runtime io.containerd.wasmtime.v1 --platform wasi/wasm "$image"
+$DOCKER run --rm --runtime io.containerd.wasmtime.v1 --platform wasi/wasm -e GREETING=Hallo "$image" docker

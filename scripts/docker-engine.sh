@@ -40,7 +40,7 @@ staging=$work/root
 mkdir -p "$staging"
 for deb in "$work"/*/debs/*.deb; do
   dpkg-deb -x "$deb" "$staging"
-  dpkg-deb -f "$deb" Package Version | paste -sd' ' >>"$work/versions"
+  dpkg-deb --show --showformat='${Package} ${Version}\n' "$deb" >>"$work/versions"
 done
 mkdir -p "$staging/out/bin"
 for b in usr/sbin/dockerd usr/bin/docker usr/bin/containerd usr/bin/ctr usr/bin/containerd-shim-runc-v2 usr/sbin/docker-proxy; do

@@ -2,9 +2,18 @@
 # docker-registry on a free loopback port and sets REGISTRY=127.0.0.1:PORT;
 # start_containerd DIR starts a private containerd (its own root, state and
 # socket under DIR, the freshly built shim on its PATH) and sets CTR to the
-# ctr command for it. Everything started is stopped when the script exits.
+# ctr command for it; start_docker DIR BINDIR starts a private Docker Engine
+# (scripts/docker-engine.sh) with its own containerd, in a network namespace of
+# its own, and sets DOCKER to the docker command for it. Everything started is
+# stopped when the script exits; the machine's own Docker is never touched.
 SERVICE_PIDS=""
-trap 'kill $SERVICE_PIDS 2>/dev/null; wait $SERVICE_PIDS 2>/dev/null || true' EXIT
+SERVICE_NETNS=""
+stop_services() {
+  kill $SERVICE_PIDS 2>/dev/null
+  wait $SERVICE_PIDS 2>/dev/null
+  [ -z "$SERVICE_NETNS" ] || ip netns del "$SERVICE_NETNS"
+}
+trap stop_services EXIT
 
 start_registry() {
   local dir=$1 port
@@ -57,5 +66,44 @@ TOML
     sleep 0.1
   done
   echo "error: containerd did not start; see $dir/containerd.log" >&2
+  return 1
+}
+
+start_docker() {
+  local dir=$1 bindir=$2 engine netns
+  engine=$(scripts/docker-engine.sh) || return 1
+  mkdir -p "$dir/client/cli-plugins"
+  ln -sf "$engine"/cli-plugins/* "$dir/client/cli-plugins/"
+  netns=wasmbox-$$
+  ip netns add "$netns" && SERVICE_NETNS=$netns
+  ip -n "$netns" link set lo up
+  cat >"$dir/containerd.toml" <<TOML
+version = 2
+root = "$dir/containerd/root"
+state = "$dir/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+TOML
+  local in_netns="nsenter --net=/run/netns/$netns env PATH=$bindir:$engine/bin:$PATH"
+  $in_netns "$engine/bin/containerd" --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
+  SERVICE_PIDS="$! $SERVICE_PIDS"
+  for _ in $(seq 100); do
+    "$engine/bin/ctr" -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  $in_netns "$engine/bin/dockerd" --config-file deploy/docker/daemon.json \
+    --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
+    --host "unix://$dir/docker.sock" --containerd "$dir/containerd.sock" >"$dir/dockerd.log" 2>&1 &
+  # dockerd first in the list: it stops before its containerd.
+  SERVICE_PIDS="$! $SERVICE_PIDS"
+  DOCKER="env DOCKER_HOST=unix://$dir/docker.sock DOCKER_CONFIG=$dir/client $engine/bin/docker"
+  for _ in $(seq 300); do
+    $DOCKER version >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "error: dockerd did not start; see $dir/dockerd.log" >&2
   return 1
 }

@@ -93,7 +93,11 @@ impl Container {
         // mounted the root itself and names it in `root.path`, as runc reads
         // it: Docker's containerd image store does so (an absolute path).
         let rootfs = if mounts.is_empty() {
-            bundle.join(spec.root().as_ref().map_or(Path::new("rootfs"), |r| r.path()))
+            bundle.join(
+                spec.root()
+                    .as_ref()
+                    .map_or(Path::new("rootfs"), |r| r.path()),
+            )
         } else {
             bundle.join("rootfs")
         };

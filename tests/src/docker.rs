@@ -75,8 +75,11 @@ impl DockerEngine {
         let plugins = d.join("client/cli-plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         for plugin in ["docker-compose", "docker-buildx"] {
-            std::os::unix::fs::symlink(engine.join("cli-plugins").join(plugin), plugins.join(plugin))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                engine.join("cli-plugins").join(plugin),
+                plugins.join(plugin),
+            )
+            .unwrap();
         }
         let socket = d.join("docker.sock");
         let shim = crate::workspace_bin("containerd-shim-wasmtime-v1");

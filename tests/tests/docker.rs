@@ -38,11 +38,22 @@ impl Host {
     fn push(&self, name: &str, module: &Path, pack_args: &[&str]) -> String {
         let image = format!("{}:v1", self.docker.registry.image(name));
         let mut cmd = self.w.command();
-        cmd.args(["pack", module.to_str().unwrap(), "-t", &image, "--push", "--plain-http"])
-            .args(pack_args);
+        cmd.args([
+            "pack",
+            module.to_str().unwrap(),
+            "-t",
+            &image,
+            "--push",
+            "--plain-http",
+        ])
+        .args(pack_args);
         self.docker.netns().enter(&mut cmd);
         let out = cmd.output().expect("run wasmbox");
-        assert!(out.status.success(), "wasmbox pack --push: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "wasmbox pack --push: {}",
+            stderr(&out)
+        );
         image
     }
 
@@ -52,7 +63,14 @@ impl Host {
 
     /// `docker run --rm --runtime RUNTIME --platform wasi/wasm OPTS… IMAGE ARGS…`.
     fn run(&self, opts: &[&str], image: &str, args: &[&str]) -> Output {
-        let mut full = vec!["run", "--rm", "--runtime", RUNTIME, "--platform", "wasi/wasm"];
+        let mut full = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+        ];
         full.extend_from_slice(opts);
         full.push(image);
         full.extend_from_slice(args);
@@ -150,7 +168,11 @@ fn env_arguments_workdir_volumes_and_a_read_only_root_reach_the_guest() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = host.run(&["--read-only"], &image, &["write", "/scratch.txt"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stderr(&out).contains("cannot write /scratch.txt"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write /scratch.txt"),
+        "{}",
+        stderr(&out)
+    );
 
     host.docker.assert_clean();
 }
@@ -163,7 +185,15 @@ fn stdin_is_piped_with_i_and_a_terminal_is_given_with_it() {
     let mut child = host
         .docker
         .docker()
-        .args(["run", "--rm", "-i", "--runtime", RUNTIME, "--platform", "wasi/wasm"])
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+        ])
         .args([image.as_str(), "stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -177,7 +207,12 @@ fn stdin_is_piped_with_i_and_a_terminal_is_given_with_it() {
         .write_all(b"line one\nline two\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(stdout(&out), "line one\nline two\n<eof>\n", "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "line one\nline two\n<eof>\n",
+        "{}",
+        stderr(&out)
+    );
 
     // `docker run -it` under a pseudo-terminal of its own (script(1)).
     let docker = host.docker.docker();
@@ -197,7 +232,11 @@ fn stdin_is_piped_with_i_and_a_terminal_is_given_with_it() {
         .unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     // The terminal turns "\n" into "\r\n": the guest wrote to a tty.
-    assert!(stdout(&out).contains("hello from probe\r\n"), "{:?}", stdout(&out));
+    assert!(
+        stdout(&out).contains("hello from probe\r\n"),
+        "{:?}",
+        stdout(&out)
+    );
 
     host.docker.assert_clean();
 }
@@ -209,7 +248,15 @@ fn detached_containers_log_stop_kill_wait_inspect_and_report_stats() {
     let d = &host.docker;
     let run_d = |name: &str, mode: &str| {
         d.ok(&[
-            "run", "-d", "--name", name, "--runtime", RUNTIME, "--platform", "wasi/wasm", &image,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+            &image,
             mode,
         ]);
     };
@@ -221,14 +268,20 @@ fn detached_containers_log_stop_kill_wait_inspect_and_report_stats() {
     assert_eq!(host.inspect("sleeper", "{{.State.Status}}"), "running");
 
     // `docker logs -f` follows until the container ends.
-    let mut follow = d
+    let follow = d
         .docker()
         .args(["logs", "-f", "sleeper"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
 
-    let stats = d.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "sleeper"]);
+    let stats = d.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        "sleeper",
+    ]);
     assert!(
         !stats.trim().starts_with("0B"),
         "docker stats shows no memory: {stats}"
@@ -242,7 +295,10 @@ fn detached_containers_log_stop_kill_wait_inspect_and_report_stats() {
         started.elapsed()
     );
     assert_eq!(d.ok(&["wait", "sleeper"]).trim(), "143");
-    assert_eq!(host.inspect("sleeper", "{{.State.Status}} {{.State.ExitCode}}"), "exited 143");
+    assert_eq!(
+        host.inspect("sleeper", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 143"
+    );
     let followed = follow.wait_with_output().unwrap();
     assert_eq!(stdout(&followed), "sleeping\n");
     d.ok(&["rm", "sleeper"]);
@@ -273,7 +329,11 @@ fn memory_flag_caps_the_guests_memory() {
     assert_eq!(stdout(&out), "allocated 16 MiB\n", "{}", stderr(&out));
     let out = host.run(&["--memory", "64m"], &image, &["alloc", "100"]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stderr(&out).contains("allocation of 100 MiB failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("allocation of 100 MiB failed"),
+        "{}",
+        stderr(&out)
+    );
     assert_no_panic(&out);
     host.docker.assert_clean();
 }
@@ -293,4 +353,280 @@ fn twenty_docker_runs_in_parallel_all_succeed_and_leave_nothing() {
         assert_eq!(stdout(out), "hello from probe\n");
     }
     host.docker.assert_clean();
+}
+
+/// Polls `curl URL` inside the engine's network namespace until it answers
+/// 200; returns the body.
+fn curl_in(host: &Host, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-fsS", "--max-time", "2", url]);
+        host.docker.netns().enter(&mut cmd);
+        let out = cmd.output().expect("run curl");
+        if out.status.success() {
+            return stdout(&out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing answers at {url}: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_wasi_http_component_is_served_on_a_published_port() {
+    let Some(host) = Host::start() else { return };
+    let image = host.push("http-hello", wasmbox_tests::http_hello(), &[]);
+    let d = &host.docker;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "18080:8080",
+        "--runtime",
+        RUNTIME,
+        "--platform",
+        "wasi/wasm",
+        &image,
+    ]);
+    assert_eq!(
+        curl_in(&host, "http://127.0.0.1:18080/hi"),
+        "hello from wasm at /hi\n"
+    );
+    // The container's own address on the bridge answers too.
+    let ip = host.inspect("web", "{{.NetworkSettings.IPAddress}}");
+    assert_eq!(
+        curl_in(&host, &format!("http://{ip}:8080/direct")),
+        "hello from wasm at /direct\n"
+    );
+    d.ok(&["stop", "web"]);
+    assert_eq!(host.inspect("web", "{{.State.ExitCode}}"), "0");
+    let logs = stdout(&d.run(&["logs", "web"]));
+    assert!(logs.contains("/hi") && logs.contains("/direct"), "{logs}");
+    d.ok(&["rm", "web"]);
+    host.docker.assert_clean();
+}
+
+/// A Linux image of Debian's static busybox, built `FROM scratch` (no base
+/// image can be pulled here), tagged `tag`.
+fn build_busybox_image(host: &Host, tag: &str) {
+    wasmbox_tests::require_tool("busybox");
+    let ctx = tempfile::tempdir().unwrap();
+    let bin = ctx.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let busybox = Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .unwrap();
+    std::fs::copy(stdout(&busybox).trim(), bin.join("busybox")).unwrap();
+    for applet in ["sh", "wget", "seq", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY bin/ /bin/\nENV PATH=/bin\n",
+    )
+    .unwrap();
+    host.docker
+        .ok(&["build", "-q", "-t", tag, ctx.path().to_str().unwrap()]);
+}
+
+#[test]
+fn compose_runs_a_wasm_service_beside_a_linux_container_that_calls_it() {
+    let Some(host) = Host::start() else { return };
+    let hello = host.push("examples/http-hello", wasmbox_tests::http_hello(), &[]);
+    build_busybox_image(&host, "wasmbox-test/busybox:local");
+    let compose_file = workspace_root().join("examples/compose/compose.yaml");
+    let compose = |args: &[&str]| {
+        let mut cmd = host.docker.docker();
+        cmd.args(["compose", "-f", compose_file.to_str().unwrap()])
+            .args(args)
+            .env("HELLO_IMAGE", &hello)
+            .env("CALLER_IMAGE", "wasmbox-test/busybox:local");
+        let out = cmd.output().expect("run docker compose");
+        assert!(
+            out.status.success(),
+            "docker compose {args:?}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    };
+    compose(&["up", "-d"]);
+    host.wait_for("the caller to finish", Duration::from_secs(30), || {
+        compose(&["ps", "-a", "--format", "{{.Service}} {{.State}}"])
+            .lines()
+            .any(|l| l == "caller exited")
+    });
+    let logs = compose(&["logs", "--no-log-prefix", "caller"]);
+    assert_eq!(logs, "hello from wasm at /from-compose\n");
+    let states = compose(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Service}} {{.State}} {{.ExitCode}}",
+    ]);
+    assert!(states.lines().any(|l| l == "caller exited 0"), "{states}");
+    assert!(states.lines().any(|l| l == "hello running 0"), "{states}");
+
+    compose(&["down"]);
+    let networks = host.docker.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        !networks.contains("wasmbox-compose"),
+        "compose network left: {networks}"
+    );
+    host.docker.assert_clean();
+}
+
+#[test]
+fn images_from_docker_build_and_docker_load_run_like_a_pushed_one() {
+    let Some(host) = Host::start() else { return };
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(probe(), ctx.path().join("probe.wasm")).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY probe.wasm /probe.wasm\nENTRYPOINT [\"/probe.wasm\"]\n",
+    )
+    .unwrap();
+    host.docker.ok(&[
+        "build",
+        "-q",
+        "--platform",
+        "wasi/wasm",
+        "-t",
+        "built/probe:v1",
+        ctx.path().to_str().unwrap(),
+    ]);
+    // `docker load` of the archive `wasmbox pack -o` writes.
+    let archive = host.w.dir().join("probe.tar");
+    host.w.ok(&[
+        "pack",
+        probe().to_str().unwrap(),
+        "-t",
+        "loaded/probe:v1",
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    let loaded = host.docker.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert_eq!(loaded, "Loaded image: loaded/probe:v1\n");
+    let packed = host.probe_image();
+    for image in ["built/probe:v1", "loaded/probe:v1", packed.as_str()] {
+        let out = host.run(&["-e", "X=1"], image, &["args", "a"]);
+        assert_eq!(
+            stdout(&out),
+            "arg[0]=/probe.wasm\narg[1]=args\narg[2]=a\n",
+            "{image}: {}",
+            stderr(&out)
+        );
+        let out = host.run(&[], image, &["exit", "3"]);
+        assert_eq!(out.status.code(), Some(3), "{image}");
+    }
+    host.docker.assert_clean();
+}
+
+#[test]
+fn platform_wasi_wasm_runs_default_images_and_wasip1_runs_images_packed_with_os_wasip1() {
+    let Some(host) = Host::start() else { return };
+    let default = host.probe_image();
+    let wasip1 = host.push("probe-wasip1", probe(), &["--os", "wasip1"]);
+    let run = |platform: &str, image: &str| {
+        host.docker.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            platform,
+            image,
+        ])
+    };
+    let out = run("wasi/wasm", &default);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    let out = run("wasip1/wasm", &wasip1);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    // Docker matches a single manifest's os exactly: the mismatch is its own error.
+    let out = run("wasi/wasm", &wasip1);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("does not provide the specified platform (wasi/wasm)"),
+        "{}",
+        stderr(&out)
+    );
+    host.docker.assert_clean();
+}
+
+#[test]
+fn wasm_artifacts_pull_on_containerd_1_7_and_run_under_docker_given_a_command() {
+    let Some(host) = Host::start() else { return };
+    let image = host.push("probe-artifact", probe(), &["--format", "artifact"]);
+    let ctr = |args: &[&str]| {
+        // In the engine's network namespace, where the registry is.
+        let mut cmd = Command::new(wasmbox_tests::docker::engine_dir().unwrap().join("bin/ctr"));
+        cmd.arg("-a")
+            .arg(&host.docker.containerd.address)
+            .args(args)
+            .stdin(Stdio::null());
+        host.docker.netns().enter(&mut cmd);
+        cmd.output().expect("run ctr")
+    };
+    // containerd 1.7 pulls and unpacks it (1.6 refused the raw Wasm layer)...
+    let out = ctr(&["image", "pull", "--plain-http", &image]);
+    assert!(out.status.success(), "ctr image pull: {}", stderr(&out));
+    // ...and runs it through its API, as the CRI does.
+    let run = host
+        .docker
+        .containerd
+        .run_via_api(RUNTIME, &image, "artifact", None)
+        .unwrap();
+    assert_eq!(
+        (run.exit_status, run.stdout.as_str()),
+        (0, "hello from probe\n")
+    );
+    // `ctr run` itself reads the image config client-side and knows only
+    // Docker's and OCI's config types: its own refusal.
+    let out = ctr(&["run", "--rm", "--runtime", RUNTIME, &image, "by-ctr"]);
+    assert!(
+        stderr(&out)
+            .contains("unknown image config media type application/vnd.wasm.config.v0+json"),
+        "{}",
+        stderr(&out)
+    );
+    ctr(&["containers", "rm", "by-ctr"]);
+
+    // Docker runs it once given a command (an artifact has no entrypoint);
+    // the module is the layer, whatever the path says.
+    let docker_run = |args: &[&str]| {
+        let mut full = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasip1/wasm",
+            &image,
+        ];
+        full.extend_from_slice(args);
+        host.docker.run(&full)
+    };
+    let out = docker_run(&["/module.wasm", "args", "x"]);
+    assert_eq!(
+        stdout(&out),
+        "arg[0]=/module.wasm\narg[1]=args\narg[2]=x\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = docker_run(&[]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("no command specified"),
+        "{}",
+        stderr(&out)
+    );
+    host.docker.assert_clean();
+    host.docker.containerd.assert_clean();
 }

@@ -476,8 +476,22 @@ fn images_get_dockers_wasi_os_artifacts_the_wasi_version_and_both_their_world() 
     let hello = write(&w, "hello.wat", guests::HELLO_WAT);
     w.ok(&["pack", p(&cli), "-t", "r/cli:1"]);
     w.ok(&["pack", p(&http), "-t", "r/http:1", "--os", "wasip2"]);
-    w.ok(&["pack", p(&cli), "-t", "r/cli-artifact:1", "--format", "artifact"]);
-    w.ok(&["pack", p(&hello), "-t", "r/hello-artifact:1", "--format", "artifact"]);
+    w.ok(&[
+        "pack",
+        p(&cli),
+        "-t",
+        "r/cli-artifact:1",
+        "--format",
+        "artifact",
+    ]);
+    w.ok(&[
+        "pack",
+        p(&hello),
+        "-t",
+        "r/hello-artifact:1",
+        "--format",
+        "artifact",
+    ]);
     let platform = |reference: &str| {
         let info = w.inspect(reference, &[]);
         (
@@ -489,7 +503,10 @@ fn images_get_dockers_wasi_os_artifacts_the_wasi_version_and_both_their_world() 
     assert_eq!(platform("r/cli:1"), pair("wasi", "wasi:cli/command"));
     assert_eq!(w.inspect("r/cli:1", &[])["entrypoint"][0], "/cli.wasm");
     assert_eq!(platform("r/http:1"), pair("wasip2", "wasi:http/proxy"));
-    assert_eq!(platform("r/cli-artifact:1"), pair("wasip2", "wasi:cli/command"));
+    assert_eq!(
+        platform("r/cli-artifact:1"),
+        pair("wasip2", "wasi:cli/command")
+    );
     assert_eq!(
         platform("r/hello-artifact:1"),
         pair("wasip1", "wasi_snapshot_preview1")

@@ -413,7 +413,7 @@ fn a_wasi_cli_component_runs() {
 }
 
 #[test]
-fn an_http_component_is_served_on_the_host_network_only_when_granted() {
+fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_granted() {
     let node = Node::new();
     let image = node.image("http-hello", wasmbox_tests::http_hello(), &[]);
     let net = [
@@ -422,7 +422,11 @@ fn an_http_component_is_served_on_the_host_network_only_when_granted() {
         "dev.wasmbox.wasi.network=host",
     ];
     let refused: [(&str, Vec<&str>, &str); 3] = [
-        ("no-net", vec![], "serving wasi:http needs a network"),
+        (
+            "no-net",
+            vec!["--annotation", "dev.wasmbox.wasi.network=none"],
+            "serving wasi:http needs a network",
+        ),
         (
             "bad-env",
             [&net[..], &["--env", "PORT=http"]].concat(),
@@ -444,6 +448,46 @@ fn an_http_component_is_served_on_the_host_network_only_when_granted() {
         );
         node.containerd.ctr(&["containers", "rm", id]);
     }
+
+    // Without --net-host the container gets a network namespace of its own,
+    // as runc would make it: served there, and not on the host.
+    let port = wasmbox_tests::free_port();
+    let annotation = format!("dev.wasmbox.http.port={port}");
+    let out = node.containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation,
+        &image,
+        "own-net",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.wait_for_status("own-net", "RUNNING", Duration::from_secs(10)));
+    let netns = format!("--net=/proc/{}/ns/net", node.task_pid("own-net"));
+    let url = format!("http://127.0.0.1:{port}/inside");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inside = Command::new("nsenter")
+            .args([netns.as_str(), "curl", "-fsS", "--max-time", "2", &url])
+            .output()
+            .unwrap();
+        if stdout(&inside) == "hello from wasm at /inside\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing answers inside: {}",
+            stderr(&inside)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wasmbox_tests::http_status(&format!("127.0.0.1:{port}"), "/").is_none(),
+        "the container's server answers on the host's loopback"
+    );
+    node.kill_and_remove("own-net");
 
     let port = wasmbox_tests::free_port();
     let annotation = format!("dev.wasmbox.http.port={port}");
