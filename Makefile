@@ -18,6 +18,8 @@ demo: deps
 
 test: deps docker-engine
 	cargo build --workspace --bins
+	@echo "Testing against: $$(containerd --version) (shim and CRI tests);" \
+	  "$$(.cache/docker-engine/bin/dockerd --version) with $$(.cache/docker-engine/bin/containerd --version) (Docker tests)"
 	cargo test --workspace
 
 bench: deps

@@ -42,9 +42,12 @@ $CTR run --rm --runtime io.containerd.wasmtime.v1 "$image" demo-hello
 $CTR run --rm --runtime io.containerd.wasmtime.v1 --env GREETING=Bonjour "$image" demo-args /hello.wasm containerd
 
 echo "== a private Docker Engine: docker load + docker run --runtime io.containerd.wasmtime.v1 --platform wasi/wasm"
+if ! scripts/docker-engine.sh >/dev/null; then
+  echo "(skipped: Docker Engine could not be fetched from Debian's archive)"
+  exit 0
+fi
 start_docker "$work/docker" "$PWD/target/debug"
-$DOCKER version --format 'Docker Engine {{.Server.Version}}, containerd {{(index .Server.Components 1).Version}}'
-
+$DOCKER version --format 'Docker Engine {{.Server.Version}}'
 $DOCKER load -i "$work/hello.tar"
 $DOCKER run --rm --runtime io.containerd.wasmtime.v1 --platform wasi/wasm "$image"
 $DOCKER run --rm --runtime io.containerd.wasmtime.v1 --platform wasi/wasm -e GREETING=Hallo "$image" docker

@@ -15,6 +15,19 @@ stop_services() {
 }
 trap stop_services EXIT
 
+# wait_until LOG COMMAND...: runs COMMAND every 0.1 s until it succeeds (at
+# most 30 s); on time-out says which service did not start and where its log is.
+wait_until() {
+  local log=$1
+  shift
+  for _ in $(seq 300); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "error: $1 did not become ready; see $log" >&2
+  return 1
+}
+
 start_registry() {
   local dir=$1 port
   mkdir -p "$dir/data"
@@ -34,12 +47,7 @@ YAML
   docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
   SERVICE_PIDS="$SERVICE_PIDS $!"
   REGISTRY=127.0.0.1:$port
-  for _ in $(seq 100); do
-    curl -fsS "http://$REGISTRY/v2/" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "error: docker-registry did not start; see $dir/registry.log" >&2
-  return 1
+  wait_until "$dir/registry.log" curl -fsS "http://$REGISTRY/v2/"
 }
 
 start_containerd() {
@@ -61,12 +69,7 @@ TOML
   PATH="$bindir:$PATH" containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   SERVICE_PIDS="$SERVICE_PIDS $!"
   CTR="ctr -a $dir/containerd.sock"
-  for _ in $(seq 100); do
-    $CTR version >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "error: containerd did not start; see $dir/containerd.log" >&2
-  return 1
+  wait_until "$dir/containerd.log" $CTR version
 }
 
 start_docker() {
@@ -90,20 +93,12 @@ TOML
   local in_netns="nsenter --net=/run/netns/$netns env PATH=$bindir:$engine/bin:$PATH"
   $in_netns "$engine/bin/containerd" --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
   SERVICE_PIDS="$! $SERVICE_PIDS"
-  for _ in $(seq 100); do
-    "$engine/bin/ctr" -a "$dir/containerd.sock" version >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_until "$dir/containerd.log" "$engine/bin/ctr" -a "$dir/containerd.sock" version || return 1
   $in_netns "$engine/bin/dockerd" --config-file deploy/docker/daemon.json \
     --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
     --host "unix://$dir/docker.sock" --containerd "$dir/containerd.sock" >"$dir/dockerd.log" 2>&1 &
   # dockerd first in the list: it stops before its containerd.
   SERVICE_PIDS="$! $SERVICE_PIDS"
   DOCKER="env DOCKER_HOST=unix://$dir/docker.sock DOCKER_CONFIG=$dir/client $engine/bin/docker"
-  for _ in $(seq 300); do
-    $DOCKER version >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "error: dockerd did not start; see $dir/dockerd.log" >&2
-  return 1
+  wait_until "$dir/dockerd.log" $DOCKER version
 }

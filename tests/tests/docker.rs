@@ -630,3 +630,202 @@ fn wasm_artifacts_pull_on_containerd_1_7_and_run_under_docker_given_a_command() 
     host.docker.assert_clean();
     host.docker.containerd.assert_clean();
 }
+
+/// An OCI layout tar of the image `name`: an OCI image config whose
+/// entrypoint is `entrypoint` and one raw Wasm layer of `media_type` holding
+/// `module` (runwasi's image shape; no tar layer, so no `diff_ids`).
+fn wasm_layer_image_archive(
+    dir: &Path,
+    name: &str,
+    entrypoint: &str,
+    media_type: &str,
+    module: &[u8],
+) -> std::path::PathBuf {
+    use wasmbox::image::sha256_digest;
+    let file_name = name.replace(['/', ':', '.'], "-");
+    let layout = dir.join(&file_name);
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let blob = |data: &[u8]| {
+        let digest = sha256_digest(data);
+        std::fs::write(blobs.join(&digest["sha256:".len()..]), data).unwrap();
+        serde_json::json!({"digest": digest, "size": data.len()})
+    };
+    let with_type = |mut desc: serde_json::Value, media_type: &str| {
+        desc["mediaType"] = media_type.into();
+        desc
+    };
+    let layer = with_type(blob(module), media_type);
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasi",
+        "config": {"Entrypoint": [entrypoint]},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    });
+    let config = with_type(
+        blob(&serde_json::to_vec(&config).unwrap()),
+        "application/vnd.oci.image.config.v1+json",
+    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer],
+    });
+    let mut manifest = with_type(
+        blob(&serde_json::to_vec(&manifest).unwrap()),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    manifest["annotations"] = serde_json::json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap(),
+    });
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let archive = dir.join(format!("{file_name}.tar"));
+    let out = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    archive
+}
+
+#[test]
+fn oci_images_of_wasm_layers_run_with_ctr_run_and_docker_run_on_containerd_1_7() {
+    let Some(host) = Host::start() else { return };
+    let dir = host.w.dir();
+    let probe_image = "example.test/probe-layer:v1";
+    let probe_archive = wasm_layer_image_archive(
+        dir,
+        probe_image,
+        "/probe.wasm",
+        "application/vnd.wasm.content.layer.v1+wasm",
+        &std::fs::read(probe()).unwrap(),
+    );
+    let http_image = "example.test/http-layer:v1";
+    let http_archive = wasm_layer_image_archive(
+        dir,
+        http_image,
+        "/http-hello.wasm",
+        "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+        &std::fs::read(wasmbox_tests::http_hello()).unwrap(),
+    );
+
+    // ctr image import unpacks it on containerd 1.7, and ctr run runs it.
+    let containerd = &host.docker.containerd;
+    containerd.import(&probe_archive);
+    let out = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, probe_image, "plain"]);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    let out = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        probe_image,
+        "exits",
+        "/probe.wasm",
+        "exit",
+        "6",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    containerd.assert_clean();
+
+    // docker load + docker run, the component served on a published port.
+    let d = &host.docker;
+    for archive in [&probe_archive, &http_archive] {
+        d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    }
+    let out = host.run(&[], probe_image, &["args", "z"]);
+    assert_eq!(
+        stdout(&out),
+        "arg[0]=/probe.wasm\narg[1]=args\narg[2]=z\n",
+        "{}",
+        stderr(&out)
+    );
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "layer-web",
+        "-p",
+        "18081:8080",
+        "--runtime",
+        RUNTIME,
+        "--platform",
+        "wasi/wasm",
+        http_image,
+    ]);
+    assert_eq!(
+        curl_in(&host, "http://127.0.0.1:18081/layer"),
+        "hello from wasm at /layer\n"
+    );
+    d.ok(&["rm", "-f", "layer-web"]);
+    host.docker.assert_clean();
+}
+
+#[test]
+fn the_machines_own_docker_and_network_are_left_as_they_were() {
+    let snapshot = || {
+        let run = |cmd: &str, args: &[&str]| {
+            Command::new(cmd)
+                .args(args)
+                .output()
+                .map(|o| stdout(&o))
+                .unwrap_or_default()
+        };
+        (
+            run("ip", &["-o", "link", "show"])
+                .lines()
+                .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+                .filter(|n| !n.starts_with("veth") && !n.starts_with("wbx"))
+                .collect::<Vec<_>>(),
+            run("iptables-save", &[])
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with(':'))
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+            std::fs::read("/etc/docker/daemon.json").ok(),
+        )
+    };
+    let before = snapshot();
+    {
+        let Some(host) = Host::start() else { return };
+        let image = host.push("http-hello", wasmbox_tests::http_hello(), &[]);
+        host.docker.ok(&[
+            "run",
+            "-d",
+            "-p",
+            "18082:8080",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+            &image,
+        ]);
+        assert_eq!(
+            curl_in(&host, "http://127.0.0.1:18082/x"),
+            "hello from wasm at /x\n"
+        );
+        // The published port is the engine's, not the machine's.
+        assert_eq!(wasmbox_tests::http_status("127.0.0.1:18082", "/"), None);
+    }
+    assert_eq!(
+        snapshot(),
+        before,
+        "the machine's interfaces, iptables rules or daemon.json changed"
+    );
+}
