@@ -51,6 +51,13 @@ cp "$staging/usr/bin/tini-static" "$staging/out/bin/docker-init"
 mkdir -p "$staging/out/cli-plugins"
 cp "$staging"/usr/libexec/docker/cli-plugins/docker-{compose,buildx} "$staging/out/cli-plugins/"
 cp "$work/versions" "$staging/out/versions"
+# A newer build could need a newer glibc than this machine's: say so plainly.
+for b in dockerd containerd docker; do
+  if ! "$staging/out/bin/$b" --version >/dev/null 2>"$work/run.err"; then
+    echo "error: $b of the downloaded packages ($(paste -sd, "$work/versions")) does not run here: $(head -1 "$work/run.err"); try WASMBOX_DOCKER_SUITE=trixie (Docker 26)" >&2
+    exit 1
+  fi
+done
 rm -rf "$root"
 mkdir -p "$(dirname "$root")"
 mv "$staging/out" "$root"
