@@ -403,8 +403,7 @@ impl Engine {
     /// Reads and compiles the program `spec` names. Done at container
     /// create, so a corrupt module fails there with a clear error.
     pub fn load(&self, spec: &RunSpec) -> Result<Program> {
-        let bytes = std::fs::read(&spec.module)
-            .with_context(|| format!("cannot read the module {}", spec.module.display()))?;
+        let bytes = read_module(&spec.module)?;
         let what = format!(
             "{} is not a valid WebAssembly module",
             spec.module.display()
@@ -684,6 +683,77 @@ fn report(spec: &RunSpec, message: &str) {
     }
 }
 
+/// The largest module [`read_module`] reads, and the shim reads from an
+/// image's Wasm layer: far above real programs (components of tens of MiB),
+/// far below what would let a hostile image drive the shim out of memory.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Reads the module at `path`: a regular file of at most
+/// [`MAX_MODULE_BYTES`]. A FIFO (which would block the reader forever), a
+/// device (`/dev/zero` never ends), a socket or a directory is refused by its
+/// type before it is read, and checked again on the open descriptor.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |t: std::fs::FileType| {
+        if t.is_file() {
+            None
+        } else if t.is_fifo() {
+            Some("a FIFO")
+        } else if t.is_char_device() {
+            Some("a character device")
+        } else if t.is_block_device() {
+            Some("a block device")
+        } else if t.is_socket() {
+            Some("a socket")
+        } else if t.is_dir() {
+            Some("a directory")
+        } else {
+            Some("not a file")
+        }
+    };
+    let refuse = |what: &str| {
+        anyhow::anyhow!(
+            "{} is {what}, not a regular file: a module must be a regular file",
+            path.display()
+        )
+    };
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the module {}", path.display()))?;
+    if let Some(what) = kind(metadata.file_type()) {
+        return Err(refuse(what));
+    }
+    // O_NONBLOCK: were it swapped for a FIFO since the check, the open still
+    // returns at once (and the check below refuses it).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot read the module {}", path.display()))?;
+    let metadata = file.metadata()?;
+    if let Some(what) = kind(metadata.file_type()) {
+        return Err(refuse(what));
+    }
+    let too_big = || {
+        anyhow::anyhow!(
+            "{} is larger than {} MiB, the most a module may be",
+            path.display(),
+            MAX_MODULE_BYTES >> 20
+        )
+    };
+    if metadata.len() > MAX_MODULE_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read the module {}", path.display()))?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(too_big()); // it grew while being read
+    }
+    Ok(bytes)
+}
+
 /// Resolves an absolute guest path to a host path inside `rootfs`, refusing
 /// anything (`..`, symlinks) that would lead outside it.
 pub fn resolve_in_root(rootfs: &Path, guest: &str) -> Result<PathBuf> {
@@ -733,6 +803,32 @@ mod tests {
       (memory (export "memory") 1)
       (func (export "_start")
         (call $exit (i32.ne (memory.grow (i32.const 100)) (i32.const -1)))))"#;
+
+    #[test]
+    fn only_regular_files_up_to_the_size_cap_are_read_as_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.wasm");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let refused = |path: &Path| format!("{:#}", read_module(path).unwrap_err());
+        // Returns at once: a FIFO with no writer is never opened for reading.
+        assert!(refused(&fifo).contains("is a FIFO, not a regular file"));
+        assert!(refused(Path::new("/dev/zero")).contains("is a character device"));
+        assert!(refused(dir.path()).contains("is a directory"));
+
+        // A sparse file: its size is refused before anything is read.
+        let big = dir.path().join("big.wasm");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_MODULE_BYTES + 1)
+            .unwrap();
+        assert!(refused(&big).contains("larger than 256 MiB"));
+
+        let ok = dir.path().join("ok.wasm");
+        std::fs::write(&ok, b"\0asm\x01\0\0\0").unwrap();
+        assert_eq!(read_module(&ok).unwrap(), b"\0asm\x01\0\0\0");
+    }
 
     #[test]
     fn memory_limit_refuses_growth_past_it() {

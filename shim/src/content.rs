@@ -103,8 +103,15 @@ impl ImageSource {
             return Ok(None);
         };
         let digest = layer.digest().to_string();
+        let limit = wasmbox_engine::MAX_MODULE_BYTES;
+        if layer.size() > limit {
+            bail!(
+                "the Wasm layer {digest} of {image_name} is larger than {} MiB, the most a module may be",
+                limit >> 20
+            );
+        }
         let bytes = content
-            .read(&digest, None)
+            .read(&digest, Some(limit as usize))
             .await
             .with_context(|| format!("reading the Wasm layer {digest} of {image_name}"))?;
         Ok(Some(bytes))

@@ -517,12 +517,26 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
 /// An image built without wasmbox, the way `docker buildx --platform wasi/wasm`
 /// lays out a `FROM scratch` image: Docker media types, `os: wasi`.
 fn hand_built_image(node: &Node, name: &str, files: &[(&str, &[u8])], entrypoint: &str) -> String {
+    hand_built_image_with(node, name, files, entrypoint, |_| {})
+}
+
+/// [`hand_built_image`] whose layer also holds what `prepare` makes in the
+/// root directory (FIFOs, device nodes).
+fn hand_built_image_with(
+    node: &Node,
+    name: &str,
+    files: &[(&str, &[u8])],
+    entrypoint: &str,
+    prepare: impl FnOnce(&Path),
+) -> String {
     let root = node.w.dir().join(format!("{name}-root"));
+    std::fs::create_dir_all(&root).unwrap();
     for (path, data) in files {
         let p = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
     }
+    prepare(&root);
     let layout = node.w.dir().join(format!("{name}-layout"));
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -647,6 +661,49 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
             stderr(&out).contains(expected),
             "{name}: expected {expected:?} in {}",
             stderr(&out)
+        );
+        node.containerd.ctr(&["containers", "rm", name]);
+    }
+
+    // A FIFO would block the module read forever and /dev/zero never ends:
+    // both are refused by their type at create, at once.
+    let mknod = |root: &Path, file: &str, mode: libc::mode_t, dev: libc::dev_t| {
+        let path = std::ffi::CString::new(root.join(file).to_str().unwrap()).unwrap();
+        // SAFETY: mknod(2) with a NUL-terminated path we own; the test runs as root.
+        let rc = unsafe { libc::mknod(path.as_ptr(), mode, dev) };
+        assert_eq!(rc, 0, "mknod {file}: {}", std::io::Error::last_os_error());
+    };
+    let special: [(&str, &str, libc::mode_t, libc::dev_t, &str); 2] = [
+        (
+            "fifo",
+            "app.wasm",
+            libc::S_IFIFO | 0o644,
+            0,
+            "is a FIFO, not a regular file",
+        ),
+        (
+            "chardev",
+            "zero.wasm",
+            libc::S_IFCHR | 0o644,
+            libc::makedev(1, 5),
+            "is a character device, not a regular file",
+        ),
+    ];
+    for (name, file, mode, dev, expected) in special {
+        let image = hand_built_image_with(&node, name, &[], &format!("/{file}"), |root| {
+            mknod(root, file, mode, dev)
+        });
+        let started = Instant::now();
+        let out = node.run(&image, name, &[]);
+        assert!(!out.status.success(), "{name} ran");
+        assert!(
+            stderr(&out).contains(expected),
+            "{name}: expected {expected:?} in {}",
+            stderr(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} blocked create"
         );
         node.containerd.ctr(&["containers", "rm", name]);
     }
