@@ -2,7 +2,7 @@
 //! memory to the container (what `kubectl top` and the OOM logic see), and
 //! leaving it again on delete, with nothing left behind.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -169,6 +169,19 @@ impl Membership {
 /// The cgroupfs directory (absolute within a hierarchy) a spec's
 /// `linux.cgroupsPath` names, or `None` for a relative path.
 fn cgroupfs_path(cgroups_path: &str) -> Result<Option<String>> {
+    let path = cgroupfs_path_unchecked(cgroups_path)?;
+    // `..` would lead out of the cgroup root.
+    if let Some(path) = &path
+        && Path::new(path)
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+    {
+        bail!("cgroupsPath {cgroups_path} leaves the cgroup root: it contains `..`");
+    }
+    Ok(path)
+}
+
+fn cgroupfs_path_unchecked(cgroups_path: &str) -> Result<Option<String>> {
     if cgroups_path.starts_with('/') {
         return Ok(Some(cgroups_path.to_string()));
     }
@@ -287,6 +300,9 @@ mod tests {
             "a--b.slice:p:n",
             "a.slice:p:",
             "../x.slice:p:n",
+            "/../../escaped",
+            "/default/../../../escaped",
+            "x.slice:p:../../escaped",
         ] {
             assert!(cgroupfs_path(bad).is_err(), "{bad} accepted");
         }

@@ -327,6 +327,10 @@ impl Container {
     /// Returns false when the container had already stopped.
     pub fn kill(&self, signal: u32) -> bool {
         let mut inner = self.inner.lock().unwrap();
+        if ignored_by_default(signal) {
+            // As Linux does for a process that did not ask for them.
+            return inner.status != Status::Stopped;
+        }
         match inner.status {
             Status::Running => {
                 if let Some(k) = &inner.kill {
@@ -584,4 +588,13 @@ impl Pty {
         }
         Ok(Pty { master, slave })
     }
+}
+
+/// Signals whose default action on Linux is to ignore them (a terminal
+/// resize, a child's exit, urgent socket data, continue): delivered to a
+/// guest, which cannot handle signals, they change nothing.
+fn ignored_by_default(signal: u32) -> bool {
+    [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH]
+        .iter()
+        .any(|&s| s as u32 == signal)
 }

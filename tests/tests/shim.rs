@@ -947,3 +947,40 @@ fn an_image_of_wasm_layers_runs_from_containerds_content_store() {
     assert_eq!(out.exit_status, 9, "{out:?}");
     node.containerd.assert_clean();
 }
+
+#[test]
+fn signals_linux_ignores_by_default_do_not_end_the_guest() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let id = "ignored-signals";
+    node.start_probe(&[], &image, id, "sleep");
+    for signal in ["SIGWINCH", "SIGCHLD", "SIGURG", "SIGCONT"] {
+        let out = node.containerd.ctr(&["task", "kill", "-s", signal, id]);
+        assert!(out.status.success(), "{signal}: {}", stderr(&out));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(node.task_status(id).as_deref(), Some("RUNNING"));
+    node.kill_and_remove(id);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_cgroups_path_with_dot_dot_is_refused_at_create() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let escape = format!("wasmbox-escape-{}", std::process::id());
+    let path = format!("/../{escape}");
+    let out = node.run_with(&["--cgroup", &path], &image, "escape", &["/probe.wasm"]);
+    assert!(!out.status.success(), "ran with cgroupsPath {path}");
+    assert!(
+        stderr(&out).contains(&format!("cgroupsPath {path} leaves the cgroup root")),
+        "{}",
+        stderr(&out)
+    );
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs"] {
+        let outside = Path::new(root).join(&escape);
+        assert!(!outside.exists(), "{} was created", outside.display());
+    }
+    node.containerd.ctr(&["containers", "rm", "escape"]);
+    node.containerd.assert_clean();
+}
