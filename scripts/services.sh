@@ -12,6 +12,8 @@ stop_services() {
   kill $SERVICE_PIDS 2>/dev/null
   wait $SERVICE_PIDS 2>/dev/null
   [ -z "$SERVICE_NETNS" ] || ip netns del "$SERVICE_NETNS"
+  # The private dockerd's cgroup parent (empty once its containers are gone).
+  [ -z "$SERVICE_NETNS" ] || rmdir /sys/fs/cgroup/"$SERVICE_NETNS" /sys/fs/cgroup/*/"$SERVICE_NETNS" 2>/dev/null || true
 }
 trap stop_services EXIT
 
@@ -96,7 +98,8 @@ TOML
   wait_until "$dir/containerd.log" "$engine/bin/ctr" -a "$dir/containerd.sock" version || return 1
   $in_netns "$engine/bin/dockerd" --config-file deploy/docker/daemon.json \
     --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-    --host "unix://$dir/docker.sock" --containerd "$dir/containerd.sock" >"$dir/dockerd.log" 2>&1 &
+    --host "unix://$dir/docker.sock" --containerd "$dir/containerd.sock" \
+    --cgroup-parent "/$netns" >"$dir/dockerd.log" 2>&1 &
   # dockerd first in the list: it stops before its containerd.
   SERVICE_PIDS="$! $SERVICE_PIDS"
   DOCKER="env DOCKER_HOST=unix://$dir/docker.sock DOCKER_CONFIG=$dir/client $engine/bin/docker"

@@ -52,7 +52,61 @@ pub fn unified() -> bool {
 /// container is joined: for a pod that is its sandbox, whose cgroup then
 /// accounts the whole pod (the kubelet reads pod usage from the parent).
 /// Later containers of the same shim return `None`.
-pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
+/// The limits of a spec's `linux.resources` that the shim writes into the
+/// container's cgroup when it creates or joins it, as runc does, so the
+/// kernel enforces them on everything the container's shim does.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+    /// CFS quota and period in microseconds.
+    pub cpu_quota: Option<(i64, u64)>,
+}
+
+impl Limits {
+    pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Limits {
+        let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+            return Limits::default();
+        };
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0);
+        Limits {
+            memory_bytes: positive(resources.memory().as_ref().and_then(|m| m.limit())),
+            pids: positive(resources.pids().as_ref().map(|p| p.limit())),
+            cpu_quota: resources.cpu().as_ref().and_then(|c| {
+                let quota = positive(c.quota())?;
+                Some((quota, c.period().filter(|p| *p > 0).unwrap_or(100_000)))
+            }),
+        }
+    }
+
+    /// The files and values that set these limits in cgroup v2 or v1, in
+    /// the order they must be written (a v1 period before its quota).
+    fn files(&self, unified: bool) -> Vec<(&'static str, String)> {
+        let mut files = Vec::new();
+        if let Some(bytes) = self.memory_bytes {
+            let file = if unified {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            files.push((file, bytes.to_string()));
+        }
+        if let Some(pids) = self.pids {
+            files.push(("pids.max", pids.to_string()));
+        }
+        if let Some((quota, period)) = self.cpu_quota {
+            if unified {
+                files.push(("cpu.max", format!("{quota} {period}")));
+            } else {
+                files.push(("cpu.cfs_period_us", period.to_string()));
+                files.push(("cpu.cfs_quota_us", quota.to_string()));
+            }
+        }
+        files
+    }
+}
+
+pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
     let Some(absolute) = cgroupfs_path(cgroups_path)? else {
         return Ok(None);
     };
@@ -87,12 +141,31 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
         }
         list
     };
-    for (root, current) in hierarchies {
+    let files = limits.files(unified);
+    let mut written = Vec::new();
+    let mut join_one = |root: &Path, current: &str, membership: &mut Membership| -> Result<()> {
         let target = root.join(relative);
         if !target.exists() {
+            if unified && !files.is_empty() {
+                enable_controllers(root, relative);
+            }
             std::fs::create_dir_all(&target)
                 .with_context(|| format!("creating the cgroup {}", target.display()))?;
             membership.created.push(target.clone());
+        }
+        // Limits first, as runc sets them, then the shim moves in. Each
+        // v1 file exists only in its own controller's hierarchy.
+        for (file, value) in &files {
+            let path = target.join(file);
+            if path.exists() {
+                std::fs::write(&path, value).with_context(|| {
+                    format!(
+                        "setting {file} to {value} in the cgroup {}",
+                        target.display()
+                    )
+                })?;
+                written.push(*file);
+            }
         }
         std::fs::write(target.join("cgroup.procs"), &pid)
             .with_context(|| format!("joining the cgroup {}", target.display()))?;
@@ -101,9 +174,39 @@ pub fn join(cgroups_path: &str) -> Result<Option<Membership>> {
             root.join(current.trim_start_matches('/'))
                 .join("cgroup.procs"),
         );
+        Ok(())
+    };
+    for (root, current) in &hierarchies {
+        if let Err(e) = join_one(root, current, &mut membership) {
+            // Nothing half-made stays: back out of what was joined and created.
+            let _ = membership.back_out();
+            return Err(e);
+        }
+    }
+    for (file, value) in &files {
+        if !written.contains(file) {
+            log::warn!(
+                "the spec sets {file}={value}, but no cgroup controller for it is available: not enforced by the cgroup"
+            );
+        }
     }
     *joined = true;
     Ok(Some(membership))
+}
+
+/// cgroup v2: turns the cpu, memory and pids controllers on for the
+/// children of every ancestor of `relative` (what runc and systemd do), so
+/// the container's cgroup has the files its limits are written to. Errors
+/// are left to the limit writes, which name the file that is missing.
+fn enable_controllers(root: &Path, relative: &str) {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = relative.split('/').filter(|p| !p.is_empty()).collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory +pids");
+        dir.push(part);
+        let _ = std::fs::create_dir(&dir);
+    }
+    let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+cpu +memory +pids");
 }
 
 impl Membership {
@@ -152,6 +255,12 @@ impl Membership {
     /// Moves the process back where it was and removes the cgroups it created.
     pub fn leave(self) -> Result<()> {
         *JOINED.lock().unwrap() = false;
+        self.back_out()
+    }
+
+    /// [`Membership::leave`] without releasing [`JOINED`] (which `join`
+    /// holds locked while it backs out of a failed join).
+    fn back_out(&self) -> Result<()> {
         let pid = std::process::id().to_string();
         for procs in &self.original {
             std::fs::write(procs, &pid)
@@ -266,6 +375,36 @@ mod tests {
 
     fn path(p: &str) -> Option<String> {
         cgroupfs_path(p).unwrap()
+    }
+
+    #[test]
+    fn limits_become_the_v1_or_v2_files_runc_writes() {
+        let limits = super::Limits {
+            memory_bytes: Some(64 << 20),
+            pids: Some(50),
+            cpu_quota: Some((50_000, 100_000)),
+        };
+        let pairs = |unified| {
+            limits
+                .files(unified)
+                .into_iter()
+                .map(|(f, v)| format!("{f}={v}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(false),
+            [
+                "memory.limit_in_bytes=67108864",
+                "pids.max=50",
+                "cpu.cfs_period_us=100000",
+                "cpu.cfs_quota_us=50000"
+            ]
+        );
+        assert_eq!(
+            pairs(true),
+            ["memory.max=67108864", "pids.max=50", "cpu.max=50000 100000"]
+        );
+        assert!(super::Limits::default().files(true).is_empty());
     }
 
     #[test]

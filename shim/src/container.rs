@@ -126,6 +126,7 @@ impl Container {
                 .as_ref()
                 .and_then(|l| l.cgroups_path().clone())
                 .map(|p| p.to_string_lossy().into_owned());
+            let limits = crate::cgroup::Limits::from_spec(&spec);
             let fifo = |p: &str| {
                 if p.is_empty() {
                     Stdio::Null
@@ -146,9 +147,9 @@ impl Container {
                 "loading"
             );
             let program = Engine::for_spec(&run)?.load(&run)?;
-            Ok::<_, anyhow::Error>((run, program, cgroups_path))
+            Ok::<_, anyhow::Error>((run, program, cgroups_path, limits))
         })();
-        let loaded = result.and_then(|(spec, program, cgroups_path)| {
+        let loaded = result.and_then(|(spec, program, cgroups_path, limits)| {
             let pty = if terminal {
                 Some(Pty::open(stdio[0], stdio[1])?)
             } else {
@@ -167,7 +168,7 @@ impl Container {
                 }
             }
             let cgroup = match cgroups_path {
-                Some(path) => crate::cgroup::join(&path)?,
+                Some(path) => crate::cgroup::join(&path, limits)?,
                 None => None,
             };
             Ok((spec, program, pty, output_fifos, cgroup))
@@ -224,11 +225,14 @@ impl Container {
             .linux()
             .as_ref()
             .and_then(|l| l.cgroups_path().clone())
-            .and_then(|p| match crate::cgroup::join(&p.to_string_lossy()) {
-                Ok(membership) => membership,
-                Err(e) => {
-                    log::warn!(id; "not joining the pod's cgroup: {e:#}");
-                    None
+            .and_then(|p| {
+                let limits = crate::cgroup::Limits::from_spec(spec);
+                match crate::cgroup::join(&p.to_string_lossy(), limits) {
+                    Ok(membership) => membership,
+                    Err(e) => {
+                        log::warn!(id; "not joining the pod's cgroup: {e:#}");
+                        None
+                    }
                 }
             });
         log::info!(id; "pod sandbox");

@@ -102,6 +102,9 @@ impl DockerEngine {
             .arg(format!("unix://{}", socket.display()))
             .arg("--containerd")
             .arg(&containerd.address)
+            // Its own parent, not the machine daemon's `/docker`; removed on drop.
+            .arg("--cgroup-parent")
+            .arg(format!("/{}", netns.name()))
             .env("PATH", path);
         netns.enter(&mut cmd);
         let dockerd = spawn_logged(cmd, &d.join("dockerd.log"));
@@ -192,6 +195,16 @@ impl DockerEngine {
     }
 }
 
+/// Removes the (by now empty) cgroup parent `/NAME` from every hierarchy,
+/// cgroup v1 and v2.
+fn remove_cgroup_parent(name: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = std::fs::remove_dir(root.join(name));
+    for hierarchy in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(name));
+    }
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -224,5 +237,6 @@ impl Drop for DockerEngine {
         for m in mounts.iter().rev() {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
+        remove_cgroup_parent(self.netns.name());
     }
 }

@@ -42,6 +42,11 @@ impl NetNs {
         netns
     }
 
+    /// The name `ip netns` knows it by (unique per test process).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `/run/netns/NAME`, what `nsenter --net=` takes.
     pub fn path(&self) -> &Path {
         &self.path

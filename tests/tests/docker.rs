@@ -321,10 +321,71 @@ fn detached_containers_log_stop_kill_wait_inspect_and_report_stats() {
     host.docker.assert_clean();
 }
 
+/// The value of `file` in the cgroup of `controller` that process `pid` is
+/// in (cgroup v1 or v2).
+fn cgroup_file(pid: &str, controller: &str, file: &str) -> String {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let dir = membership
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if controllers.split(',').any(|c| c == controller) {
+                Some(format!("/sys/fs/cgroup/{controller}{path}"))
+            } else if controllers.is_empty()
+                && Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            {
+                Some(format!("/sys/fs/cgroup{path}"))
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {membership}"));
+    std::fs::read_to_string(Path::new(&dir).join(file))
+        .unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
+        .trim()
+        .to_string()
+}
+
 #[test]
-fn memory_flag_caps_the_guests_memory() {
+fn memory_pids_and_cpu_flags_limit_the_container() {
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
+    // The limits are written into the container's cgroup, as runc does.
+    host.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "limited",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        "--cpus",
+        "0.5",
+        "--runtime",
+        RUNTIME,
+        "--platform",
+        "wasi/wasm",
+        &image,
+        "sleep",
+    ]);
+    let pid = host.inspect("limited", "{{.State.Pid}}");
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified {
+        assert_eq!(cgroup_file(&pid, "memory", "memory.max"), "67108864");
+        assert_eq!(cgroup_file(&pid, "cpu", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(
+            cgroup_file(&pid, "memory", "memory.limit_in_bytes"),
+            "67108864"
+        );
+        assert_eq!(cgroup_file(&pid, "cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(cgroup_file(&pid, "cpu", "cpu.cfs_period_us"), "100000");
+    }
+    assert_eq!(cgroup_file(&pid, "pids", "pids.max"), "50");
+    host.docker.ok(&["rm", "-f", "limited"]);
+
     let out = host.run(&["--memory", "64m"], &image, &["alloc", "16"]);
     assert_eq!(stdout(&out), "allocated 16 MiB\n", "{}", stderr(&out));
     let out = host.run(&["--memory", "64m"], &image, &["alloc", "100"]);
@@ -799,6 +860,16 @@ fn the_machines_own_docker_and_network_are_left_as_they_were() {
                 .map(str::to_string)
                 .collect::<Vec<_>>(),
             std::fs::read("/etc/docker/daemon.json").ok(),
+            // Top-level cgroups, but the private engines' own parents (wbx-…).
+            std::fs::read_dir("/sys/fs/cgroup/memory")
+                .or_else(|_| std::fs::read_dir("/sys/fs/cgroup"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("wbx-"))
+                .collect::<std::collections::BTreeSet<_>>(),
         )
     };
     let before = snapshot();
@@ -826,6 +897,6 @@ fn the_machines_own_docker_and_network_are_left_as_they_were() {
     assert_eq!(
         snapshot(),
         before,
-        "the machine's interfaces, iptables rules or daemon.json changed"
+        "the machine's interfaces, iptables rules, daemon.json or cgroups changed"
     );
 }
