@@ -453,7 +453,11 @@ pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
 /// the rest (overlay's lowerdir, upperdir, …) the data string.
 fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
     use std::ffi::CString;
-    let mut flags: libc::c_ulong = 0;
+    // Always nodev and nosuid: the guest's file access runs as the shim
+    // (host root), so a device node in an image layer (`b 7 7`, `c 1 4`)
+    // would otherwise open the host's device; set-uid bits mean nothing to
+    // a guest.
+    let mut flags: libc::c_ulong = libc::MS_NODEV | libc::MS_NOSUID;
     let mut data = Vec::new();
     for option in &m.options {
         match option.as_str() {
@@ -492,8 +496,9 @@ fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
     if rc != 0 {
         bail!("{}", std::io::Error::last_os_error());
     }
-    // A read-only bind needs a remount to take effect.
-    if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
+    // A bind mount ignores its flags (read-only, nodev, nosuid) until it
+    // is remounted with them.
+    if flags & libc::MS_BIND != 0 {
         // SAFETY: as above; source/fs/data may be null for a remount.
         let rc = unsafe {
             libc::mount(
@@ -505,7 +510,10 @@ fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
             )
         };
         if rc != 0 {
-            bail!("remounting read-only: {}", std::io::Error::last_os_error());
+            bail!(
+                "remounting with its flags: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())

@@ -653,16 +653,28 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
             "/app.wasm is not a valid WebAssembly module",
         ),
     ];
-    for (name, files, entrypoint, expected) in cases {
-        let image = hand_built_image(&node, name, &files, entrypoint);
-        let out = node.run(&image, name, &[]);
+    // `ctr run` of `image` fails with `expected` in its error, at once.
+    let refused = |image: &str, name: &str, expected: &str| {
+        let started = Instant::now();
+        let out = node.run(image, name, &[]);
         assert!(!out.status.success(), "{name} ran");
         assert!(
             stderr(&out).contains(expected),
             "{name}: expected {expected:?} in {}",
             stderr(&out)
         );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} blocked create"
+        );
         node.containerd.ctr(&["containers", "rm", name]);
+    };
+    for (name, files, entrypoint, expected) in cases {
+        refused(
+            &hand_built_image(&node, name, &files, entrypoint),
+            name,
+            expected,
+        );
     }
 
     // A FIFO would block the module read forever and /dev/zero never ends:
@@ -693,19 +705,7 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
         let image = hand_built_image_with(&node, name, &[], &format!("/{file}"), |root| {
             mknod(root, file, mode, dev)
         });
-        let started = Instant::now();
-        let out = node.run(&image, name, &[]);
-        assert!(!out.status.success(), "{name} ran");
-        assert!(
-            stderr(&out).contains(expected),
-            "{name}: expected {expected:?} in {}",
-            stderr(&out)
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{name} blocked create"
-        );
-        node.containerd.ctr(&["containers", "rm", name]);
+        refused(&image, name, expected);
     }
     node.containerd.assert_clean();
 }
@@ -982,5 +982,40 @@ fn a_cgroups_path_with_dot_dot_is_refused_at_create() {
         assert!(!outside.exists(), "{} was created", outside.display());
     }
     node.containerd.ctr(&["containers", "rm", "escape"]);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
+    let node = Node::new();
+    let module = std::fs::read(probe()).unwrap();
+    let image = hand_built_image_with(
+        &node,
+        "devices",
+        &[("/probe.wasm", &module)],
+        "/probe.wasm",
+        |root| {
+            // c 1 3 is /dev/null: harmless, and opens fine without nodev.
+            let path = std::ffi::CString::new(root.join("null").to_str().unwrap()).unwrap();
+            // SAFETY: mknod(2) with a NUL-terminated path we own; the test runs as root.
+            let rc =
+                unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+        },
+    );
+    let out = node.run(&image, "devices", &["/probe.wasm", "cat", "/null"]);
+    assert_eq!(out.status.code(), Some(1), "the guest opened a device node");
+    assert!(
+        stderr(&out).contains("cannot open /null"),
+        "{}",
+        stderr(&out)
+    );
+    // Regular files of the same image still open.
+    let out = node.run(
+        &image,
+        "devices-file",
+        &["/probe.wasm", "cat", "/probe.wasm"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     node.containerd.assert_clean();
 }
