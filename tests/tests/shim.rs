@@ -774,7 +774,7 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     );
     node.kill_and_remove(id);
     node.containerd.assert_clean();
-    let leftovers: Vec<_> = ["", "memory", "cpu", "pids"]
+    let leftovers: Vec<_> = ["", "memory", "cpu", "cpuacct", "pids", "blkio"]
         .iter()
         .map(|h| Path::new("/sys/fs/cgroup").join(h).join("default").join(id))
         .filter(|p| p.exists())
@@ -793,7 +793,7 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     assert!(membership.contains(&scope), "{scope} not in {membership}");
     node.kill_and_remove(id);
     node.containerd.assert_clean();
-    for hierarchy in ["", "memory", "cpu", "pids"] {
+    for hierarchy in ["", "memory", "cpu", "cpuacct", "pids", "blkio"] {
         let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join(&slice);
         assert!(
             !dir.join(format!("wasmbox-{id}.scope")).exists(),
