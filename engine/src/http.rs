@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Semaphore, watch};
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -30,6 +31,21 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const PORT_ENV: &str = "PORT";
 /// What one request's guest may print to stdout or stderr; more is cut.
 const REQUEST_OUTPUT_LIMIT: usize = 1 << 20;
+/// Connections one container holds open; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests one container runs at a time unless the spec says otherwise
+/// (`RunSpec::http_concurrency`); more wait for a free slot.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// A client must send a request's headers within this; a connection idle
+/// between requests is closed after it too.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request may run, response body included.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(300);
+/// The largest request body a guest is handed; a longer one fails the read.
+pub const MAX_REQUEST_BODY: usize = 64 << 20;
+/// The pause after a failed `accept` (EMFILE, ENFILE, ENOBUFS), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Whether `component` is an HTTP handler (exports `wasi:http/incoming-handler@0.2.x`).
 pub fn is_http_handler(engine: &wasmtime::Engine, component: &Component) -> bool {
@@ -172,6 +188,8 @@ struct Server {
     stderr: Sink,
     served: AtomicU64,
     failed: AtomicU64,
+    /// Requests in flight, bounded by the spec's concurrency.
+    requests: Arc<Semaphore>,
 }
 
 /// Serves until killed. SIGKILL ends at once (137); any other signal stops
@@ -187,6 +205,7 @@ pub(crate) async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr} for wasi:http"))?;
     log::info!("serving wasi:http on {addr}");
+    let concurrency = spec.http_concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
     let server = Arc::new(Server {
         pre: pre.clone(),
         spec: spec.clone(),
@@ -194,21 +213,33 @@ pub(crate) async fn serve(
         stderr: sink(&spec.stderr, false)?,
         served: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        requests: Arc::new(Semaphore::new(concurrency)),
     });
+    // The listener and the output streams are the shim's; the requests'
+    // file access is the container's user's.
+    let _as_user = crate::enter_identity(spec)?;
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let signal = loop {
+        let accepting = async {
+            let slot = connections.clone().acquire_owned().await;
+            (slot, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => {
+            (slot, accepted) = accepting => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         log::warn!("accepting a wasi:http connection: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };
                 let server = server.clone();
                 let connection = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(stream),
                         hyper::service::service_fn(move |request| {
@@ -221,6 +252,7 @@ pub(crate) async fn serve(
                     if let Err(e) = connection.await {
                         log::info!("wasi:http connection from {peer}: {e}");
                     }
+                    drop(slot);
                 });
             }
             signal = wait_for_kill(kill) => break signal,
@@ -288,6 +320,21 @@ impl Server {
         &self,
         request: hyper::Request<Incoming>,
     ) -> Result<hyper::Response<HyperOutgoingBody>> {
+        let slot = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the server is stopping")?;
+        let request = request.map(|body| {
+            http_body_util::Limited::new(body, MAX_REQUEST_BODY).map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ErrorCode::HttpRequestBodySize(Some(MAX_REQUEST_BODY as u64))
+                } else {
+                    ErrorCode::HttpRequestDenied
+                }
+            })
+        });
         let stdout = MemoryOutputPipe::new(REQUEST_OUTPUT_LIMIT);
         let stderr = MemoryOutputPipe::new(REQUEST_OUTPUT_LIMIT);
         let mut wasi = crate::wasi_without_stdio(&self.spec)?;
@@ -320,16 +367,24 @@ impl Server {
         let pre = self.pre.clone();
         let (out_sink, err_sink) = (self.stdout.clone(), self.stderr.clone());
         // The guest runs in its own task: it may go on writing the body
-        // after it has handed the response over.
+        // after it has handed the response over. It ends at the request's
+        // deadline, and when the client leaves before the response.
         let guest = tokio::spawn(async move {
-            let result = async {
+            let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
-            }
-            .await;
+            };
+            let result = match tokio::time::timeout(REQUEST_DEADLINE, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::Error::msg(format!(
+                    "the request ran past its {} s deadline",
+                    REQUEST_DEADLINE.as_secs()
+                ))),
+            };
+            drop(slot);
             drop(store);
             for (pipe, sink) in [(stdout, out_sink), (stderr, err_sink)] {
                 let bytes = pipe.contents();
@@ -341,7 +396,12 @@ impl Server {
             }
             result.map_err(anyhow::Error::from)
         });
-        match receiver.await {
+        // Dropped (the client left, hyper dropped this future) before the
+        // response: the guest is aborted with it.
+        let guest = AbortOnDrop(Some(guest));
+        let response = receiver.await;
+        let guest = guest.disarm();
+        match response {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => Err(error_code(code)),
             Err(_) => match guest.await {
@@ -349,6 +409,23 @@ impl Server {
                 Ok(Err(e)) => Err(e.context("the guest trapped before responding")),
                 Err(e) => Err(anyhow::Error::from(e).context("the guest's task failed")),
             },
+        }
+    }
+}
+
+/// Aborts a request's guest task unless disarmed.
+struct AbortOnDrop<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    fn disarm(mut self) -> tokio::task::JoinHandle<T> {
+        self.0.take().expect("armed")
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

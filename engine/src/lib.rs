@@ -11,13 +11,19 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
-use wasmtime::{Config, Linker, Module, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, DEFAULT_INSTANCE_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TABLE_LIMIT, Linker, Module,
+    Store,
+};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub mod http;
+pub mod identity;
+
+pub use identity::Identity;
 
 /// Everything the engine needs to run one program. Built from an OCI spec
 /// (the shim) or from CLI flags (`wasmbox run`).
@@ -32,8 +38,15 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// Directories the guest may open, with their guest paths.
     pub preopens: Vec<Preopen>,
-    /// Cap on the bytes of linear memory and table elements the guest may grow to.
+    /// Cap on the bytes of linear memory and tables the guest may have, all
+    /// its memories and instances together (and, for `wasi:http`, all its
+    /// requests in flight together).
     pub memory_limit: Option<usize>,
+    /// The user, groups and capabilities the guest's file access runs as;
+    /// `None` runs it as this process.
+    pub identity: Option<Identity>,
+    /// `wasi:http` requests one container serves at a time; more wait.
+    pub http_concurrency: Option<usize>,
     /// WASI sockets and name lookup in this process's network namespace.
     pub network: bool,
     /// Wasm features turned on (`true`) or off beyond wasmtime's defaults.
@@ -107,9 +120,16 @@ fn thread_cpu_nanos(tid: i32) -> Option<u64> {
         .ok()
 }
 
-/// The store's limits, counting linear memory into the guest's meter.
+/// Bytes one table element is counted as against the memory budget (a
+/// funcref or externref slot).
+const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// A store's limiter: every memory and table it grows is counted into the
+/// guest's meter, which all of the container's stores share, and growth
+/// past the container's one budget is refused (the guest sees `memory.grow`
+/// return -1, and `malloc` NULL).
 struct MeteredLimits {
-    limits: StoreLimits,
+    limit: Option<u64>,
     meter: Arc<GuestMeter>,
     /// Bytes this store added to the meter, taken off again when it drops.
     added: u64,
@@ -118,19 +138,22 @@ struct MeteredLimits {
 impl MeteredLimits {
     /// The limits `spec` sets, metered into `spec.meter`.
     fn new(spec: &RunSpec) -> MeteredLimits {
-        let limits = match spec.memory_limit {
-            Some(bytes) => StoreLimitsBuilder::new()
-                .memory_size(bytes)
-                .table_elements(bytes / 8)
-                .trap_on_grow_failure(false)
-                .build(),
-            None => StoreLimits::default(),
-        };
         MeteredLimits {
-            limits,
+            limit: spec.memory_limit.map(|l| l as u64),
             meter: spec.meter.clone(),
             added: 0,
         }
+    }
+
+    /// Takes `bytes` from the container's budget, or refuses.
+    fn take(&mut self, bytes: u64) -> bool {
+        let before = self.meter.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.limit.is_some_and(|limit| before + bytes > limit) {
+            self.meter.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        self.added += bytes;
+        true
     }
 }
 
@@ -147,36 +170,30 @@ impl wasmtime::ResourceLimiter for MeteredLimits {
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if allowed {
-            let grown = (desired - current) as u64;
-            self.added += grown;
-            self.meter.memory_bytes.fetch_add(grown, Ordering::Relaxed);
-        }
-        Ok(allowed)
+        Ok(self.take(desired.saturating_sub(current) as u64))
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        maximum: Option<usize>,
+        _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        Ok(self.take(desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES))
     }
 
     fn instances(&self) -> usize {
-        self.limits.instances()
+        DEFAULT_INSTANCE_LIMIT
     }
 
     fn tables(&self) -> usize {
-        self.limits.tables()
+        DEFAULT_TABLE_LIMIT
     }
 
     fn memories(&self) -> usize {
-        self.limits.memories()
+        DEFAULT_MEMORY_LIMIT
     }
 }
 
@@ -364,10 +381,21 @@ impl Engine {
         spec: &RunSpec,
         kill: watch::Receiver<Option<i32>>,
     ) -> i32 {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all();
+        if let Some(identity) = spec.identity.clone() {
+            // The blocking pool does the guest's file access (wasmtime-wasi
+            // runs file calls there): its threads are the guest's for good.
+            builder.on_thread_start(move || {
+                if let Err(e) = identity.apply() {
+                    // Unreachable for root with valid ids; never leave such
+                    // a thread with the shim's identity.
+                    eprintln!("wasmbox: cannot take on the container's identity: {e}");
+                    std::process::abort();
+                }
+            });
+        }
+        let runtime = match builder.build() {
             Ok(rt) => rt,
             Err(e) => {
                 report(spec, &format!("cannot start the guest runtime: {e}"));
@@ -429,7 +457,10 @@ impl Engine {
     }
 
     async fn run_guest(&self, program: &Program, spec: &RunSpec) -> Result<i32> {
+        // Stdio and preopens are opened as the shim (containerd's FIFOs are
+        // root's); everything the guest does from here on as the container's user.
         let wasi = wasi_builder(spec)?;
+        let _as_user = enter_identity(spec)?;
         let limits = MeteredLimits::new(spec);
         match program {
             Program::Component(c) => self.run_component(c, wasi, limits).await,
@@ -528,6 +559,17 @@ async fn wait_for_kill(kill: &mut watch::Receiver<Option<i32>>) -> i32 {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Takes on `spec`'s identity on this thread until the guard drops.
+fn enter_identity(spec: &RunSpec) -> Result<Option<identity::Entered>> {
+    spec.identity
+        .as_ref()
+        .map(|id| {
+            id.enter()
+                .with_context(|| format!("taking on the container's user {}:{}", id.uid, id.gid))
+        })
+        .transpose()
 }
 
 /// Adds context to a wasmtime error.
@@ -834,6 +876,34 @@ mod tests {
     fn memory_limit_refuses_growth_past_it() {
         assert_eq!(run_wat(GROW, None), 1);
         assert_eq!(run_wat(GROW, Some(1 << 20)), 0);
+    }
+
+    /// A module of 16 memories that grows each by 64 pages (4 MiB) and exits
+    /// with how many grew.
+    fn sixteen_memories() -> String {
+        let memories: String = (0..16).map(|i| format!("(memory $m{i} 1)")).collect();
+        let grows: String = (0..16)
+            .map(|i| {
+                format!(
+                    "(if (i32.ne (memory.grow $m{i} (i32.const 64)) (i32.const -1))
+                       (then (local.set $n (i32.add (local.get $n) (i32.const 1)))))"
+                )
+            })
+            .collect();
+        format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              {memories}
+              (export "memory" (memory $m0))
+              (func (export "_start") (local $n i32) {grows} (call $exit (local.get $n))))"#
+        )
+    }
+
+    #[test]
+    fn one_memory_budget_covers_every_memory_of_the_guest() {
+        assert_eq!(run_wat(&sixteen_memories(), None), 16);
+        // 16 × 64 KiB to start, then 4 MiB per growth: 7 fit in 32 MiB.
+        assert_eq!(run_wat(&sixteen_memories(), Some(32 << 20)), 7);
     }
 
     #[test]

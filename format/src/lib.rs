@@ -94,6 +94,9 @@ pub const ANNOTATION_FEATURES: &str = "dev.wasmbox.wasm.features";
 /// Container annotation: the port a `wasi:http` component is served on
 /// (default: the container's `PORT` environment variable, else 8080).
 pub const ANNOTATION_HTTP_PORT: &str = "dev.wasmbox.http.port";
+/// Container annotation: how many `wasi:http` requests the container runs at
+/// a time (default 64); more wait. All of them share its memory limit.
+pub const ANNOTATION_HTTP_CONCURRENCY: &str = "dev.wasmbox.http.concurrency";
 
 /// Separates the module path from the export to call in an entrypoint:
 /// `/module.wasm#function` runs `function` instead of `_start`.

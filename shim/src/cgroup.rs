@@ -275,6 +275,30 @@ impl Membership {
     }
 }
 
+/// After a shim died (containerd's `shim delete`): removes the container's
+/// cgroup in every hierarchy. Only the dead shim was in it; a cgroup still
+/// in use refuses rmdir and stays.
+pub fn remove_left_behind(cgroups_path: &str) {
+    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
+        return;
+    };
+    let relative = absolute.trim_start_matches('/');
+    if relative.is_empty() {
+        return;
+    }
+    let roots: Vec<PathBuf> = if unified() {
+        vec![PathBuf::from(CGROUP_ROOT)]
+    } else {
+        V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c))
+            .collect()
+    };
+    for root in roots {
+        let _ = std::fs::remove_dir(root.join(relative));
+    }
+}
+
 /// The cgroupfs directory (absolute within a hierarchy) a spec's
 /// `linux.cgroupsPath` names, or `None` for a relative path.
 fn cgroupfs_path(cgroups_path: &str) -> Result<Option<String>> {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::content::ImageSource;
 use crate::engine::{Engine, KillSwitch, Program, RunSpec, Stdio};
+pub use crate::mounts::RootfsMount;
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +29,6 @@ struct Inner {
     status: Status,
     exit: Option<Exit>,
     kill: Option<KillSwitch>,
-}
-
-/// The rootfs mounts containerd sent, made under `bundle/rootfs`.
-pub struct RootfsMount {
-    pub fs_type: String,
-    pub source: String,
-    pub options: Vec<String>,
 }
 
 /// What a container runs.
@@ -89,38 +83,33 @@ impl Container {
     ) -> Result<Container> {
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .context("reading the container spec config.json")?;
-        // containerd's mounts go to `bundle/rootfs`. With none, the caller
-        // mounted the root itself and names it in `root.path`, as runc reads
-        // it: Docker's containerd image store does so (an absolute path).
-        let rootfs = if mounts.is_empty() {
-            bundle.join(
-                spec.root()
-                    .as_ref()
-                    .map_or(Path::new("rootfs"), |r| r.path()),
-            )
-        } else {
-            bundle.join("rootfs")
-        };
+        let rootfs = bundle.join("rootfs");
         if crate::pod::is_sandbox(&spec) {
             return Ok(Container::sandbox(id, bundle, rootfs, &spec, stdio));
         }
-        let mut mounted = false;
-        if !mounts.is_empty() {
-            std::fs::create_dir_all(&rootfs)
-                .with_context(|| format!("creating {}", rootfs.display()))?;
-            for m in mounts {
-                mount(m, &rootfs).map_err(|e| {
-                    let _ = unmount_rootfs(&rootfs);
-                    e.context(format!("mounting the root filesystem ({})", m.fs_type))
-                })?;
-                mounted = true;
-            }
+        // containerd's mounts go to `bundle/rootfs`. With none, the caller
+        // mounted the root itself and names it in `root.path`, as runc reads
+        // it (Docker's containerd image store sends an absolute path): it is
+        // bound at `bundle/rootfs` too, so that it is nodev,nosuid.
+        if mounts.is_empty() {
+            let root = bundle.join(
+                spec.root()
+                    .as_ref()
+                    .map_or(Path::new("rootfs"), |r| r.path()),
+            );
+            crate::mounts::bind_root(&root, &rootfs)?;
+        } else {
+            crate::mounts::mount_rootfs(mounts, &rootfs)?;
         }
+        let mounted = true;
         let result = (|| {
+            let guest_mounts = crate::mounts::guest_mounts(&spec)?;
+            let volumes = crate::mounts::make_guest_mounts(&guest_mounts, bundle, &rootfs)?;
             let mut run = crate::spec::run_spec(&spec, &rootfs, || {
                 // In the bundle, not the rootfs: containerd removes it at delete.
                 image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
             })?;
+            run.preopens.extend(volumes);
             let cgroups_path = spec
                 .linux()
                 .as_ref()
@@ -176,8 +165,8 @@ impl Container {
         let (spec, program, pty, output_fifos, cgroup) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
-                if mounted {
-                    let _ = unmount_rootfs(&rootfs);
+                if let Err(cleanup) = crate::mounts::unmount_all(bundle, &rootfs, mounted) {
+                    log::warn!(id; "after a failed create: {cleanup:#}");
                 }
                 return Err(e);
             }
@@ -301,10 +290,25 @@ impl Container {
             spec.stderr = Stdio::Terminal(tty);
         }
         let this = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("wasm-{}", &self.id[..self.id.len().min(8)]))
             .spawn(move || {
-                let code = engine.run(&program, &spec, kill_rx);
+                // A panic below wasmtime (a bug, never the guest's doing)
+                // ends this container with an exit, not the shim's thread
+                // with a container that looks running forever.
+                let run = std::panic::AssertUnwindSafe(|| engine.run(&program, &spec, kill_rx));
+                let code = match std::panic::catch_unwind(run) {
+                    Ok(code) => code,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        log::error!("container {}: the guest's thread panicked: {what}", this.id);
+                        crate::engine::TRAP_EXIT_STATUS
+                    }
+                };
                 if let Some(master) = &this.terminal_master {
                     drain_terminal(master);
                 }
@@ -322,8 +326,14 @@ impl Container {
                 }
                 this.exited.notify_all();
                 on_exit(&this, &exit);
-            })
-            .context("starting the guest thread")?;
+            });
+        if let Err(e) = spawned {
+            // Back to created: the caller sees the error, and can delete.
+            let mut inner = self.inner.lock().unwrap();
+            inner.status = Status::Created;
+            inner.kill = None;
+            return Err(anyhow::Error::from(e).context("starting the guest thread"));
+        }
         Ok(())
     }
 
@@ -435,88 +445,8 @@ impl Container {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
-        if self.mounted {
-            unmount_rootfs(&self.rootfs)?;
-        }
-        Ok(())
+        crate::mounts::unmount_all(&self.bundle, &self.rootfs, self.mounted)
     }
-}
-
-/// Unmounts everything at and below `rootfs`.
-pub fn unmount_rootfs(rootfs: &Path) -> Result<()> {
-    let target = rootfs.to_string_lossy().into_owned();
-    containerd_shim::mount::umount_recursive(Some(&target), libc::MNT_DETACH)
-        .map_err(|e| anyhow::anyhow!("unmounting {target}: {e}"))
-}
-
-/// mount(2) of one containerd rootfs mount: flag options become mount flags,
-/// the rest (overlay's lowerdir, upperdir, …) the data string.
-fn mount(m: &RootfsMount, target: &Path) -> Result<()> {
-    use std::ffi::CString;
-    // Always nodev and nosuid: the guest's file access runs as the shim
-    // (host root), so a device node in an image layer (`b 7 7`, `c 1 4`)
-    // would otherwise open the host's device; set-uid bits mean nothing to
-    // a guest.
-    let mut flags: libc::c_ulong = libc::MS_NODEV | libc::MS_NOSUID;
-    let mut data = Vec::new();
-    for option in &m.options {
-        match option.as_str() {
-            "ro" => flags |= libc::MS_RDONLY,
-            "rw" => flags &= !libc::MS_RDONLY,
-            "bind" => flags |= libc::MS_BIND,
-            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
-            "nosuid" => flags |= libc::MS_NOSUID,
-            "nodev" => flags |= libc::MS_NODEV,
-            "noexec" => flags |= libc::MS_NOEXEC,
-            "relatime" => flags |= libc::MS_RELATIME,
-            "noatime" => flags |= libc::MS_NOATIME,
-            other => data.push(other),
-        }
-    }
-    let fs_type = if m.fs_type == "bind" {
-        "none"
-    } else {
-        m.fs_type.as_str()
-    };
-    let cstr = |s: &str| CString::new(s).context("mount argument contains NUL");
-    let source = cstr(&m.source)?;
-    let target_c = cstr(&target.to_string_lossy())?;
-    let fs_type = cstr(fs_type)?;
-    let data = cstr(&data.join(","))?;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target_c.as_ptr(),
-            fs_type.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        bail!("{}", std::io::Error::last_os_error());
-    }
-    // A bind mount ignores its flags (read-only, nodev, nosuid) until it
-    // is remounted with them.
-    if flags & libc::MS_BIND != 0 {
-        // SAFETY: as above; source/fs/data may be null for a remount.
-        let rc = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                target_c.as_ptr(),
-                std::ptr::null(),
-                flags | libc::MS_REMOUNT,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            bail!(
-                "remounting with its flags: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A pseudo-terminal for `-t`: the guest gets the slave; two threads copy the

@@ -3,13 +3,15 @@
 //! Split like runwasi: [`engine`] (the `wasmbox-engine` crate) is the small
 //! wasmtime-specific part (it knows nothing of containerd), [`spec`] turns an OCI runtime spec into the
 //! engine's [`engine::RunSpec`], [`container`] is one container's lifecycle,
-//! [`content`] reads modules kept in an image's Wasm layers, [`pod`] is the
+//! [`content`] reads modules kept in an image's Wasm layers, [`mounts`] makes
+//! the guest's filesystem (every mount nodev,nosuid), [`pod`] is the
 //! Kubernetes sandbox and pod network,
 //! and the ttrpc task service in the binary is containerd plumbing only.
 
 pub mod cgroup;
 pub mod container;
 pub mod content;
+pub mod mounts;
 pub mod network;
 pub mod pod;
 pub mod spec;

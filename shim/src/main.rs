@@ -162,8 +162,14 @@ impl containerd_shim::Shim for WasmShim {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         if let Ok(bundle) = std::env::current_dir() {
             let rootfs = bundle.join("rootfs");
-            if let Err(e) = containerd_shim_wasmtime::container::unmount_rootfs(&rootfs) {
-                warn!("cleanup of {}: {e:#}", rootfs.display());
+            if let Err(e) = containerd_shim_wasmtime::mounts::unmount_all(&bundle, &rootfs, true) {
+                warn!("cleanup of {}: {e:#}", bundle.display());
+            }
+            let cgroups_path = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+                .ok()
+                .and_then(|spec| spec.linux().as_ref()?.cgroups_path().clone());
+            if let Some(path) = cgroups_path {
+                containerd_shim_wasmtime::cgroup::remove_left_behind(&path.to_string_lossy());
             }
         }
         Ok(DeleteResponse {

@@ -6,13 +6,7 @@ use anyhow::{Context, Result, bail};
 use oci_spec::runtime::Spec;
 use wasmbox_format::{self as format, split_entrypoint};
 
-use crate::engine::{Preopen, RunSpec};
-
-/// Mount types a Linux container spec carries that a Wasm guest never sees:
-/// they would show the shim's own process (`/proc/self`) and the host's devices.
-const KERNEL_FILESYSTEMS: [&str; 7] = [
-    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs",
-];
+use crate::engine::{Identity, Preopen, RunSpec};
 
 /// argv[0] of a guest whose module came from an image layer and whose spec
 /// named no command (the layer has no path of its own).
@@ -111,31 +105,26 @@ pub fn run_spec(
             )
         })?),
     };
-    let mut preopens = vec![Preopen {
+    let http_concurrency = match annotation(format::ANNOTATION_HTTP_CONCURRENCY) {
+        None => None,
+        Some(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=65536).contains(n))
+                .with_context(|| {
+                    format!(
+                        "annotation {}={v}: expected a number of requests (1-65536)",
+                        format::ANNOTATION_HTTP_CONCURRENCY
+                    )
+                })?,
+        ),
+    };
+    // The spec's volumes are added by the caller, who mounts them (crate::mounts).
+    let preopens = vec![Preopen {
         host: rootfs.to_path_buf(),
         guest: "/".to_string(),
         read_only: root_read_only,
     }];
-    for mount in spec.mounts().clone().unwrap_or_default() {
-        let typ = mount.typ().clone().unwrap_or_default();
-        let options = mount.options().clone().unwrap_or_default();
-        let is_bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
-        if !is_bind || KERNEL_FILESYSTEMS.contains(&typ.as_str()) {
-            continue;
-        }
-        let Some(source) = mount.source() else {
-            continue;
-        };
-        if !source.is_dir() {
-            // WASI preopens are directories; single-file binds (resolv.conf…) are skipped.
-            continue;
-        }
-        preopens.push(Preopen {
-            host: source.clone(),
-            guest: mount.destination().to_string_lossy().into_owned(),
-            read_only: options.iter().any(|o| o == "ro"),
-        });
-    }
 
     Ok(RunSpec {
         module,
@@ -154,6 +143,32 @@ pub fn run_spec(
         network,
         features,
         http_port,
+        http_concurrency,
+        identity: Some(identity(process)),
         ..Default::default()
     })
+}
+
+/// The guest's file access identity: `process.user`, and the capabilities a
+/// process of that user would have in effect after `execve` (the effective
+/// set for root, the ambient set for any other user), as under runc. A spec
+/// without `capabilities` keeps the shim's, as runc keeps its own.
+fn identity(process: &oci_spec::runtime::Process) -> Identity {
+    let user = process.user();
+    let uid = user.uid();
+    let capabilities = process.capabilities().as_ref().map(|caps| {
+        let set = if uid == 0 {
+            caps.effective()
+        } else {
+            caps.ambient()
+        };
+        let names: Vec<String> = set.iter().flatten().map(|c| c.to_string()).collect();
+        wasmbox_engine::identity::capability_mask(names.iter().map(String::as_str))
+    });
+    Identity {
+        uid,
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        capabilities,
+    }
 }

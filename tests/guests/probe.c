@@ -8,6 +8,13 @@
 
 extern char **environ;
 
+// Recursion without end: the guest's stack runs out (a trap, not a crash).
+__attribute__((noinline)) int recurse(volatile int depth) {
+  volatile char frame[256];
+  frame[0] = (char)depth;
+  return recurse(depth + 1) + frame[0];
+}
+
 int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "hello";
   if (strcmp(mode, "hello") == 0) {
@@ -80,6 +87,19 @@ int main(int argc, char **argv) {
     fflush(stdout);
     volatile unsigned long i = 0;
     for (;;) i++;
+  }
+  if (strcmp(mode, "bulk") == 0 && argc > 2) {
+    // N MiB on stdout, in 64-byte lines, to check that output arrives whole.
+    char line[64];
+    memset(line, 'x', sizeof line - 1);
+    line[sizeof line - 1] = '\n';
+    long lines = atol(argv[2]) * (1 << 20) / (long)sizeof line;
+    for (long i = 0; i < lines; i++) fwrite(line, 1, sizeof line, stdout);
+    return 0;
+  }
+  if (strcmp(mode, "recurse") == 0) {
+    printf("depth %d\n", recurse(1));
+    return 0;
   }
   fprintf(stderr, "unknown mode %s\n", mode);
   return 2;

@@ -900,3 +900,91 @@ fn the_machines_own_docker_and_network_are_left_as_they_were() {
         "the machine's interfaces, iptables rules, daemon.json or cgroups changed"
     );
 }
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn the_guests_file_access_is_the_containers_user_with_its_capabilities() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    let data = tempfile::tempdir().unwrap();
+    chmod(data.path(), 0o777);
+    let secret = data.path().join("secret.txt");
+    std::fs::write(&secret, "root only\n").unwrap();
+    chmod(&secret, 0o600);
+    let locked = data.path().join("locked.txt");
+    std::fs::write(&locked, "no bits\n").unwrap();
+    chmod(&locked, 0o000);
+    let v = format!("{}:/data", data.path().display());
+
+    let out = host.run(
+        &["--user", "65534:65534", "-v", &v],
+        &image,
+        &["cat", "/data/secret.txt"],
+    );
+    assert_eq!(out.status.code(), Some(1), "nobody read root's 0600 file");
+    assert!(
+        stderr(&out).contains("cannot open /data/secret.txt: Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.run(
+        &["--user", "0:0", "-v", &v],
+        &image,
+        &["cat", "/data/secret.txt"],
+    );
+    assert_eq!(stdout(&out), "root only\n", "{}", stderr(&out));
+
+    // Root reads a file without permission bits through CAP_DAC_OVERRIDE,
+    // which Docker grants by default, and not once it is dropped.
+    let out = host.run(&["-v", &v], &image, &["cat", "/data/locked.txt"]);
+    assert_eq!(stdout(&out), "no bits\n", "{}", stderr(&out));
+    let out = host.run(
+        &["--cap-drop", "DAC_OVERRIDE", "-v", &v],
+        &image,
+        &["cat", "/data/locked.txt"],
+    );
+    assert_eq!(out.status.code(), Some(1), "read without DAC_OVERRIDE");
+
+    // What the guest makes belongs to the container's user and group.
+    let out = host.run(
+        &["--user", "1234:5678", "-v", &v],
+        &image,
+        &["write", "/data/made.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made = std::fs::metadata(data.path().join("made.txt")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1234, 5678));
+    host.docker.assert_clean();
+}
+
+#[test]
+fn dockers_own_files_and_tmpfs_mounts_reach_the_guest() {
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    // /etc/hosts is a single-file bind mount Docker makes.
+    let out = host.run(
+        &["--add-host", "wasm-peer:10.9.8.7"],
+        &image,
+        &["cat", "/etc/hosts"],
+    );
+    assert!(
+        stdout(&out).contains("10.9.8.7\twasm-peer"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = host.run(&["--hostname", "wasmy"], &image, &["cat", "/etc/hostname"]);
+    assert_eq!(stdout(&out), "wasmy\n", "{}", stderr(&out));
+    // --tmpfs: writable, even under --read-only.
+    let out = host.run(
+        &["--read-only", "--tmpfs", "/scratch:size=1m"],
+        &image,
+        &["write", "/scratch/x.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    host.docker.assert_clean();
+}

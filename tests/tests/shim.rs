@@ -1019,3 +1019,196 @@ fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     node.containerd.assert_clean();
 }
+
+/// mknod(2) of a character device `major:minor` at `path` (the tests run as root).
+fn mknod_char(path: &Path, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mknod(2) with a NUL-terminated path we own.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn device_nodes_in_a_bind_mounted_volume_cannot_be_opened_by_the_guest() {
+    let node = Node::new();
+    let image = node.image("volume-devices", probe(), &[]);
+    let volume = tempfile::tempdir().unwrap();
+    // c 1 3 is /dev/null: harmless, and opens fine without nodev.
+    mknod_char(&volume.path().join("null"), 1, 3);
+    std::fs::write(volume.path().join("plain.txt"), "plain\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        volume.path().display()
+    );
+    let out = node.probe(
+        &["--mount", &mount],
+        &image,
+        "vol-dev",
+        &["cat", "/data/null"],
+    );
+    assert_eq!(out.status.code(), Some(1), "the guest opened a device node");
+    assert!(
+        stderr(&out).contains("cannot open /data/null"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.probe(
+        &["--mount", &mount],
+        &image,
+        "vol-file",
+        &["cat", "/data/plain.txt"],
+    );
+    assert_eq!(stdout(&out), "plain\n", "{}", stderr(&out));
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_tmpfs_mount_is_a_real_tmpfs_while_the_task_runs_and_gone_after_delete() {
+    let node = Node::new();
+    let image = node.image("tmpfs", probe(), &[]);
+    let tmpfs = "type=tmpfs,src=tmpfs,dst=/scratch,options=size=1m";
+    let out = node.probe(
+        &["--mount", tmpfs],
+        &image,
+        "tmpfs-write",
+        &["write", "/scratch/x.txt"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    node.start_probe(&["--mount", tmpfs], &image, "tmpfs-run", "sleep");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // containerd's default spec has a tmpfs at /run too; ours is the 1 MiB one.
+    let line = mountinfo
+        .lines()
+        .find(|l| l.contains("/tmpfs-run/mounts/") && l.contains("size=1024k"))
+        .unwrap_or_else(|| panic!("no 1 MiB tmpfs of tmpfs-run in {mountinfo}"));
+    assert!(
+        line.contains(" - tmpfs ") && line.contains("nodev") && line.contains("nosuid"),
+        "{line}"
+    );
+    node.kill_and_remove("tmpfs-run");
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn single_file_bind_mounts_are_honoured_and_never_made_through_a_symlink() {
+    let node = Node::new();
+    let links = node.w.dir().join("file-links");
+    std::fs::create_dir_all(&links).unwrap();
+    std::os::unix::fs::symlink("/etc", links.join("etc-link")).unwrap();
+    let image = node.image(
+        "file-mounts",
+        probe(),
+        &["--add", &format!("{}:/links", links.display())],
+    );
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("app.conf");
+    std::fs::write(&file, "setting=1\n").unwrap();
+    let ro = format!(
+        "type=bind,src={},dst=/etc/app/app.conf,options=rbind:ro",
+        file.display()
+    );
+    let out = node.probe(
+        &["--mount", &ro],
+        &image,
+        "file-cat",
+        &["cat", "/etc/app/app.conf"],
+    );
+    assert_eq!(stdout(&out), "setting=1\n", "{}", stderr(&out));
+    let out = node.probe(
+        &["--mount", &ro],
+        &image,
+        "file-write",
+        &["write", "/etc/app/app.conf"],
+    );
+    assert_eq!(out.status.code(), Some(1), "wrote a read-only file mount");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "setting=1\n");
+
+    let through_link = format!(
+        "type=bind,src={},dst=/links/etc-link/passwd,options=rbind:ro",
+        file.display()
+    );
+    let out = node.probe(
+        &["--mount", &through_link],
+        &image,
+        "file-link",
+        &["cat", "/links/etc-link/passwd"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/links/etc-link is a symlink in the image"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.ctr(&["containers", "rm", "file-link"]);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn twenty_megabytes_of_output_arrive_whole_and_runaway_recursion_traps() {
+    let node = Node::new();
+    let image = node.image("bulk", probe(), &[]);
+    let out = node.probe(&[], &image, "bulk", &["bulk", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), 20 << 20);
+    assert!(
+        out.stdout
+            .chunks(64)
+            .all(|l| l[63] == b'\n' && l[..63].iter().all(|&b| b == b'x'))
+    );
+
+    // C recursion runs out of the stack C keeps in linear memory…
+    let out = node.probe(&[], &image, "recurse", &["recurse"]);
+    assert_eq!(out.status.code(), Some(134), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wasm trap"), "{}", stderr(&out));
+    // …and Wasm recursion out of wasmtime's: a trap, not a crashed shim.
+    let deep = node.wat_image("deep", r#"(module (func $f (export "_start") (call $f)))"#);
+    let out = node.run(&deep, "deep", &[]);
+    assert_eq!(out.status.code(), Some(134), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("call stack exhausted"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_shim_killed_with_sigkill_leaves_a_stopped_deletable_task_and_nothing_mounted() {
+    let node = Node::new();
+    let image = node.image("sigkill-shim", probe(), &[]);
+    node.start_probe(&[], &image, "victim", "sleep");
+    let pid = node.task_pid("victim");
+    // SAFETY: kill(2) of the shim's pid, a process this test's containerd started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // containerd sees the shim go, runs its `delete` (which unmounts and
+    // removes the cgroup) and reports the task stopped, or drops it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match node.task_status("victim").as_deref() {
+            None => break,
+            Some("STOPPED") => {
+                let out = node.containerd.ctr(&["task", "delete", "victim"]);
+                assert!(out.status.success(), "{}", stderr(&out));
+                break;
+            }
+            Some(other) => assert!(Instant::now() < deadline, "task still {other}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = node.containerd.ctr(&["containers", "rm", "victim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    node.containerd.assert_clean();
+    let leftovers: Vec<_> = ["", "memory", "cpu", "cpuacct", "pids", "blkio"]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("default/victim"))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+}
