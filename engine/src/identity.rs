@@ -197,13 +197,31 @@ impl Identity {
 
     /// Takes on this identity for good: for threads that only ever do the
     /// guest's work (the blocking pool of a guest's runtime).
+    ///
+    /// A thread started by a thread that already took this identity on
+    /// inherits it (clone(2) copies credentials), and may no longer hold
+    /// the capabilities to set ids: then only the capabilities are narrowed,
+    /// which is always allowed.
     pub fn apply(&self) -> io::Result<()> {
-        thread_setgroups(&self.additional_gids)?;
-        set_fs_id(self.gid, libc::setfsgid, "file-system gid")?;
-        // From here a non-zero fsuid has cleared the file capabilities
-        // (DAC_OVERRIDE, FOWNER, …) from the effective set, as for a process
-        // of that user.
-        set_fs_id(self.uid, libc::setfsuid, "file-system uid")?;
+        // SAFETY: reading the current values back with -1 changes nothing.
+        let (fsuid, fsgid) = unsafe {
+            (
+                libc::setfsuid(u32::MAX) as u32,
+                libc::setfsgid(u32::MAX) as u32,
+            )
+        };
+        let mut groups = thread_getgroups()?;
+        groups.sort_unstable();
+        let mut wanted = self.additional_gids.clone();
+        wanted.sort_unstable();
+        if (fsuid, fsgid, &groups) != (self.uid, self.gid, &wanted) {
+            thread_setgroups(&self.additional_gids)?;
+            set_fs_id(self.gid, libc::setfsgid, "file-system gid")?;
+            // From here a non-zero fsuid has cleared the file capabilities
+            // (DAC_OVERRIDE, FOWNER, …) from the effective set, as for a
+            // process of that user.
+            set_fs_id(self.uid, libc::setfsuid, "file-system uid")?;
+        }
         if let Some(mask) = self.capabilities {
             let mut caps = capget()?;
             caps[0].effective &= mask as u32;
@@ -265,6 +283,10 @@ mod tests {
             gid: 65534,
             ..Default::default()
         };
+        let nobody_without_caps = Identity {
+            capabilities: Some(0),
+            ..nobody.clone()
+        };
         let read = || std::fs::read(&secret).map_err(|e| e.kind());
         let entered = std::sync::Barrier::new(2);
         let checked = std::sync::Barrier::new(2);
@@ -292,6 +314,17 @@ mod tests {
                 assert_eq!(read(), Err(io::ErrorKind::PermissionDenied));
                 drop(guard);
                 assert!(read().is_ok());
+            });
+            // A thread started under the identity takes it on again
+            // without the capabilities to set ids (the guest's blocking pool).
+            s.spawn(|| {
+                let _guard = nobody_without_caps.enter().unwrap();
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        nobody_without_caps.apply().unwrap();
+                        assert_eq!(read(), Err(io::ErrorKind::PermissionDenied));
+                    });
+                });
             });
             // The test's own thread is still root meanwhile. (A thread the
             // guest's thread starts inherits its identity, as clone(2) does.)

@@ -1212,3 +1212,79 @@ fn a_shim_killed_with_sigkill_leaves_a_stopped_deletable_task_and_nothing_mounte
         .collect();
     assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
 }
+
+#[test]
+fn idle_and_slow_http_clients_cannot_hold_the_server() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let node = Node::new();
+    let image = node.image("http-held", wasmbox_tests::http_hello(), &[]);
+    let port = wasmbox_tests::free_port();
+    let annotation = format!("dev.wasmbox.http.port={port}");
+    let out = node.containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--net-host",
+        "--annotation",
+        "dev.wasmbox.wasi.network=host",
+        "--annotation",
+        &annotation,
+        &image,
+        "held",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wasmbox_tests::http_status(&addr, "/") != Some(200) {
+        assert!(Instant::now() < deadline, "nothing answers at {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // 300 connections that never send a byte, and one that never ends its headers.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+
+    // A normal request is still served at once.
+    let started = Instant::now();
+    let mut normal = TcpStream::connect(&addr).unwrap();
+    normal
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    normal
+        .write_all(b"GET /normal HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    normal
+        .read_to_string(&mut response)
+        .expect("a normal request answered within a second");
+    assert!(
+        response.contains("hello from wasm at /normal"),
+        "{response}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The server closes the slow client and the idle ones once the header
+    // timeout (10 s) passes.
+    let closed = |mut stream: &TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        // EOF, a 408 answer or a reset: anything but a timeout.
+        !matches!(
+            stream.read(&mut buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut
+        )
+    };
+    assert!(closed(&slow), "the slow client was never cut off");
+    assert!(closed(&idle[0]), "an idle connection was kept forever");
+    drop(idle);
+    node.kill_and_remove("held");
+    node.containerd.assert_clean();
+}
