@@ -344,7 +344,7 @@ impl Server {
             HttpState {
                 wasi: wasi.build(),
                 http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
+                table: crate::resource_table(self.spec.open_files_limit),
                 limits: MeteredLimits::new(&self.spec),
                 hooks: OutgoingRequests {
                     allowed: self.spec.network,

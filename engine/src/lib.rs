@@ -47,6 +47,9 @@ pub struct RunSpec {
     pub identity: Option<Identity>,
     /// `wasi:http` requests one container serves at a time; more wait.
     pub http_concurrency: Option<usize>,
+    /// Files the guest may hold open at once (the spec's `RLIMIT_NOFILE`);
+    /// past it opening fails with EMFILE, for this guest only.
+    pub open_files_limit: Option<usize>,
     /// WASI sockets and name lookup in this process's network namespace.
     pub network: bool,
     /// Wasm features turned on (`true`) or off beyond wasmtime's defaults.
@@ -415,7 +418,7 @@ impl Engine {
                 result = self.run_guest(program, spec) => match result {
                     Ok(status) => status,
                     Err(e) => {
-                        report(spec, &format!("{e:#}"));
+                        report(spec, &explain_trap(spec, format!("{e:#}")));
                         TRAP_EXIT_STATUS
                     }
                 },
@@ -463,8 +466,20 @@ impl Engine {
         let _as_user = enter_identity(spec)?;
         let limits = MeteredLimits::new(spec);
         match program {
-            Program::Component(c) => self.run_component(c, wasi, limits).await,
-            Program::Core(m) => self.run_core(m, spec.export.as_deref(), wasi, limits).await,
+            Program::Component(c) => {
+                self.run_component(c, wasi, limits, spec.open_files_limit)
+                    .await
+            }
+            Program::Core(m) => {
+                self.run_core(
+                    m,
+                    spec.export.as_deref(),
+                    wasi,
+                    limits,
+                    spec.open_files_limit,
+                )
+                .await
+            }
             Program::Http(_) => unreachable!("Engine::run serves HTTP components"),
         }
     }
@@ -475,6 +490,7 @@ impl Engine {
         export: Option<&str>,
         mut wasi: WasiCtxBuilder,
         limits: MeteredLimits,
+        open_files_limit: Option<usize>,
     ) -> Result<i32> {
         let mut linker: Linker<CoreState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
@@ -487,6 +503,10 @@ impl Engine {
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_async_yield_and_update(1);
+        cap_resources(
+            WasiView::ctx(&mut store.data_mut().wasi).table,
+            open_files_limit,
+        );
         let instance = linker.instantiate_async(&mut store, module).await?;
         let name = export.unwrap_or("_start");
         let func = instance
@@ -502,6 +522,7 @@ impl Engine {
         component: &Component,
         mut wasi: WasiCtxBuilder,
         limits: MeteredLimits,
+        open_files_limit: Option<usize>,
     ) -> Result<i32> {
         let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -509,7 +530,7 @@ impl Engine {
             &self.engine,
             ComponentState {
                 wasi: wasi.build(),
-                table: ResourceTable::new(),
+                table: resource_table(open_files_limit),
                 limits,
             },
         );
@@ -527,6 +548,27 @@ impl Engine {
             Err(e) => exit_status::<()>(Err(e)),
         }
     }
+}
+
+/// A guest's resource table (its open files and directories, streams,
+/// sockets), capped at its open-files limit: a guest that opens without end
+/// is ended by a trap, alone, instead of using up the descriptors of the
+/// process it shares with the other containers of its pod. (wasmtime-wasi
+/// reports a full table as a trap, not EMFILE.)
+pub(crate) fn cap_resources(table: &mut ResourceTable, open_files_limit: Option<usize>) {
+    if let Some(limit) = open_files_limit {
+        table.set_max_capacity(limit.max(MIN_RESOURCES));
+    }
+}
+
+/// The fewest resources a guest is allowed, whatever its limit says: its
+/// standard streams and preopens take some before it opens anything.
+const MIN_RESOURCES: usize = 64;
+
+pub(crate) fn resource_table(open_files_limit: Option<usize>) -> ResourceTable {
+    let mut table = ResourceTable::new();
+    cap_resources(&mut table, open_files_limit);
+    table
 }
 
 struct CoreState {
@@ -700,6 +742,16 @@ fn stdin_pipe(path: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
         })
         .context("starting the stdin thread")?;
     Ok(rx)
+}
+
+/// A trap's message, with what it means when the cause is a limit of the spec.
+fn explain_trap(spec: &RunSpec, message: String) -> String {
+    match spec.open_files_limit {
+        Some(limit) if message.contains("resource table has no free keys") => format!(
+            "{message}\nthe guest opened more than its limit of {limit} files (RLIMIT_NOFILE)"
+        ),
+        _ => message,
+    }
 }
 
 /// Writes a message to the guest's stderr (where `ctr` and CRI logs show it).

@@ -45,6 +45,24 @@ fn main() {
     containerd_shim::run::<WasmShim>(RUNTIME_ID, None)
 }
 
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: a pod's
+/// guests share the shim's descriptors, each capped at its own spec's
+/// limit (1024 by default), so the process needs room for all of them.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// The shim server: the task service on the socket containerd chose, under
 /// both the v2 (containerd 1.6/1.7/2.x) and v3 service names, until shutdown.
 fn serve(flags: Flags) -> anyhow::Result<()> {
@@ -52,6 +70,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     use std::os::fd::IntoRawFd;
     // First, while this is the only thread: every later thread inherits it.
     containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
+    raise_open_files_limit();
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;

@@ -145,6 +145,7 @@ pub fn run_spec(
         http_port,
         http_concurrency,
         identity: Some(identity(process)),
+        open_files_limit: Some(open_files_limit(process)),
         ..Default::default()
     })
 }
@@ -171,4 +172,20 @@ fn identity(process: &oci_spec::runtime::Process) -> Identity {
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         capabilities,
     }
+}
+
+/// Files a guest may hold open when its spec sets no `RLIMIT_NOFILE`
+/// (the soft limit a Linux process usually starts with).
+pub const DEFAULT_OPEN_FILES_LIMIT: usize = 1024;
+
+/// The soft `RLIMIT_NOFILE` of the spec, else [`DEFAULT_OPEN_FILES_LIMIT`].
+fn open_files_limit(process: &oci_spec::runtime::Process) -> usize {
+    process
+        .rlimits()
+        .iter()
+        .flatten()
+        .find(|r| r.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile)
+        .map_or(DEFAULT_OPEN_FILES_LIMIT, |r| {
+            usize::try_from(r.soft()).unwrap_or(usize::MAX)
+        })
 }

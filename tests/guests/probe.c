@@ -97,6 +97,16 @@ int main(int argc, char **argv) {
     for (long i = 0; i < lines; i++) fwrite(line, 1, sizeof line, stdout);
     return 0;
   }
+  if (strcmp(mode, "openloop") == 0) {
+    // Opens / until that fails and reports how far it got; with "hold",
+    // then keeps them open.
+    int n = 0;
+    while (fopen("/", "r") != NULL) n++;
+    printf("opened %d: %s\n", n, strerror(errno));
+    fflush(stdout);
+    if (argc > 2 && strcmp(argv[2], "hold") == 0) sleep(1000);
+    return 0;
+  }
   if (strcmp(mode, "recurse") == 0) {
     printf("depth %d\n", recurse(1));
     return 0;

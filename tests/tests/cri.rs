@@ -376,3 +376,45 @@ fn an_http_component_serves_at_the_pod_ip_and_finishes_requests_in_flight_on_sto
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
 }
+
+#[test]
+fn a_guest_that_opens_files_without_end_is_ended_alone_and_its_pod_shim_serves_on() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("fds").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let hog = node
+        .run_container(&pod, "hog", &image, &["openloop", "hold"], &[])
+        .expect("the hog");
+    // Past its limit (1024 when the spec sets none), far below the shim's
+    // own, it is ended alone: it never holds the shim's descriptors.
+    let status = node.wait_exited(&hog, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 134);
+    let lines = node.log_lines("fds", "hog");
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("opened more than its limit of 1024 files")),
+        "{lines:?}"
+    );
+
+    // A sibling in the same shim is created, runs and logs.
+    let sibling = node
+        .run_container(&pod, "sibling", &image, &["hello"], &[])
+        .expect("a sibling next to the hog");
+    assert_eq!(
+        node.wait_exited(&sibling, Duration::from_secs(30))
+            .exit_code,
+        0
+    );
+    assert_eq!(
+        node.log_lines("fds", "sibling"),
+        vec![("stdout".to_string(), "hello from probe".to_string())]
+    );
+    assert_eq!(shim_pids(&node).len(), 1);
+    for id in [&hog, &sibling] {
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}

@@ -1288,3 +1288,18 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
     node.kill_and_remove("held");
     node.containerd.assert_clean();
 }
+
+#[test]
+fn a_guest_that_opens_more_files_than_its_nofile_limit_is_ended_alone() {
+    let node = Node::new();
+    let image = node.image("openloop", probe(), &[]);
+    // ctr's spec sets RLIMIT_NOFILE to 1024.
+    let out = node.probe(&[], &image, "openloop", &["openloop"]);
+    assert_eq!(out.status.code(), Some(134), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the guest opened more than its limit of 1024 files (RLIMIT_NOFILE)"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.assert_clean();
+}
