@@ -271,6 +271,9 @@ pub struct Engine {
     engine: wasmtime::Engine,
 }
 
+/// The most distinct feature sets (so engines) one process keeps.
+pub const MAX_ENGINES: usize = 8;
+
 /// A feature set: (proposal name, on) pairs beyond wasmtime's defaults.
 type Features = Vec<(String, bool)>;
 
@@ -321,14 +324,29 @@ impl Engine {
     }
 
     /// One engine per distinct feature set, created once and kept for the
-    /// life of the process (there are only as many as operators configure).
+    /// life of the process, and at most [`MAX_ENGINES`] of them: each has
+    /// its own code memory and ticker thread, and the sets come from
+    /// annotations anyone who can create a container may write.
     pub fn with_features(features: &[(String, bool)]) -> Result<&'static Engine> {
         static ENGINES: OnceLock<std::sync::Mutex<Vec<(Features, &'static Engine)>>> =
             OnceLock::new();
         let engines = ENGINES.get_or_init(Default::default);
         let mut engines = engines.lock().unwrap_or_else(|e| e.into_inner());
+        // The same features in another order or repeated are the same set.
+        let mut canonical: Features = Vec::new();
+        for (name, on) in features {
+            canonical.retain(|(n, _)| n != name);
+            canonical.push((name.clone(), *on));
+        }
+        canonical.sort();
+        let features = canonical.as_slice();
         if let Some((_, e)) = engines.iter().find(|(f, _)| f.as_slice() == features) {
             return Ok(e);
+        }
+        if engines.len() >= MAX_ENGINES {
+            bail!(
+                "this shim already runs guests with {MAX_ENGINES} different Wasm feature sets, the most it keeps engines for"
+            );
         }
         let engine: &'static Engine = Box::leak(Box::new(Engine::new(features)?));
         engines.push((features.to_vec(), engine));
@@ -956,6 +974,39 @@ mod tests {
         assert_eq!(run_wat(&sixteen_memories(), None), 16);
         // 16 × 64 KiB to start, then 4 MiB per growth: 7 fit in 32 MiB.
         assert_eq!(run_wat(&sixteen_memories(), Some(32 << 20)), 7);
+    }
+
+    #[test]
+    fn engines_are_shared_per_feature_set_and_bounded() {
+        // The other tests of this process use the default engine: make it first.
+        Engine::global().unwrap();
+        let a = Engine::with_features(&parse_features("simd,tail-call").unwrap()).unwrap();
+        let b = Engine::with_features(&parse_features("tail-call,+simd,simd").unwrap()).unwrap();
+        assert!(
+            std::ptr::eq(a, b),
+            "the same set in another order got its own engine"
+        );
+        let sets = [
+            "memory64",
+            "-memory64",
+            "multi-memory",
+            "-multi-memory",
+            "-tail-call",
+            "extended-const",
+            "wide-arithmetic",
+            "custom-page-sizes",
+            "-extended-const",
+        ];
+        let refused = sets
+            .iter()
+            .map(|set| Engine::with_features(&parse_features(set).unwrap()))
+            .filter_map(Result::err)
+            .next()
+            .expect("more feature sets than MAX_ENGINES were all given engines");
+        assert!(
+            format!("{refused}").contains("different Wasm feature sets"),
+            "{refused}"
+        );
     }
 
     #[test]
