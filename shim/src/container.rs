@@ -313,7 +313,11 @@ impl Container {
                     drain_terminal(master);
                 }
                 drop(spec);
-                this.output_fifos.lock().unwrap().clear();
+                {
+                    let mut fifos = this.output_fifos.lock().unwrap();
+                    drain_output(&fifos);
+                    fifos.clear();
+                }
                 let exit = Exit {
                     status: code as u32,
                     at: SystemTime::now(),
@@ -460,13 +464,21 @@ struct Pty {
 /// guest wrote: Linux discards a terminal's unread output once its slave side
 /// closes, so the last lines of a fast guest would otherwise be lost.
 fn drain_terminal(master: &std::fs::File) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    wait_until_read(
+        master,
+        std::time::Instant::now() + std::time::Duration::from_secs(1),
+    );
+}
+
+/// Waits until nothing written to `file` (a FIFO or terminal) is left
+/// unread, or until `deadline`.
+fn wait_until_read(file: &std::fs::File, deadline: std::time::Instant) {
     loop {
         let mut pending: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through a valid pointer; the fd is our open master.
+        // SAFETY: FIONREAD writes one int through a valid pointer; the fd is ours and open.
         let rc = unsafe {
             libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(master),
+                std::os::fd::AsRawFd::as_raw_fd(file),
                 libc::FIONREAD,
                 &mut pending,
             )
@@ -475,6 +487,18 @@ fn drain_terminal(master: &std::fs::File) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Waits (up to two seconds) until the reader of each output FIFO has
+/// taken what the guest wrote. A FIFO's data is lost once no one holds it
+/// open, and the client (ctr, dockerd, the CRI) may open its read end only
+/// after a fast guest has already exited; closing at once lost the whole
+/// output of one `ctr run` in a thousand under load.
+fn drain_output(fifos: &[std::fs::File]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for fifo in fifos {
+        wait_until_read(fifo, deadline);
     }
 }
 

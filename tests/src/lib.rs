@@ -459,7 +459,12 @@ pub struct Containerd {
     /// The gRPC socket (`ctr -a`).
     pub address: PathBuf,
     ctr: PathBuf,
+    /// How it was started, to start it again ([`Containerd::restart`]).
+    launch: Launch,
 }
+
+/// The containerd binary, its config and PATH; `None` for one in a netns.
+struct Launch(Option<(PathBuf, PathBuf, String)>);
 
 /// How to start a [`Containerd`].
 #[derive(Default)]
@@ -538,28 +543,45 @@ impl Containerd {
         }
         let path = format!("{}:{path}", shim.parent().unwrap().display());
         let mut cmd = Command::new(&containerd);
-        cmd.arg("--config").arg(&config_path).env("PATH", path);
-        if let Some(netns) = opts.netns {
-            netns.enter(&mut cmd);
-        }
-        let mut child = spawn_logged(cmd, &dir.path().join("containerd.log"));
+        cmd.arg("--config").arg(&config_path).env("PATH", &path);
+        let launch = match opts.netns {
+            Some(netns) => {
+                netns.enter(&mut cmd);
+                Launch(None)
+            }
+            None => Launch(Some((containerd.clone(), config_path.clone(), path))),
+        };
+        let child = spawn_logged(cmd, &dir.path().join("containerd.log"));
+        let mut containerd = Containerd {
+            child,
+            dir,
+            address,
+            ctr,
+            launch,
+        };
+        containerd.wait_ready();
+        containerd
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "containerd exited ({status}): {}",
-                    std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.path().join("containerd.log"))
+                        .unwrap_or_default()
                 );
             }
-            let ready = Command::new(&ctr)
+            let ready = Command::new(&self.ctr)
                 .arg("-a")
-                .arg(&address)
+                .arg(&self.address)
                 .arg("version")
                 .output()
                 .map(|o| o.status.success())
                 .unwrap_or(false);
             if ready {
-                break;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -567,12 +589,26 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Containerd {
-            child,
-            dir,
-            address,
-            ctr,
-        }
+    }
+
+    /// Stops containerd (SIGTERM: its shims and tasks keep running) and
+    /// starts it again on the same state, as a node's upgrade or crash does.
+    pub fn restart(&mut self) {
+        let Launch(Some((containerd, config, path))) = &self.launch else {
+            panic!("restart of a containerd in a network namespace is not supported");
+        };
+        terminate(&mut self.child, Duration::from_secs(10));
+        let mut cmd = Command::new(containerd);
+        cmd.arg("--config").arg(config).env("PATH", path);
+        self.child = spawn_logged(cmd, &self.dir.path().join("containerd-restarted.log"));
+        self.wait_ready();
+    }
+
+    /// How many descriptors containerd has open.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Runs `ctr -a SOCKET ARGS…`.

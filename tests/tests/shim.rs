@@ -1303,3 +1303,65 @@ fn a_guest_that_opens_more_files_than_its_nofile_limit_is_ended_alone() {
     );
     node.containerd.assert_clean();
 }
+
+#[test]
+fn a_task_keeps_running_across_a_containerd_restart_and_can_then_be_stopped() {
+    let mut node = Node::new();
+    let image = node.image("restart", probe(), &[]);
+    node.start_probe(&[], &image, "survivor", "sleep");
+    let pid = node.task_pid("survivor");
+    node.containerd.restart();
+    assert_eq!(node.task_status("survivor").as_deref(), Some("RUNNING"));
+    assert_eq!(node.task_pid("survivor"), pid, "another shim answers");
+    let out = node
+        .containerd
+        .ctr(&["task", "kill", "-s", "SIGTERM", "survivor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.wait_for_status("survivor", "STOPPED", Duration::from_secs(5)));
+    node.containerd.ctr(&["task", "delete", "survivor"]);
+    node.containerd.ctr(&["containers", "rm", "survivor"]);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_thousand_create_start_delete_cycles_leave_nothing_behind() {
+    let node = Node::new();
+    let image = node.image("cycles", probe(), &[]);
+    // One cycle first, so that containerd's own lazily opened files are
+    // counted in the baseline.
+    let out = node.probe(&[], &image, "warm-up", &["hello"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let descriptors_before = node.containerd.open_descriptors();
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for worker in 0..4 {
+            let (node, image, failures) = (&node, &image, &failures);
+            s.spawn(move || {
+                for i in 0..250 {
+                    let id = format!("cycle-{worker}-{i}");
+                    let out = node.probe(&[], image, &id, &["hello"]);
+                    if stdout(&out) != "hello from probe\n" || !out.status.success() {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{id}: {}", stderr(&out)));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 cycles failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // Tasks, containers, shims, mounts and state dirs: none left.
+    node.containerd.assert_clean();
+    let descriptors_after = node.containerd.open_descriptors();
+    assert!(
+        descriptors_after <= descriptors_before + 5,
+        "containerd's descriptors grew from {descriptors_before} to {descriptors_after}"
+    );
+}
