@@ -679,12 +679,6 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
 
     // A FIFO would block the module read forever and /dev/zero never ends:
     // both are refused by their type at create, at once.
-    let mknod = |root: &Path, file: &str, mode: libc::mode_t, dev: libc::dev_t| {
-        let path = std::ffi::CString::new(root.join(file).to_str().unwrap()).unwrap();
-        // SAFETY: mknod(2) with a NUL-terminated path we own; the test runs as root.
-        let rc = unsafe { libc::mknod(path.as_ptr(), mode, dev) };
-        assert_eq!(rc, 0, "mknod {file}: {}", std::io::Error::last_os_error());
-    };
     let special: [(&str, &str, libc::mode_t, libc::dev_t, &str); 2] = [
         (
             "fifo",
@@ -703,7 +697,7 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
     ];
     for (name, file, mode, dev, expected) in special {
         let image = hand_built_image_with(&node, name, &[], &format!("/{file}"), |root| {
-            mknod(root, file, mode, dev)
+            mknod(&root.join(file), mode, dev)
         });
         refused(&image, name, expected);
     }
@@ -774,12 +768,7 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     );
     node.kill_and_remove(id);
     node.containerd.assert_clean();
-    let leftovers: Vec<_> = ["", "memory", "cpu", "cpuacct", "pids", "blkio"]
-        .iter()
-        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("default").join(id))
-        .filter(|p| p.exists())
-        .collect();
-    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+    assert_no_cgroup(&format!("default/{id}"));
 
     // The kubelet's systemd driver names slice:prefix:name; the shim joins
     // the directory systemd would give that scope.
@@ -994,14 +983,8 @@ fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
         "devices",
         &[("/probe.wasm", &module)],
         "/probe.wasm",
-        |root| {
-            // c 1 3 is /dev/null: harmless, and opens fine without nodev.
-            let path = std::ffi::CString::new(root.join("null").to_str().unwrap()).unwrap();
-            // SAFETY: mknod(2) with a NUL-terminated path we own; the test runs as root.
-            let rc =
-                unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
-            assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
-        },
+        // c 1 3 is /dev/null: harmless, and opens fine without nodev.
+        |root| mknod_char(&root.join("null"), 1, 3),
     );
     let out = node.run(&image, "devices", &["/probe.wasm", "cat", "/null"]);
     assert_eq!(out.status.code(), Some(1), "the guest opened a device node");
@@ -1020,18 +1003,33 @@ fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
     node.containerd.assert_clean();
 }
 
-/// mknod(2) of a character device `major:minor` at `path` (the tests run as root).
-fn mknod_char(path: &Path, major: u32, minor: u32) {
+/// Fails if the cgroup `relative` exists in any hierarchy (v2, or v1's).
+fn assert_no_cgroup(relative: &str) {
+    let leftovers: Vec<_> = ["", "memory", "cpu", "cpuacct", "pids", "blkio"]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join(relative))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+}
+
+/// mknod(2) of a node of `mode` (type and permissions) at `path` (the tests run as root).
+fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) {
     let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: mknod(2) with a NUL-terminated path we own.
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            libc::S_IFCHR | 0o666,
-            libc::makedev(major, minor),
-        )
-    };
-    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A character device `major:minor` at `path`.
+fn mknod_char(path: &Path, major: u32, minor: u32) {
+    mknod(path, libc::S_IFCHR | 0o666, libc::makedev(major, minor));
 }
 
 #[test]
@@ -1205,12 +1203,7 @@ fn a_shim_killed_with_sigkill_leaves_a_stopped_deletable_task_and_nothing_mounte
     let out = node.containerd.ctr(&["containers", "rm", "victim"]);
     assert!(out.status.success(), "{}", stderr(&out));
     node.containerd.assert_clean();
-    let leftovers: Vec<_> = ["", "memory", "cpu", "cpuacct", "pids", "blkio"]
-        .iter()
-        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("default/victim"))
-        .filter(|p| p.exists())
-        .collect();
-    assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+    assert_no_cgroup("default/victim");
 }
 
 #[test]
