@@ -1358,3 +1358,44 @@ fn a_thousand_create_start_delete_cycles_leave_nothing_behind() {
         "containerd's descriptors grew from {descriptors_before} to {descriptors_after}"
     );
 }
+
+/// A module of 16 memories that grows each by 64 pages (4 MiB), fills what
+/// it got, and exits with how many grew.
+fn sixteen_memories_wat() -> String {
+    let memories: String = (0..16).map(|i| format!("(memory $m{i} 1)")).collect();
+    let grows: String = (0..16)
+        .map(|i| {
+            format!(
+                "(if (i32.ne (memory.grow $m{i} (i32.const 64)) (i32.const -1))
+                   (then (memory.fill $m{i} (i32.const 65536) (i32.const 1) (i32.const 4194304))
+                         (local.set $n (i32.add (local.get $n) (i32.const 1)))))"
+            )
+        })
+        .collect();
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          {memories}
+          (export "memory" (memory $m0))
+          (func (export "_start") (local $n i32) {grows} (call $exit (local.get $n))))"#
+    )
+}
+
+#[test]
+fn one_memory_limit_holds_a_guest_of_sixteen_memories_and_the_shim_survives() {
+    let node = Node::new();
+    let image = node.wat_image("sixteen", &sixteen_memories_wat());
+    let out = node.run(&image, "sixteen-free", &[]);
+    assert_eq!(out.status.code(), Some(16), "{}", stderr(&out));
+    // 64 MiB for all of them: 16 × 64 KiB to start, then 4 MiB per growth,
+    // so 15 grow. Capped per memory instead, all 16 would fill 4 MiB each and
+    // the shim, in the container's 64 MiB cgroup, would be OOM-killed (137).
+    let out = node.run_with(
+        &["--memory-limit", "67108864"],
+        &image,
+        "sixteen-capped",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
+    node.containerd.assert_clean();
+}
