@@ -796,15 +796,47 @@ fn report(spec: &RunSpec, message: &str) {
 }
 
 /// The largest module [`read_module`] reads, and the shim reads from an
-/// image's Wasm layer: far above real programs (components of tens of MiB),
-/// far below what would let a hostile image drive the shim out of memory.
+/// image's Wasm layer, unless [`MAX_MODULE_ENV`] says otherwise: far above
+/// real programs (components of tens of MiB), far below what would let a
+/// hostile image drive the shim out of memory.
 pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Environment variable of the process (for the shim: containerd's, which
+/// its shims inherit) that sets the module cap in MiB.
+pub const MAX_MODULE_ENV: &str = "WASMBOX_MAX_MODULE_MIB";
+
+/// The module cap in effect: [`MAX_MODULE_ENV`] when it is a number of MiB
+/// from 1 to 4096, else [`MAX_MODULE_BYTES`].
+pub fn max_module_bytes() -> u64 {
+    static CAP: OnceLock<u64> = OnceLock::new();
+    *CAP.get_or_init(|| module_cap_from(std::env::var(MAX_MODULE_ENV).ok().as_deref()))
+}
+
+fn module_cap_from(value: Option<&str>) -> u64 {
+    match value.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(mib)) if (1..=4096).contains(&mib) => mib << 20,
+        Some(_) => {
+            eprintln!(
+                "wasmbox: {MAX_MODULE_ENV}={} is not a number of MiB from 1 to 4096; using {} MiB",
+                value.unwrap_or_default(),
+                MAX_MODULE_BYTES >> 20
+            );
+            MAX_MODULE_BYTES
+        }
+        None => MAX_MODULE_BYTES,
+    }
+}
 
 /// Reads the module at `path`: a regular file of at most
 /// [`MAX_MODULE_BYTES`]. A FIFO (which would block the reader forever), a
 /// device (`/dev/zero` never ends), a socket or a directory is refused by its
 /// type before it is read, and checked again on the open descriptor.
 pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    read_module_capped(path, max_module_bytes())
+}
+
+/// [`read_module`] with the cap `max` bytes.
+fn read_module_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let kind = |t: std::fs::FileType| {
@@ -848,19 +880,19 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
     }
     let too_big = || {
         anyhow::anyhow!(
-            "{} is larger than {} MiB, the most a module may be",
+            "{} is larger than {} MiB, the most a module may be ({MAX_MODULE_ENV} sets it)",
             path.display(),
-            MAX_MODULE_BYTES >> 20
+            max >> 20
         )
     };
-    if metadata.len() > MAX_MODULE_BYTES {
+    if metadata.len() > max {
         return Err(too_big());
     }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(MAX_MODULE_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("cannot read the module {}", path.display()))?;
-    if bytes.len() as u64 > MAX_MODULE_BYTES {
+    if bytes.len() as u64 > max {
         return Err(too_big()); // it grew while being read
     }
     Ok(bytes)
@@ -940,6 +972,15 @@ mod tests {
         let ok = dir.path().join("ok.wasm");
         std::fs::write(&ok, b"\0asm\x01\0\0\0").unwrap();
         assert_eq!(read_module(&ok).unwrap(), b"\0asm\x01\0\0\0");
+        assert!(
+            format!("{:#}", read_module_capped(&ok, 4).unwrap_err()).contains("larger than 0 MiB")
+        );
+
+        // The cap can be set in MiB; nonsense falls back to the default.
+        assert_eq!(module_cap_from(Some("16")), 16 << 20);
+        assert_eq!(module_cap_from(Some("0")), MAX_MODULE_BYTES);
+        assert_eq!(module_cap_from(Some("lots")), MAX_MODULE_BYTES);
+        assert_eq!(module_cap_from(None), MAX_MODULE_BYTES);
     }
 
     #[test]

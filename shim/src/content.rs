@@ -103,7 +103,7 @@ impl ImageSource {
             return Ok(None);
         };
         let digest = layer.digest().to_string();
-        let limit = wasmbox_engine::MAX_MODULE_BYTES;
+        let limit = wasmbox_engine::max_module_bytes();
         if layer.size() > limit {
             bail!(
                 "the Wasm layer {digest} of {image_name} is larger than {} MiB, the most a module may be",

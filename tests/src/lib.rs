@@ -463,8 +463,9 @@ pub struct Containerd {
     launch: Launch,
 }
 
-/// The containerd binary, its config and PATH; `None` for one in a netns.
-struct Launch(Option<(PathBuf, PathBuf, String)>);
+/// The containerd binary, its config, PATH and extra environment; `None`
+/// for one in a netns.
+struct Launch(Option<(PathBuf, PathBuf, String, Vec<(String, String)>)>);
 
 /// How to start a [`Containerd`].
 #[derive(Default)]
@@ -477,6 +478,8 @@ pub struct ContainerdOptions<'a> {
     pub cri_config: String,
     /// Start it inside this network namespace.
     pub netns: Option<&'a netns::NetNs>,
+    /// Extra environment for containerd, which its shims inherit.
+    pub env: Vec<(String, String)>,
 }
 
 /// `containerd --version` of the binary at `containerd`, printed once per
@@ -543,13 +546,21 @@ impl Containerd {
         }
         let path = format!("{}:{path}", shim.parent().unwrap().display());
         let mut cmd = Command::new(&containerd);
-        cmd.arg("--config").arg(&config_path).env("PATH", &path);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("PATH", &path)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)));
         let launch = match opts.netns {
             Some(netns) => {
                 netns.enter(&mut cmd);
                 Launch(None)
             }
-            None => Launch(Some((containerd.clone(), config_path.clone(), path))),
+            None => Launch(Some((
+                containerd.clone(),
+                config_path.clone(),
+                path,
+                opts.env.clone(),
+            ))),
         };
         let child = spawn_logged(cmd, &dir.path().join("containerd.log"));
         let mut containerd = Containerd {
@@ -594,12 +605,15 @@ impl Containerd {
     /// Stops containerd (SIGTERM: its shims and tasks keep running) and
     /// starts it again on the same state, as a node's upgrade or crash does.
     pub fn restart(&mut self) {
-        let Launch(Some((containerd, config, path))) = &self.launch else {
+        let Launch(Some((containerd, config, path, env))) = &self.launch else {
             panic!("restart of a containerd in a network namespace is not supported");
         };
         terminate(&mut self.child, Duration::from_secs(10));
         let mut cmd = Command::new(containerd);
-        cmd.arg("--config").arg(config).env("PATH", path);
+        cmd.arg("--config")
+            .arg(config)
+            .env("PATH", path)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         self.child = spawn_logged(cmd, &self.dir.path().join("containerd-restarted.log"));
         self.wait_ready();
     }

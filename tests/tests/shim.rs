@@ -1399,3 +1399,55 @@ fn one_memory_limit_holds_a_guest_of_sixteen_memories_and_the_shim_survives() {
     assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
     node.containerd.assert_clean();
 }
+
+/// LEB128 of `n` (Wasm's encoding of sizes).
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn the_module_size_cap_is_set_through_containerds_environment() {
+    let node = Node {
+        containerd: wasmbox_tests::Containerd::start_opts(wasmbox_tests::ContainerdOptions {
+            env: vec![("WASMBOX_MAX_MODULE_MIB".into(), "1".into())],
+            ..Default::default()
+        }),
+        w: Wasmbox::new(),
+    };
+    // The probe grown to 2 MiB by a custom section `pad` of zeros at its end.
+    let mut body = vec![3u8];
+    body.extend_from_slice(b"pad");
+    body.resize(2 << 20, 0);
+    let mut module = std::fs::read(probe()).unwrap();
+    module.push(0);
+    module.extend(leb128(body.len()));
+    module.extend(body);
+    let path = node.w.dir().join("padded.wasm");
+    std::fs::write(&path, module).unwrap();
+    let image = node.image("padded", &path, &[]);
+    let out = node.run(&image, "padded", &[]);
+    assert!(
+        !out.status.success(),
+        "a 2 MiB module ran under a 1 MiB cap"
+    );
+    assert!(
+        stderr(&out).contains("is larger than 1 MiB, the most a module may be"),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.ctr(&["containers", "rm", "padded"]);
+    // A small one runs.
+    let image = node.image("small", probe(), &[]);
+    let out = node.probe(&[], &image, "small", &["hello"]);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    node.containerd.assert_clean();
+}
