@@ -459,13 +459,18 @@ pub struct Containerd {
     /// The gRPC socket (`ctr -a`).
     pub address: PathBuf,
     ctr: PathBuf,
-    /// How it was started, to start it again ([`Containerd::restart`]).
-    launch: Launch,
+    /// How it was started, to start it again ([`Containerd::restart`]);
+    /// `None` for one in a network namespace.
+    launch: Option<Launch>,
 }
 
-/// The containerd binary, its config, PATH and extra environment; `None`
-/// for one in a netns.
-struct Launch(Option<(PathBuf, PathBuf, String, Vec<(String, String)>)>);
+/// How a containerd was started: its binary, config, PATH and extra environment.
+struct Launch {
+    containerd: PathBuf,
+    config: PathBuf,
+    path: String,
+    env: Vec<(String, String)>,
+}
 
 /// How to start a [`Containerd`].
 #[derive(Default)]
@@ -553,14 +558,14 @@ impl Containerd {
         let launch = match opts.netns {
             Some(netns) => {
                 netns.enter(&mut cmd);
-                Launch(None)
+                None
             }
-            None => Launch(Some((
-                containerd.clone(),
-                config_path.clone(),
+            None => Some(Launch {
+                containerd: containerd.clone(),
+                config: config_path.clone(),
                 path,
-                opts.env.clone(),
-            ))),
+                env: opts.env.clone(),
+            }),
         };
         let child = spawn_logged(cmd, &dir.path().join("containerd.log"));
         let mut containerd = Containerd {
@@ -605,7 +610,13 @@ impl Containerd {
     /// Stops containerd (SIGTERM: its shims and tasks keep running) and
     /// starts it again on the same state, as a node's upgrade or crash does.
     pub fn restart(&mut self) {
-        let Launch(Some((containerd, config, path, env))) = &self.launch else {
+        let Some(Launch {
+            containerd,
+            config,
+            path,
+            env,
+        }) = &self.launch
+        else {
             panic!("restart of a containerd in a network namespace is not supported");
         };
         terminate(&mut self.child, Duration::from_secs(10));
