@@ -47,6 +47,11 @@ pub struct RunSpec {
     pub identity: Option<Identity>,
     /// `wasi:http` requests one container serves at a time; more wait.
     pub http_concurrency: Option<usize>,
+    /// The mount namespace the guest's threads run in: one where the
+    /// process's `/etc/resolv.conf` and `/etc/hosts` are the container's, so
+    /// that name lookups (WASI sockets, outgoing `wasi:http`) use its resolver
+    /// configuration; `None` keeps this process's.
+    pub mount_namespace: Option<Arc<OwnedFd>>,
     /// Files the guest may hold open at once (the spec's `RLIMIT_NOFILE`);
     /// past it opening fails with EMFILE, for this guest only.
     pub open_files_limit: Option<usize>,
@@ -402,6 +407,17 @@ impl Engine {
         spec: &RunSpec,
         kill: watch::Receiver<Option<i32>>,
     ) -> i32 {
+        // First, so that every thread the guest's runtime starts (the
+        // blocking pool does file access and name lookups) inherits it.
+        if let Some(namespace) = &spec.mount_namespace
+            && let Err(e) = enter_mount_namespace(namespace)
+        {
+            report(
+                spec,
+                &format!("cannot enter the container's mount namespace: {e}"),
+            );
+            return TRAP_EXIT_STATUS;
+        }
         let mut builder = tokio::runtime::Builder::new_current_thread();
         builder.enable_all();
         if let Some(identity) = spec.identity.clone() {
@@ -619,6 +635,23 @@ async fn wait_for_kill(kill: &mut watch::Receiver<Option<i32>>) -> i32 {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Moves the calling thread into the mount namespace `namespace`. The
+/// thread first stops sharing its root and working directory with the rest
+/// of the process (`setns` refuses a thread that shares them).
+fn enter_mount_namespace(namespace: &OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: unshare(CLONE_FS) and setns(2) act on the calling thread only;
+    // the descriptor is an open namespace file we own.
+    unsafe {
+        if libc::unshare(libc::CLONE_FS) != 0
+            || libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNS) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Takes on `spec`'s identity on this thread until the guard drops.

@@ -105,11 +105,13 @@ impl Container {
         let result = (|| {
             let guest_mounts = crate::mounts::guest_mounts(&spec)?;
             let volumes = crate::mounts::make_guest_mounts(&guest_mounts, bundle, &rootfs)?;
+            let name_service = crate::mounts::name_service_namespace(&guest_mounts)?;
             let mut run = crate::spec::run_spec(&spec, &rootfs, || {
                 // In the bundle, not the rootfs: containerd removes it at delete.
                 image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
             })?;
             run.preopens.extend(volumes);
+            run.mount_namespace = name_service.map(std::sync::Arc::new);
             let cgroups_path = spec
                 .linux()
                 .as_ref()

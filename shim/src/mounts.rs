@@ -288,6 +288,69 @@ pub fn make_guest_mounts(
     Ok(preopens)
 }
 
+/// Destinations of single-file mounts that configure name lookup.
+const NAME_SERVICE_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
+
+/// A mount namespace in which this process's `/etc/resolv.conf` and
+/// `/etc/hosts` are the files the spec mounts at those paths (a pod's DNS
+/// configuration, Docker's embedded DNS and `--add-host`), or `None` when it
+/// mounts neither. The guest's threads run in it (see
+/// `RunSpec::mount_namespace`), so its name lookups, which wasmtime-wasi
+/// hands to the C library, go where the container's would under runc. Made
+/// after the container's own mounts, which it holds copies of until it is
+/// closed and the guest's threads are gone.
+pub fn name_service_namespace(mounts: &[GuestMount]) -> Result<Option<std::os::fd::OwnedFd>> {
+    let files: Vec<(&Path, &str)> = mounts
+        .iter()
+        .filter_map(|m| match m {
+            GuestMount::File { source, dest, .. }
+                if NAME_SERVICE_FILES.contains(&dest.as_str()) =>
+            {
+                Some((source.as_path(), dest.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    // On a thread of its own: unshare(CLONE_NEWNS) needs a thread that
+    // shares no root or working directory, and the namespace outlives it
+    // through the descriptor it returns.
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<Option<std::os::fd::OwnedFd>> {
+            // SAFETY: unshare(2) of this thread's fs attributes and mount
+            // namespace; no pointers.
+            if unsafe { libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS) } != 0 {
+                bail!(
+                    "making a mount namespace for name lookup: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // Nothing done here may reach the host's mounts.
+            sys_mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_SLAVE, "")
+                .context("making the name-lookup mount namespace a slave")?;
+            for (source, dest) in &files {
+                let target = Path::new(dest);
+                if !target.exists() {
+                    log::warn!("{dest} does not exist on this host: the container's is not used for name lookup");
+                    continue;
+                }
+                sys_mount(Some(&source.to_string_lossy()), target, None, libc::MS_BIND, "")
+                    .and_then(|()| restrict(target, true, false))
+                    .with_context(|| {
+                        format!("binding {} over {dest} for name lookup", source.display())
+                    })?;
+            }
+            let namespace = std::fs::File::open("/proc/thread-self/ns/mnt")
+                .context("opening the name-lookup mount namespace")?;
+            Ok(Some(namespace.into()))
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the thread making the name-lookup namespace panicked"))
+    })
+}
+
 /// An empty directory `bundle/mounts/N` to mount on.
 fn mount_point(bundle: &Path, n: usize) -> Result<PathBuf> {
     let target = bundle.join("mounts").join(n.to_string());

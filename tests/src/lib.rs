@@ -953,6 +953,36 @@ pub fn http_hello() -> &'static Path {
     })
 }
 
+/// tests/guests/lookup: a `wasi:cli` component that exits 0 when
+/// `only-in-container.test` resolves to 10.1.2.77 (WASI 0.2.12 WIT from
+/// examples/http-hello).
+pub fn lookup_component() -> &'static Path {
+    static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = guest_dir().join("lookup");
+        std::fs::create_dir_all(dir.join("wit/deps")).unwrap();
+        std::fs::copy(
+            here.join("guests/lookup/lookup.wat"),
+            dir.join("lookup.wat"),
+        )
+        .unwrap();
+        std::fs::copy(
+            here.join("guests/lookup/wit/world.wit"),
+            dir.join("wit/world.wit"),
+        )
+        .unwrap();
+        let deps = here.join("../examples/http-hello/wit/deps");
+        for entry in std::fs::read_dir(&deps).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join("wit/deps").join(entry.file_name())).unwrap();
+        }
+        let out = guest_dir().join("lookup.wasm");
+        std::fs::write(&out, component_from_wat(&dir, "lookup")).unwrap();
+        out
+    })
+}
+
 /// Builds the component of world `world` in `dir/wit` from the core module
 /// `dir/WORLD.wat`, as `wasm-tools component new` would.
 pub fn component_from_wat(dir: &Path, world: &str) -> Vec<u8> {

@@ -1451,3 +1451,46 @@ fn the_module_size_cap_is_set_through_containerds_environment() {
     assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
     node.containerd.assert_clean();
 }
+
+#[test]
+fn names_resolve_through_the_containers_own_hosts_and_resolv_conf() {
+    let node = Node::new();
+    let image = node.image("lookup", wasmbox_tests::lookup_component(), &[]);
+    let files = tempfile::tempdir().unwrap();
+    let hosts = files.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.77 only-in-container.test\n").unwrap();
+    // A resolver on the container's loopback, where nothing listens: a name
+    // its hosts file lacks fails at once instead of asking the host's DNS.
+    let resolv = files.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )
+    .unwrap();
+    let bind = |src: &Path, dst: &str| {
+        format!("type=bind,src={},dst={dst},options=rbind:ro", src.display())
+    };
+    let (hosts_mount, resolv_mount) = (
+        bind(&hosts, "/etc/hosts"),
+        bind(&resolv, "/etc/resolv.conf"),
+    );
+    let out = node.run_with(
+        &["--mount", &hosts_mount, "--mount", &resolv_mount],
+        &image,
+        "lookup-known",
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the name did not resolve: {}",
+        stderr(&out)
+    );
+    let out = node.run_with(&["--mount", &resolv_mount], &image, "lookup-unknown", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "resolved without the container's hosts file"
+    );
+    node.containerd.assert_clean();
+}
