@@ -978,21 +978,39 @@ fn a_cgroups_path_with_dot_dot_is_refused_at_create() {
 fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
     let node = Node::new();
     let module = std::fs::read(probe()).unwrap();
+    // A loop device over a file with a secret: a `b MAJOR MINOR` node of it
+    // in an image layer would otherwise give the guest the host's disk.
+    let disk = LoopDevice::over(b"SECRET-ON-THE-HOST-DISK");
     let image = hand_built_image_with(
         &node,
         "devices",
         &[("/probe.wasm", &module)],
         "/probe.wasm",
-        // c 1 3 is /dev/null: harmless, and opens fine without nodev.
-        |root| mknod_char(&root.join("null"), 1, 3),
+        |root| {
+            if let Some(disk) = &disk {
+                mknod(&root.join("disk"), libc::S_IFBLK | 0o666, disk.rdev);
+            }
+            // c 1 3 is /dev/null: harmless, and opens fine without nodev.
+            mknod_char(&root.join("null"), 1, 3);
+        },
     );
-    let out = node.run(&image, "devices", &["/probe.wasm", "cat", "/null"]);
-    assert_eq!(out.status.code(), Some(1), "the guest opened a device node");
-    assert!(
-        stderr(&out).contains("cannot open /null"),
-        "{}",
-        stderr(&out)
-    );
+    let mut nodes = vec![("devices-chr", "/null")];
+    if disk.is_some() {
+        nodes.push(("devices-blk", "/disk"));
+    }
+    for (id, node_path) in nodes {
+        let out = node.run(&image, id, &["/probe.wasm", "cat", node_path]);
+        assert_eq!(out.status.code(), Some(1), "the guest opened {node_path}");
+        assert!(
+            !stdout(&out).contains("SECRET"),
+            "the guest read the host's disk"
+        );
+        assert!(
+            stderr(&out).contains(&format!("cannot open {node_path}")),
+            "{}",
+            stderr(&out)
+        );
+    }
     // Regular files of the same image still open.
     let out = node.run(
         &image,
@@ -1001,6 +1019,49 @@ fn device_nodes_in_an_image_cannot_be_opened_by_the_guest() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     node.containerd.assert_clean();
+}
+
+/// A loop device over a temp file, detached on drop.
+struct LoopDevice {
+    device: String,
+    rdev: libc::dev_t,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    /// `None` (after a line saying so) where this machine has no loop devices.
+    fn over(content: &[u8]) -> Option<LoopDevice> {
+        use std::os::unix::fs::MetadataExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut data = content.to_vec();
+        data.resize(1 << 20, 0);
+        std::fs::write(file.path(), data).unwrap();
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file.path())
+            .output()
+            .expect("losetup");
+        if !out.status.success() {
+            eprintln!(
+                "no loop device here (losetup: {}): the block-device case is skipped",
+                stderr(&out).trim()
+            );
+            return None;
+        }
+        let device = stdout(&out).trim().to_string();
+        let rdev = std::fs::metadata(&device).unwrap().rdev();
+        Some(LoopDevice {
+            device,
+            rdev,
+            _file: file,
+        })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
 }
 
 /// Fails if the cgroup `relative` exists in any hierarchy (v2, or v1's).
