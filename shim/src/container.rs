@@ -317,7 +317,10 @@ impl Container {
                 drop(spec);
                 {
                     let mut fifos = this.output_fifos.lock().unwrap();
-                    drain_output(&fifos);
+                    let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
+                    for fifo in fifos.iter() {
+                        wait_until_read(fifo, deadline);
+                    }
                     fifos.clear();
                 }
                 let exit = Exit {
@@ -448,6 +451,7 @@ impl Container {
 
     /// Leaves the cgroup and unmounts what `create` mounted.
     pub fn cleanup(&self) -> Result<()> {
+        self.output_fifos.lock().unwrap().clear();
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
@@ -475,34 +479,31 @@ fn drain_terminal(master: &std::fs::File) {
 /// Waits until nothing written to `file` (a FIFO or terminal) is left
 /// unread, or until `deadline`.
 fn wait_until_read(file: &std::fs::File, deadline: std::time::Instant) {
-    loop {
-        let mut pending: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int through a valid pointer; the fd is ours and open.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(file),
-                libc::FIONREAD,
-                &mut pending,
-            )
-        };
-        if rc != 0 || pending == 0 || std::time::Instant::now() >= deadline {
-            return;
-        }
+    while unread(file) > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
-/// Waits (up to two seconds) until the reader of each output FIFO has
-/// taken what the guest wrote. A FIFO's data is lost once no one holds it
-/// open, and the client (ctr, dockerd, the CRI) may open its read end only
-/// after a fast guest has already exited; closing at once lost the whole
-/// output of one `ctr run` in a thousand under load.
-fn drain_output(fifos: &[std::fs::File]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    for fifo in fifos {
-        wait_until_read(fifo, deadline);
-    }
+/// Bytes written to `file` (a FIFO or terminal) that no reader has taken yet;
+/// 0 when that cannot be told.
+fn unread(file: &std::fs::File) -> libc::c_int {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer; the fd is ours and open.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FIONREAD,
+            &mut pending,
+        )
+    };
+    if rc != 0 { 0 } else { pending }
 }
+
+/// How long a stopped guest's exit waits for the readers of its output
+/// FIFOs to take what it wrote before they are closed (a FIFO's data is
+/// lost once no one holds it open). Bounded: a reader that is gone (`ctr
+/// run -d`) must not hold the exit up.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Pty {
     fn open(stdin: &str, stdout: &str) -> Result<Pty> {
