@@ -66,7 +66,6 @@ pub struct Container {
     /// create on lets that open finish long before a fast guest exits (runc's
     /// shim opens them at create too).
     output_fifos: Mutex<Vec<std::fs::File>>,
-    mounted: bool,
     inner: Mutex<Inner>,
     exited: Condvar,
 }
@@ -101,7 +100,6 @@ impl Container {
         } else {
             crate::mounts::mount_rootfs(mounts, &rootfs)?;
         }
-        let mounted = true;
         let result = (|| {
             let guest_mounts = crate::mounts::guest_mounts(&spec)?;
             let volumes = crate::mounts::make_guest_mounts(&guest_mounts, bundle, &rootfs)?;
@@ -167,7 +165,7 @@ impl Container {
         let (spec, program, pty, output_fifos, cgroup) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {
-                if let Err(cleanup) = crate::mounts::unmount_all(bundle, &rootfs, mounted) {
+                if let Err(cleanup) = crate::mounts::unmount_all(bundle, &rootfs, true) {
                     log::warn!(id; "after a failed create: {cleanup:#}");
                 }
                 return Err(e);
@@ -193,7 +191,6 @@ impl Container {
             terminal_master,
             cgroup: Mutex::new(cgroup),
             output_fifos: Mutex::new(output_fifos),
-            mounted,
             inner: Mutex::new(Inner {
                 status: Status::Created,
                 exit: None,
@@ -240,7 +237,6 @@ impl Container {
             terminal_master: None,
             cgroup: Mutex::new(cgroup),
             output_fifos: Mutex::new(Vec::new()),
-            mounted: false,
             inner: Mutex::new(Inner {
                 status: Status::Created,
                 exit: None,
@@ -455,7 +451,9 @@ impl Container {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
-        crate::mounts::unmount_all(&self.bundle, &self.rootfs, self.mounted)
+        // A sandbox mounts nothing; a Wasm container always has its rootfs.
+        let rootfs_mounted = matches!(self.workload, Workload::Wasm { .. });
+        crate::mounts::unmount_all(&self.bundle, &self.rootfs, rootfs_mounted)
     }
 }
 
