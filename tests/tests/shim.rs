@@ -421,7 +421,7 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
         "--annotation",
         "dev.wasmbox.wasi.network=host",
     ];
-    let refused: [(&str, Vec<&str>, &str); 3] = [
+    let refused: [(&str, Vec<&str>, &str); 4] = [
         (
             "no-net",
             vec!["--annotation", "dev.wasmbox.wasi.network=none"],
@@ -436,6 +436,15 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
             "bad-annotation",
             [&net[..], &["--annotation", "dev.wasmbox.http.port=0"]].concat(),
             "annotation dev.wasmbox.http.port=0: expected a port number",
+        ),
+        (
+            "bad-concurrency",
+            [
+                &net[..],
+                &["--annotation", "dev.wasmbox.http.concurrency=0"],
+            ]
+            .concat(),
+            "annotation dev.wasmbox.http.concurrency=0: expected a number of requests (1-65536)",
         ),
     ];
     for (id, opts, expected) in refused {
