@@ -20,6 +20,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+mod files;
 pub mod http;
 pub mod identity;
 
@@ -459,8 +460,17 @@ impl Engine {
                 signal = wait_for_kill(&mut kill) => 128 + signal,
             }
         });
-        // Blocking readers of a stdin FIFO must not hold the exit up.
-        runtime.shutdown_background();
+        // The blocking pool may still be in a file operation of the guest
+        // (a write to a volume): the exit is reported only after it ends,
+        // as the kernel reports a process's only after its last syscall.
+        let stopping = std::time::Instant::now();
+        runtime.shutdown_timeout(GUEST_SHUTDOWN_TIMEOUT);
+        if stopping.elapsed() >= GUEST_SHUTDOWN_TIMEOUT {
+            log::warn!(
+                "a file operation of the guest was still running {} s after it ended; it may finish after its exit is reported",
+                GUEST_SHUTDOWN_TIMEOUT.as_secs()
+            );
+        }
         spec.meter.leave();
         status
     }
@@ -528,6 +538,7 @@ impl Engine {
     ) -> Result<i32> {
         let mut linker: Linker<CoreState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
+        files::guard_p1_opens(&mut linker, |s| &mut s.wasi)?;
         let mut store = Store::new(
             &self.engine,
             CoreState {
@@ -560,6 +571,7 @@ impl Engine {
     ) -> Result<i32> {
         let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        files::guard_p2_opens(&mut linker)?;
         let mut store = Store::new(
             &self.engine,
             ComponentState {
@@ -594,6 +606,11 @@ pub(crate) fn cap_resources(table: &mut ResourceTable, open_files_limit: Option<
         table.set_max_capacity(limit.max(MIN_RESOURCES));
     }
 }
+
+/// How long a guest's end waits for file operations already running in its
+/// blocking pool. Guests cannot open FIFOs (see `files`), so only slow
+/// storage can take this long.
+const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fewest resources a guest is allowed, whatever its limit says: its
 /// standard streams and preopens take some before it opens anything.

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use containerd_client::services::v1::{
-    GetContainerRequest, GetImageRequest, ReadContentRequest, containers_client::ContainersClient,
-    content_client::ContentClient, images_client::ImagesClient,
+    Container, GetContainerRequest, GetImageRequest, ReadContentRequest,
+    containers_client::ContainersClient, content_client::ContentClient,
+    images_client::ImagesClient,
 };
 use containerd_client::tonic::{Request, transport::Channel};
 use containerd_client::with_namespace;
@@ -73,10 +74,15 @@ impl ImageSource {
             .into_inner()
             .container
             .context("containerd answered without the container")?;
-        if container.image.is_empty() {
-            return Ok(None);
-        }
-        let image_name = container.image;
+        let pinned_config = cri_image_id(&container);
+        // A CRI container's image is named by its ID too (CRI keeps such a
+        // name for every image it pulls), so a re-tag between
+        // CreateContainer and StartContainer cannot change what it runs.
+        let image_name = match &pinned_config {
+            Some(id) => id.clone(),
+            None if container.image.is_empty() => return Ok(None),
+            None => container.image,
+        };
         let target = ImagesClient::new(channel.clone())
             .get(with_namespace!(
                 GetImageRequest {
@@ -95,6 +101,14 @@ impl ImageSource {
             .manifest_of(&target.media_type, &target.digest)
             .await
             .with_context(|| format!("reading the manifest of {image_name}"))?;
+        if let Some(id) = &pinned_config
+            && manifest.config().digest().to_string() != *id
+        {
+            bail!(
+                "the image of container {} is no longer {id}, the image it was created from",
+                self.container_id
+            );
+        }
         let Some(layer) = manifest
             .layers()
             .iter()
@@ -116,6 +130,28 @@ impl ImageSource {
             .with_context(|| format!("reading the Wasm layer {digest} of {image_name}"))?;
         Ok(Some(bytes))
     }
+}
+
+/// The extension in which containerd's CRI keeps a container's metadata,
+/// JSON with the image ID (the config digest) CreateContainer resolved.
+const CRI_METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
+
+/// The image ID a CRI container was created from, if it is one.
+fn cri_image_id(container: &Container) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        #[serde(rename = "Metadata")]
+        metadata: Metadata,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        #[serde(rename = "ImageRef")]
+        image_ref: String,
+    }
+    let any = container.extensions.get(CRI_METADATA_EXTENSION)?;
+    let versioned: Versioned = serde_json::from_slice(&any.value).ok()?;
+    let id = versioned.metadata.image_ref;
+    id.starts_with("sha256:").then_some(id)
 }
 
 struct Content<'a> {
@@ -192,5 +228,42 @@ impl Content<'_> {
             bail!("{digest} read from containerd hashes to sha256:{actual}");
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_extension(value: &str) -> Container {
+        let mut container = Container {
+            image: "example.test/app:v1".into(),
+            ..Default::default()
+        };
+        container.extensions.insert(
+            CRI_METADATA_EXTENSION.into(),
+            prost_types::Any {
+                type_url: "github.com/containerd/containerd/pkg/cri/store/container/Metadata"
+                    .into(),
+                value: value.as_bytes().to_vec(),
+            },
+        );
+        container
+    }
+
+    #[test]
+    fn a_cri_container_is_pinned_to_the_image_id_it_was_created_from() {
+        let id = format!("sha256:{}", "a".repeat(64));
+        let json = format!(
+            r#"{{"Version":"v1","Metadata":{{"ID":"c1","Name":"app","ImageRef":"{id}","LogPath":""}}}}"#
+        );
+        assert_eq!(cri_image_id(&with_extension(&json)), Some(id));
+        // Anything else is not a pin: the container's image name is used.
+        assert_eq!(cri_image_id(&with_extension("not json")), None);
+        assert_eq!(
+            cri_image_id(&with_extension(r#"{"Metadata":{"ImageRef":"app:v1"}}"#)),
+            None
+        );
+        assert_eq!(cri_image_id(&Container::default()), None);
     }
 }

@@ -51,6 +51,13 @@ pub struct Pod {
 impl CriNode {
     pub fn start() -> CriNode {
         crate::require_tool("containerd");
+        CriNode::start_on(None)
+    }
+
+    /// A node whose containerd and ctr are the ones in `bin_dir` (`None`:
+    /// PATH), e.g. the containerd 1.7 of the private Docker Engine, which
+    /// unpacks images of raw Wasm layers that 1.6 refuses.
+    pub fn start_on(bin_dir: Option<PathBuf>) -> CriNode {
         assert!(
             Path::new(CNI_BIN_DIR).join("bridge").exists(),
             "CNI plugins missing in {CNI_BIN_DIR}: apt-get install containernetworking-plugins"
@@ -118,7 +125,11 @@ impl CriNode {
             conf = cni_conf.display(),
             reg = registry.addr,
         );
-        let containerd = Containerd::start_with(&cri_config);
+        let containerd = Containerd::start_opts(crate::ContainerdOptions {
+            bin_dir,
+            cri_config,
+            ..Default::default()
+        });
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -159,15 +170,23 @@ impl CriNode {
     /// Packs `module` as `NAME:v1`, pushes it to the registry and pulls it
     /// through the CRI, as the kubelet does before creating a container.
     pub fn image(&self, name: &str, module: &Path) -> String {
+        self.image_packed(name, module, &[])
+    }
+
+    /// [`CriNode::image`], packed with `pack_args` added (e.g. `--format
+    /// artifact`); packing again under the same name moves its tag.
+    pub fn image_packed(&self, name: &str, module: &Path, pack_args: &[&str]) -> String {
         let image = format!("{}/{name}:v1", self.registry.addr);
-        self.w.ok(&[
+        let mut args = vec![
             "pack",
             module.to_str().unwrap(),
             "-t",
             &image,
             "--push",
             "--plain-http",
-        ]);
+        ];
+        args.extend_from_slice(pack_args);
+        self.w.ok(&args);
         let mut images = self.images.clone();
         self.runtime
             .block_on(images.pull_image(PullImageRequest {
@@ -215,6 +234,20 @@ impl CriNode {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<String, tonic::Status> {
+        let id = self.create_container(pod, name, image, args, env)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
+
+    /// CreateContainer alone; returns the container id.
+    pub fn create_container(
+        &self,
+        pod: &Pod,
+        name: &str,
+        image: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String, tonic::Status> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.to_string(),
@@ -246,12 +279,17 @@ impl CriNode {
                 .await?
                 .into_inner()
                 .container_id;
-            rt.start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
             Ok(id)
         })
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(rt.start_container(StartContainerRequest {
+                container_id: id.to_string(),
+            }))
+            .map(|_| ())
     }
 
     pub fn container_status(&self, id: &str) -> ContainerStatus {
