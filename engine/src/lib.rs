@@ -597,10 +597,10 @@ impl Engine {
 }
 
 /// A guest's resource table (its open files and directories, streams,
-/// sockets), capped at its open-files limit: a guest that opens without end
-/// is ended by a trap, alone, instead of using up the descriptors of the
-/// process it shares with the other containers of its pod. (wasmtime-wasi
-/// reports a full table as a trap, not EMFILE.)
+/// sockets), capped at its open-files limit, so that it cannot use up the
+/// descriptors of the process it shares with the other containers of its
+/// pod. Its opens past the cap get EMFILE (see `files`); any other resource
+/// past it ends the guest by a trap, as wasmtime-wasi reports a full table.
 pub(crate) fn cap_resources(table: &mut ResourceTable, open_files_limit: Option<usize>) {
     if let Some(limit) = open_files_limit {
         table.set_max_capacity(limit.max(MIN_RESOURCES));
