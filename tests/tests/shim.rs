@@ -1176,6 +1176,92 @@ fn fifos_in_an_image_or_a_volume_are_refused_at_once_instead_of_blocking_the_gue
     node.containerd.assert_clean();
 }
 
+#[test]
+fn a_killed_guests_file_operation_in_flight_ends_before_its_exit_is_reported() {
+    let node = Node::new();
+    let image = node.image("in-flight", probe(), &[]);
+    let volume = tempfile::tempdir().unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        volume.path().display()
+    );
+    let file = volume.path().join("file");
+    std::fs::write(&file, "precious\n").unwrap();
+    // A read lease held by the test: the guest's open for writing (with
+    // O_TRUNC) waits in the kernel until the test lets go of it.
+    let lease = ReadLease::take(&file);
+    let out = node.containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &mount,
+        &image,
+        "in-flight",
+        "/probe.wasm",
+        "write",
+        "/data/file",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lease.is_being_broken() {
+        assert!(Instant::now() < deadline, "the guest never opened the file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    node.containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "in-flight"]);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            drop(lease);
+        });
+        assert!(node.wait_for_status("in-flight", "STOPPED", Duration::from_secs(15)));
+        let at_exit = std::fs::read_to_string(&file).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            at_exit,
+            "the guest's open (O_TRUNC) went on after its exit was reported"
+        );
+    });
+    node.containerd.ctr(&["task", "delete", "in-flight"]);
+    node.containerd.ctr(&["containers", "rm", "in-flight"]);
+    node.containerd.assert_clean();
+}
+
+/// An `F_RDLCK` lease on a file: another process's open of it for writing
+/// blocks until the lease is dropped.
+struct ReadLease(std::fs::File);
+
+impl ReadLease {
+    fn take(path: &Path) -> ReadLease {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: fcntl and signal on values we own; nothing touches memory.
+        // SIGIO tells a lease holder of a break; its default would end the
+        // test binary.
+        unsafe {
+            libc::signal(libc::SIGIO, libc::SIG_IGN);
+            assert_eq!(
+                libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK),
+                0,
+                "F_SETLEASE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        ReadLease(file)
+    }
+
+    /// Whether an open for writing is waiting for the lease.
+    fn is_being_broken(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above. During a break F_GETLEASE answers the type the
+        // lease is being broken to (F_UNLCK for an open for writing).
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_GETLEASE) == libc::F_UNLCK }
+    }
+}
+
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo touches no memory of ours.
