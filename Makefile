@@ -25,6 +25,7 @@ test: deps docker-engine
 bench: deps
 	benches/pack_push.sh
 	benches/startup.sh
+	benches/output_race.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -32,4 +33,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf .demo .bench .bench-startup
+	rm -rf .demo .bench .bench-startup .bench-output-race
