@@ -445,18 +445,7 @@ fn a_wasm_layer_image_retagged_between_create_and_start_runs_what_the_container_
     // The tag now names another module, pulled as a kubelet would.
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other.wat");
-    std::fs::write(
-        &other,
-        r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "the re-tagged module\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 21))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-    )
-    .unwrap();
+    std::fs::write(&other, wasmbox_tests::guests::HELLO_WAT).unwrap();
     assert_eq!(node.image_packed("moving", &other, &artifact), image);
 
     node.start_container(&created).expect("StartContainer");
@@ -481,7 +470,7 @@ fn a_wasm_layer_image_retagged_between_create_and_start_runs_what_the_container_
     );
     assert_eq!(
         node.log_lines("pinned", "later"),
-        vec![("stdout".to_string(), "the re-tagged module".to_string())]
+        vec![("stdout".to_string(), "hello from wasm".to_string())]
     );
     for id in [&created, &later] {
         node.remove_container(id);

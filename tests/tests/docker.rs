@@ -988,3 +988,35 @@ fn dockers_own_files_and_tmpfs_mounts_reach_the_guest() {
     assert!(out.status.success(), "{}", stderr(&out));
     host.docker.assert_clean();
 }
+
+#[test]
+fn a_container_runs_the_image_it_was_created_from_when_its_tag_moves_before_docker_start() {
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    let id = host
+        .docker
+        .ok(&[
+            "create",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+            &image,
+        ])
+        .trim()
+        .to_string();
+    // The tag now names another module, pulled before the container starts.
+    // Docker prepared the container's root filesystem (the module is in a
+    // tar layer) at create; containerd's container record, made at start,
+    // names the image only, so images of raw Wasm layers are not pinned
+    // this way (see the README).
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.wat");
+    std::fs::write(&other, wasmbox_tests::guests::HELLO_WAT).unwrap();
+    assert_eq!(host.push("probe", &other, &[]), image);
+    host.docker.ok(&["pull", "--platform", "wasi/wasm", &image]);
+    let out = host.docker.run(&["start", "-a", &id]);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    host.docker.ok(&["rm", &id]);
+    host.docker.assert_clean();
+}
