@@ -927,6 +927,30 @@ pub fn probe() -> &'static Path {
         out
     })
 }
+
+/// The probe as a `wasi:cli` component (through the WASI preview 1 adapter),
+/// so that its file calls reach the guest as WASI 0.2's.
+pub fn probe_component() -> &'static Path {
+    static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COMPONENT.get_or_init(|| {
+        use wasi_preview1_component_adapter_provider as adapter;
+        let module = std::fs::read(probe()).unwrap();
+        let component = wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(&module)
+            .and_then(|e| {
+                e.adapter(
+                    adapter::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                    adapter::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+                )
+            })
+            .and_then(|mut e| e.encode())
+            .unwrap_or_else(|e| panic!("making the probe a component: {e:#}"));
+        let out = guest_dir().join("probe-component.wasm");
+        std::fs::write(&out, component).unwrap();
+        out
+    })
+}
 pub mod cri;
 pub mod docker;
 pub mod netns;

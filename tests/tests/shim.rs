@@ -1142,10 +1142,16 @@ fn fifos_in_an_image_or_a_volume_are_refused_at_once_instead_of_blocking_the_gue
     let module = std::fs::read(probe()).unwrap();
     // Opened without a writer, a FIFO would block the open (and the shim
     // thread doing it) until one comes: past the guest's end.
+    let component = std::fs::read(wasmbox_tests::probe_component()).unwrap();
+    // The probe twice: as a core module (WASI preview 1's path_open) and as a
+    // component (WASI 0.2's open-at), each guarded on its own.
     let image = hand_built_image_with(
         &node,
         "fifos",
-        &[("/probe.wasm", &module)],
+        &[
+            ("/probe.wasm", &module),
+            ("/probe-component.wasm", &component),
+        ],
         "/probe.wasm",
         |root| mkfifo(&root.join("pipe")),
     );
@@ -1155,16 +1161,22 @@ fn fifos_in_an_image_or_a_volume_are_refused_at_once_instead_of_blocking_the_gue
         "type=bind,src={},dst=/data,options=rbind:rw",
         volume.path().display()
     );
-    for (id, fifo) in [("fifo-image", "/pipe"), ("fifo-volume", "/data/pipe")] {
+    for (id, program, fifo) in [
+        ("fifo-image", "/probe.wasm", "/pipe"),
+        ("fifo-volume", "/probe.wasm", "/data/pipe"),
+        ("fifo-component", "/probe-component.wasm", "/data/pipe"),
+    ] {
         let (done, result) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             s.spawn(|| {
-                let out = node.probe(&["--mount", &mount], &image, id, &["cat", fifo]);
+                let out = node.run_with(&["--mount", &mount], &image, id, &[program, "cat", fifo]);
                 let _ = done.send(out);
             });
-            let out = result
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("the guest's open of the FIFO {fifo} blocked"));
+            let Ok(out) = result.recv_timeout(Duration::from_secs(30)) else {
+                // Let ctr return, so that the test fails instead of hanging.
+                node.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+                panic!("the guest's open of the FIFO {fifo} blocked");
+            };
             assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
             assert!(
                 stderr(&out).contains(&format!("cannot open {fifo}: Permission denied")),
