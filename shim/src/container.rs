@@ -100,68 +100,82 @@ impl Container {
         } else {
             crate::mounts::mount_rootfs(mounts, &rootfs)?;
         }
-        let result = (|| {
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| p.to_string_lossy().into_owned());
+        let limits = crate::cgroup::Limits::from_spec(&spec);
+        let loaded = (|| {
             let guest_mounts = crate::mounts::guest_mounts(&spec)?;
             let volumes = crate::mounts::make_guest_mounts(&guest_mounts, bundle, &rootfs)?;
             let name_service = crate::mounts::name_service_namespace(&guest_mounts)?;
-            let mut run = crate::spec::run_spec(&spec, &rootfs, || {
-                // In the bundle, not the rootfs: containerd removes it at delete.
-                image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
-            })?;
-            run.preopens.extend(volumes);
-            run.mount_namespace = name_service.map(std::sync::Arc::new);
-            let cgroups_path = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().clone())
-                .map(|p| p.to_string_lossy().into_owned());
-            let limits = crate::cgroup::Limits::from_spec(&spec);
-            let fifo = |p: &str| {
-                if p.is_empty() {
-                    Stdio::Null
-                } else {
-                    Stdio::Fifo(PathBuf::from(p))
-                }
-            };
-            if !terminal {
-                run.stdin = fifo(stdio[0]);
-                run.stdout = fifo(stdio[1]);
-                run.stderr = fifo(stdio[2]);
-            }
-            log::info!(
-                id,
-                module:% = run.module.display(),
-                memory_limit:? = run.memory_limit,
-                preopens = run.preopens.len();
-                "loading"
-            );
-            let program = Engine::for_spec(&run)?.load(&run)?;
-            Ok::<_, anyhow::Error>((run, program, cgroups_path, limits))
-        })();
-        let loaded = result.and_then(|(spec, program, cgroups_path, limits)| {
-            let pty = if terminal {
-                Some(Pty::open(stdio[0], stdio[1])?)
-            } else {
-                None
-            };
-            let mut output_fifos = Vec::new();
-            if !terminal {
-                for path in [stdio[1], stdio[2]].into_iter().filter(|p| !p.is_empty()) {
-                    output_fifos.push(
-                        std::fs::OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .open(path)
-                            .with_context(|| format!("opening the output FIFO {path}"))?,
-                    );
-                }
-            }
-            let cgroup = match cgroups_path {
-                Some(path) => crate::cgroup::join(&path, limits)?,
+            // The container's cgroup before the module: reading the Wasm
+            // layer and compiling are charged to it and held to its limits.
+            let cgroup = match &cgroups_path {
+                Some(path) => crate::cgroup::join(path, limits)?,
                 None => None,
             };
-            Ok((spec, program, pty, output_fifos, cgroup))
-        });
+            let loaded = (|| {
+                let mut run = crate::spec::run_spec(&spec, &rootfs, || {
+                    // In the bundle, not the rootfs: containerd removes it at delete.
+                    image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))
+                })?;
+                run.preopens.extend(volumes);
+                run.mount_namespace = name_service.map(std::sync::Arc::new);
+                let fifo = |p: &str| {
+                    if p.is_empty() {
+                        Stdio::Null
+                    } else {
+                        Stdio::Fifo(PathBuf::from(p))
+                    }
+                };
+                if !terminal {
+                    run.stdin = fifo(stdio[0]);
+                    run.stdout = fifo(stdio[1]);
+                    run.stderr = fifo(stdio[2]);
+                }
+                log::info!(
+                    id,
+                    module:% = run.module.display(),
+                    memory_limit:? = run.memory_limit,
+                    preopens = run.preopens.len();
+                    "loading"
+                );
+                let program = Engine::for_spec(&run)?.load(&run)?;
+                let pty = if terminal {
+                    Some(Pty::open(stdio[0], stdio[1])?)
+                } else {
+                    None
+                };
+                let mut output_fifos = Vec::new();
+                if !terminal {
+                    for path in [stdio[1], stdio[2]].into_iter().filter(|p| !p.is_empty()) {
+                        output_fifos.push(
+                            std::fs::OpenOptions::new()
+                                .read(true)
+                                .write(true)
+                                .open(path)
+                                .with_context(|| format!("opening the output FIFO {path}"))?,
+                        );
+                    }
+                }
+                Ok::<_, anyhow::Error>((run, program, pty, output_fifos))
+            })();
+            match loaded {
+                Ok((run, program, pty, output_fifos)) => {
+                    Ok((run, program, pty, output_fifos, cgroup))
+                }
+                Err(e) => {
+                    if let Some(cgroup) = cgroup
+                        && let Err(leave) = cgroup.leave()
+                    {
+                        log::warn!(id; "after a failed create: {leave:#}");
+                    }
+                    Err(e)
+                }
+            }
+        })();
         let (spec, program, pty, output_fifos, cgroup) = match loaded {
             Ok(loaded) => loaded,
             Err(e) => {

@@ -676,6 +676,8 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
             started.elapsed() < Duration::from_secs(10),
             "{name} blocked create"
         );
+        // The cgroup joined before the module was read is gone again.
+        assert_no_cgroup(&format!("default/{name}"));
         node.containerd.ctr(&["containers", "rm", name]);
     };
     for (name, files, entrypoint, expected) in cases {
@@ -959,6 +961,45 @@ fn signals_linux_ignores_by_default_do_not_end_the_guest() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(node.task_status(id).as_deref(), Some("RUNNING"));
     node.kill_and_remove(id);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn the_module_is_read_and_compiled_inside_the_containers_cgroup() {
+    use wasm_encoder::Section;
+    let node = Node::new();
+    let mut module = wat::parse_str(guests::HELLO_WAT).unwrap();
+    // 48 MiB the guest never touches: only reading the module costs them.
+    wasm_encoder::CustomSection {
+        name: "padding".into(),
+        data: vec![7u8; 48 << 20].into(),
+    }
+    .append_to(&mut module);
+    let path = node.w.dir().join("padded.wasm");
+    std::fs::write(&path, module).unwrap();
+    let image = node.image("padded", &path, &[]);
+    let out = node
+        .containerd
+        .ctr(&["run", "-d", "--runtime", RUNTIME, &image, "padded"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(node.wait_for_status("padded", "STOPPED", Duration::from_secs(10)));
+    let cgroup = ["/sys/fs/cgroup/default/padded/memory.peak"]
+        .into_iter()
+        .chain(["/sys/fs/cgroup/memory/default/padded/memory.max_usage_in_bytes"])
+        .find(|f| Path::new(f).exists())
+        .expect("the container's memory cgroup");
+    let peak: u64 = std::fs::read_to_string(cgroup)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        peak >= 40 << 20,
+        "the cgroup saw {} MiB at most: the module was read outside it",
+        peak >> 20
+    );
+    node.containerd.ctr(&["task", "delete", "padded"]);
+    node.containerd.ctr(&["containers", "rm", "padded"]);
     node.containerd.assert_clean();
 }
 
