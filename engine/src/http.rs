@@ -63,7 +63,7 @@ pub fn pre_instantiate(
 ) -> Result<ProxyPre<HttpState>> {
     let mut linker: Linker<HttpState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-    crate::files::guard_p2_opens(&mut linker)?;
+    crate::opens::guard_p2_opens(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)?;
     let pre = linker

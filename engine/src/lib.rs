@@ -20,9 +20,9 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-mod files;
 pub mod http;
 pub mod identity;
+mod opens;
 
 pub use identity::Identity;
 
@@ -538,7 +538,7 @@ impl Engine {
     ) -> Result<i32> {
         let mut linker: Linker<CoreState> = Linker::new(&self.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
-        files::guard_p1_opens(&mut linker, |s| &mut s.wasi)?;
+        opens::guard_p1_opens(&mut linker, |s| &mut s.wasi)?;
         let mut store = Store::new(
             &self.engine,
             CoreState {
@@ -571,7 +571,7 @@ impl Engine {
     ) -> Result<i32> {
         let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        files::guard_p2_opens(&mut linker)?;
+        opens::guard_p2_opens(&mut linker)?;
         let mut store = Store::new(
             &self.engine,
             ComponentState {
@@ -599,7 +599,7 @@ impl Engine {
 /// A guest's resource table (its open files and directories, streams,
 /// sockets), capped at its open-files limit, so that it cannot use up the
 /// descriptors of the process it shares with the other containers of its
-/// pod. Its opens past the cap get EMFILE (see `files`); any other resource
+/// pod. Its opens past the cap get EMFILE (see `opens`); any other resource
 /// past it ends the guest by a trap, as wasmtime-wasi reports a full table.
 pub(crate) fn cap_resources(table: &mut ResourceTable, open_files_limit: Option<usize>) {
     if let Some(limit) = open_files_limit {
@@ -608,8 +608,9 @@ pub(crate) fn cap_resources(table: &mut ResourceTable, open_files_limit: Option<
 }
 
 /// How long a guest's end waits for file operations already running in its
-/// blocking pool. Guests cannot open FIFOs (see `files`), so only slow
-/// storage can take this long.
+/// blocking pool. Guests cannot open FIFOs (see `opens`), so only storage
+/// that stalls, or a name lookup whose DNS server does not answer, can take
+/// this long.
 const GUEST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The fewest resources a guest is allowed, whatever its limit says: its
@@ -749,8 +750,11 @@ fn wasi_without_stdio(spec: &RunSpec) -> Result<WasiCtxBuilder> {
     wasi.args(&spec.args);
     wasi.envs(&spec.env);
     if spec.network {
+        // wasmtime-wasi allows no protocol by default: each is granted.
         wasi.inherit_network();
         wasi.allow_ip_name_lookup(true);
+        wasi.allow_tcp(true);
+        wasi.allow_udp(true);
     }
     for p in &spec.preopens {
         let perms = if p.read_only {

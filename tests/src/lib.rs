@@ -982,29 +982,37 @@ pub fn http_hello() -> &'static Path {
 /// examples/http-hello).
 pub fn lookup_component() -> &'static Path {
     static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    COMPONENT.get_or_init(|| {
-        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let dir = guest_dir().join("lookup");
-        std::fs::create_dir_all(dir.join("wit/deps")).unwrap();
-        std::fs::copy(
-            here.join("guests/lookup/lookup.wat"),
-            dir.join("lookup.wat"),
-        )
-        .unwrap();
-        std::fs::copy(
-            here.join("guests/lookup/wit/world.wit"),
-            dir.join("wit/world.wit"),
-        )
-        .unwrap();
-        let deps = here.join("../examples/http-hello/wit/deps");
-        for entry in std::fs::read_dir(&deps).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.join("wit/deps").join(entry.file_name())).unwrap();
-        }
-        let out = guest_dir().join("lookup.wasm");
-        std::fs::write(&out, component_from_wat(&dir, "lookup")).unwrap();
-        out
-    })
+    COMPONENT.get_or_init(|| guest_component("lookup"))
+}
+
+/// tests/guests/sockets: a `wasi:cli` component that creates TCP sockets
+/// until that fails, and exits 0 when it failed with `new-socket-limit`.
+pub fn sockets_component() -> &'static Path {
+    static COMPONENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    COMPONENT.get_or_init(|| guest_component("sockets"))
+}
+
+/// tests/guests/NAME (NAME.wat and the world NAME in wit/world.wit, with the
+/// WASI 0.2.12 WIT of examples/http-hello) made into a component.
+fn guest_component(name: &str) -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = guest_dir().join(name);
+    std::fs::create_dir_all(dir.join("wit/deps")).unwrap();
+    let wat = format!("{name}.wat");
+    std::fs::copy(here.join("guests").join(name).join(&wat), dir.join(&wat)).unwrap();
+    std::fs::copy(
+        here.join("guests").join(name).join("wit/world.wit"),
+        dir.join("wit/world.wit"),
+    )
+    .unwrap();
+    let deps = here.join("../examples/http-hello/wit/deps");
+    for entry in std::fs::read_dir(&deps).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("wit/deps").join(entry.file_name())).unwrap();
+    }
+    let out = guest_dir().join(format!("{name}.wasm"));
+    std::fs::write(&out, component_from_wat(&dir, name)).unwrap();
+    out
 }
 
 /// Builds the component of world `world` in `dir/wit` from the core module

@@ -1555,6 +1555,25 @@ fn a_guest_that_opens_more_files_than_its_nofile_limit_gets_emfile() {
     node.containerd.assert_clean();
 }
 
+#[test]
+fn a_component_that_creates_sockets_without_end_gets_new_socket_limit() {
+    let node = Node::new();
+    let image = node.image("sockets", wasmbox_tests::sockets_component(), &[]);
+    // It exits 0 only when its last create-tcp-socket failed with
+    // new-socket-limit, after at least 100 sockets (1024 is ctr's limit).
+    let out = node.run(&image, "sockets", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Without a network, its first socket is refused (access-denied).
+    let out = node.run_with(
+        &["--annotation", "dev.wasmbox.wasi.network=none"],
+        &image,
+        "no-sockets",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    node.containerd.assert_clean();
+}
+
 /// N of the probe's `opened N: No file descriptors available` (EMFILE).
 fn opened_until_emfile(out: &str) -> usize {
     out.strip_prefix("opened ")

@@ -11,6 +11,10 @@
 //! `EMFILE` (`quota` for components, which have no such code) instead of
 //! the trap wasmtime-wasi makes of it.
 //!
+//! Sockets are the other thing a guest opens without end: their constructors
+//! (`wasi:sockets` `create-tcp-socket`, `create-udp-socket`) answer a full
+//! table with `new-socket-limit`, WASI's EMFILE, instead of a trap.
+//!
 //! The stat and the open are two steps: a guest racing itself (or a sibling
 //! sharing the volume) can swap a FIFO in between and block only its own
 //! open; device nodes stay dead either way through `nodev`.
@@ -23,14 +27,23 @@ use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p1::types::{Errno, Filetype};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1};
+use wasmtime_wasi::p2::SocketResult;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
 };
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    ErrorCode as SocketErrorCode, IpAddressFamily,
+};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as _;
+use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as _;
+use wasmtime_wasi::sockets::WasiSocketsView;
 use wiggle::{GuestMemory, GuestPtr};
 
-/// The interface whose `open-at` is shadowed: the one wasmtime-wasi
-/// registers (components importing an older 0.2 minor are linked to it).
+/// The interfaces shadowed: the ones wasmtime-wasi registers (components
+/// importing an older 0.2 minor are linked to them).
 pub(crate) const P2_FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+const P2_TCP_CREATE_SOCKET: &str = "wasi:sockets/tcp-create-socket@0.2.12";
+const P2_UDP_CREATE_SOCKET: &str = "wasi:sockets/udp-create-socket@0.2.12";
 
 /// Replaces `wasi_snapshot_preview1.path_open` in `linker` (after
 /// `p1::add_to_linker_async`) with the checked one.
@@ -103,11 +116,58 @@ pub(crate) fn guard_p1_opens<T: Send + 'static>(
     Ok(())
 }
 
-/// Replaces `[method]descriptor.open-at` of [`P2_FILESYSTEM_TYPES`] in
-/// `linker` (after `p2::add_to_linker_async`) with the checked one.
+/// Replaces `[method]descriptor.open-at` of [`P2_FILESYSTEM_TYPES`] and the
+/// socket constructors in `linker` (after `p2::add_to_linker_async`) with
+/// the checked ones.
 pub(crate) fn guard_p2_opens<T: WasiView + 'static>(linker: &mut ComponentLinker<T>) -> Result<()> {
     linker.allow_shadowing(true);
-    let defined = linker.instance(P2_FILESYSTEM_TYPES).and_then(|mut types| {
+    let defined = define_p2_open_at(linker).and_then(|()| define_p2_sockets(linker));
+    linker.allow_shadowing(false);
+    defined?;
+    Ok(())
+}
+
+/// `create-tcp-socket` and `create-udp-socket`, with a full table answered
+/// by `new-socket-limit`.
+fn define_p2_sockets<T: WasiView + 'static>(
+    linker: &mut ComponentLinker<T>,
+) -> wasmtime::Result<()> {
+    linker.instance(P2_TCP_CREATE_SOCKET)?.func_wrap(
+        "create-tcp-socket",
+        |mut store, (family,): (IpAddressFamily,)| {
+            let created = store.data_mut().sockets().create_tcp_socket(family);
+            Ok((socket_limit(created)?,))
+        },
+    )?;
+    linker.instance(P2_UDP_CREATE_SOCKET)?.func_wrap_async(
+        "create-udp-socket",
+        |mut store, (family,): (IpAddressFamily,)| {
+            Box::new(async move {
+                let created = store.data_mut().sockets().create_udp_socket(family).await;
+                Ok((socket_limit(created)?,))
+            })
+        },
+    )
+}
+
+/// A socket constructor's answer, with a full table as `new-socket-limit`.
+fn socket_limit<S>(
+    created: SocketResult<Resource<S>>,
+) -> wasmtime::Result<Result<Resource<S>, SocketErrorCode>> {
+    match created {
+        Ok(socket) => Ok(Ok(socket)),
+        Err(e) => match e.downcast() {
+            Ok(code) => Ok(Err(code)),
+            Err(trap) if is_table_full(&trap) => Ok(Err(SocketErrorCode::NewSocketLimit)),
+            Err(trap) => Err(trap),
+        },
+    }
+}
+
+fn define_p2_open_at<T: WasiView + 'static>(
+    linker: &mut ComponentLinker<T>,
+) -> wasmtime::Result<()> {
+    linker.instance(P2_FILESYSTEM_TYPES).and_then(|mut types| {
         types.func_wrap_async(
             "[method]descriptor.open-at",
             |mut store,
@@ -137,10 +197,7 @@ pub(crate) fn guard_p2_opens<T: WasiView + 'static>(linker: &mut ComponentLinker
                 })
             },
         )
-    });
-    linker.allow_shadowing(false);
-    defined?;
-    Ok(())
+    })
 }
 
 fn may_open_p1(filetype: Filetype) -> bool {
@@ -174,14 +231,20 @@ mod tests {
     /// without shadowing must clash. (Were the version wrong, the guard
     /// would add an instance no component imports, silently.)
     #[test]
-    fn the_guarded_open_at_is_the_one_wasmtime_wasi_defines() {
+    fn the_guarded_functions_are_the_ones_wasmtime_wasi_defines() {
         let engine = wasmtime::Engine::default();
         let mut linker: ComponentLinker<crate::ComponentState> = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-        let clash = linker.instance(P2_FILESYSTEM_TYPES).and_then(|mut types| {
-            types.func_wrap("[method]descriptor.open-at", |_, (): ()| Ok(()))
-        });
-        assert!(clash.is_err(), "{P2_FILESYSTEM_TYPES} is not defined");
+        for (interface, func) in [
+            (P2_FILESYSTEM_TYPES, "[method]descriptor.open-at"),
+            (P2_TCP_CREATE_SOCKET, "create-tcp-socket"),
+            (P2_UDP_CREATE_SOCKET, "create-udp-socket"),
+        ] {
+            let clash = linker
+                .instance(interface)
+                .and_then(|mut i| i.func_wrap(func, |_, (): ()| Ok(())));
+            assert!(clash.is_err(), "{interface} {func} is not defined");
+        }
         guard_p2_opens(&mut linker).unwrap();
     }
 }
