@@ -82,6 +82,7 @@ pub struct HttpState {
     table: ResourceTable,
     limits: MeteredLimits,
     hooks: OutgoingRequests,
+    activity: crate::ticker::WasmActivity,
 }
 
 impl WasiView for HttpState {
@@ -350,9 +351,11 @@ impl Server {
                 hooks: OutgoingRequests {
                     allowed: self.spec.network,
                 },
+                activity: Default::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
+        crate::ticker::track(&mut store, |s| &mut s.activity);
         store.epoch_deadline_async_yield_and_update(1);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub mod http;
 pub mod identity;
 mod opens;
+mod ticker;
 
 pub use identity::Identity;
 
@@ -268,9 +269,6 @@ pub enum Program {
 /// Exit status for a guest killed by a trap (as SIGABRT would).
 pub const TRAP_EXIT_STATUS: i32 = 128 + libc::SIGABRT;
 
-/// How often running guests yield so that a kill takes effect.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-
 /// The process-wide wasmtime engine: compiled code and the epoch ticker are
 /// shared by every container this process runs.
 pub struct Engine {
@@ -385,17 +383,7 @@ impl Engine {
             wasmtime::Engine::new(&config),
             "configuring wasmtime with these features",
         )?;
-        let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .context("starting the epoch ticker")?;
+        ticker::register(&engine).context("starting the epoch ticker")?;
         Ok(Engine { engine })
     }
 
@@ -544,9 +532,11 @@ impl Engine {
             CoreState {
                 wasi: wasi.build_p1(),
                 limits,
+                activity: Default::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
+        ticker::track(&mut store, |s| &mut s.activity);
         store.epoch_deadline_async_yield_and_update(1);
         cap_resources(
             WasiView::ctx(&mut store.data_mut().wasi).table,
@@ -578,9 +568,11 @@ impl Engine {
                 wasi: wasi.build(),
                 table: resource_table(open_files_limit),
                 limits,
+                activity: Default::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
+        ticker::track(&mut store, |s| &mut s.activity);
         store.epoch_deadline_async_yield_and_update(1);
         let command = wt(
             wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
@@ -626,12 +618,14 @@ pub(crate) fn resource_table(open_files_limit: Option<usize>) -> ResourceTable {
 struct CoreState {
     wasi: WasiP1Ctx,
     limits: MeteredLimits,
+    activity: ticker::WasmActivity,
 }
 
 struct ComponentState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MeteredLimits,
+    activity: ticker::WasmActivity,
 }
 
 impl WasiView for ComponentState {

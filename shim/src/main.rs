@@ -74,15 +74,13 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
-    let publisher =
-        RemotePublisher::new(&ttrpc_address).context("connecting to containerd's event service")?;
     let shim = WasmShim {
         namespace: flags.namespace.clone(),
         containerd_address: flags.address.clone(),
         exit: Arc::new(ExitSignal::default()),
     };
     let service: Arc<dyn containerd_shim::Task + Send + Sync> =
-        Arc::new(containerd_shim::Shim::create_task_service(&shim, publisher));
+        Arc::new(TaskService::new(&shim, Events::new(ttrpc_address)));
     let mut methods = containerd_shim::protos::shim::shim_ttrpc::create_task(service.clone());
     for (name, handler) in containerd_shim::protos::shim::shim_ttrpc::create_task(service) {
         methods.insert(
@@ -202,13 +200,30 @@ impl containerd_shim::Shim for WasmShim {
         self.exit.wait();
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        TaskService {
-            namespace: self.namespace.clone(),
-            containerd_address: self.containerd_address.clone(),
-            exit: self.exit.clone(),
-            publisher: Arc::new(publisher),
-            containers: Arc::new(Mutex::new(HashMap::new())),
+    fn create_task_service(&self, _: RemotePublisher) -> TaskService {
+        let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+        TaskService::new(self, Events::new(address))
+    }
+}
+
+/// containerd's event service, connected for each event: a standing ttrpc
+/// 0.10 client polls its socket every 10 ms, which cost every idle shim 100
+/// wake-ups a second. A container has a handful of events in its life.
+struct Events {
+    address: String,
+}
+
+impl Events {
+    fn new(address: String) -> Events {
+        Events { address }
+    }
+
+    fn publish(&self, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
+        let published = RemotePublisher::new(&self.address).and_then(|publisher| {
+            publisher.publish(ttrpc::context::Context::default(), topic, namespace, event)
+        });
+        if let Err(e) = published {
+            warn!("publishing {topic} to {}: {e}", self.address);
         }
     }
 }
@@ -218,7 +233,7 @@ struct TaskService {
     namespace: String,
     containerd_address: String,
     exit: Arc<ExitSignal>,
-    publisher: Arc<RemotePublisher>,
+    events: Arc<Events>,
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
 }
 
@@ -234,13 +249,17 @@ fn timestamp(t: SystemTime) -> Timestamp {
     ts
 }
 
-fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
-    if let Err(e) = publisher.publish(ttrpc::context::Context::default(), topic, namespace, event) {
-        warn!("publishing {topic}: {e}");
-    }
-}
-
 impl TaskService {
+    fn new(shim: &WasmShim, events: Events) -> TaskService {
+        TaskService {
+            namespace: shim.namespace.clone(),
+            containerd_address: shim.containerd_address.clone(),
+            exit: shim.exit.clone(),
+            events: Arc::new(events),
+            containers: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
     fn get(&self, id: &str) -> TtrpcResult<Arc<Container>> {
         self.containers
             .lock()
@@ -305,8 +324,7 @@ impl containerd_shim::Task for TaskService {
             .unwrap()
             .insert(req.id.clone(), Arc::new(container));
         let pid = std::process::id();
-        publish(
-            &self.publisher,
+        self.events.publish(
             &self.namespace,
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -337,14 +355,13 @@ impl containerd_shim::Task for TaskService {
     ) -> TtrpcResult<api::StartResponse> {
         Self::no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
-        let publisher = self.publisher.clone();
+        let events = self.events.clone();
         let namespace = self.namespace.clone();
         let pid = std::process::id();
         container
             .start(move |c: &Container, exit: &Exit| {
                 info!(id = c.id.as_str(), exit_status = exit.status; "exited");
-                publish(
-                    &publisher,
+                events.publish(
                     &namespace,
                     topics::TASK_EXIT_EVENT_TOPIC,
                     Box::new(TaskExit {
@@ -358,8 +375,7 @@ impl containerd_shim::Task for TaskService {
                 );
             })
             .map_err(|e| status_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
-        publish(
-            &self.publisher,
+        self.events.publish(
             &self.namespace,
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -445,8 +461,7 @@ impl containerd_shim::Task for TaskService {
             at: SystemTime::now(),
         });
         let pid = std::process::id();
-        publish(
-            &self.publisher,
+        self.events.publish(
             &self.namespace,
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {

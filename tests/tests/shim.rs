@@ -381,6 +381,58 @@ fn kill_stops_a_spinning_or_sleeping_guest_within_a_second() {
 }
 
 #[test]
+fn an_idle_guest_costs_its_shim_no_wake_ups() {
+    let node = Node::new();
+    let image = node.image("idle", probe(), &[]);
+    // Asleep in a host call (nanosleep): no Wasm runs, so nothing should.
+    node.start_probe(&[], &image, "idle", "sleep");
+    let pid = node.task_pid("idle");
+    std::thread::sleep(Duration::from_millis(500));
+    let (switches, cpu) = thread_activity(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let (switches_after, cpu_after) = thread_activity(pid);
+    node.kill_and_remove("idle");
+    // An epoch ticker that runs regardless wakes 300 times in 3 s.
+    assert!(
+        switches_after - switches < 30,
+        "the shim's threads woke {} times in 3 s",
+        switches_after - switches
+    );
+    assert!(
+        cpu_after - cpu < 10_000_000,
+        "the shim used {} µs of CPU in 3 s",
+        (cpu_after - cpu) / 1000
+    );
+    node.containerd.assert_clean();
+}
+
+/// Voluntary context switches and CPU nanoseconds, summed over the threads
+/// of `pid`.
+fn thread_activity(pid: u32) -> (u64, u64) {
+    let (mut switches, mut cpu) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(status), Ok(schedstat)) = (
+            std::fs::read_to_string(task.join("status")),
+            std::fs::read_to_string(task.join("schedstat")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        switches += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        cpu += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (switches, cpu)
+}
+
+#[test]
 fn exec_is_refused_as_unsupported() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
