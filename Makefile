@@ -26,6 +26,7 @@ bench: deps
 	benches/pack_push.sh
 	benches/startup.sh
 	benches/output_race.sh
+	benches/idle.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -33,4 +34,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf .demo .bench .bench-startup .bench-output-race
+	rm -rf .demo .bench .bench-startup .bench-output-race .bench-idle

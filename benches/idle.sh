@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): what N idle containers cost, ours vs runc. Starts
+# N sleepers (a C program in nanosleep) as Wasm on our shim and as a static
+# native binary on runc, on one private containerd, then sums the CPU time
+# their shim (and runc's container) processes use over a window and their
+# PSS. N (default 50), WINDOW seconds (default 10), PROFILE (default release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+n=${N:-50}
+window=${WINDOW:-10}
+profile=${PROFILE:-release}
+work=$PWD/.bench-idle
+rm -rf "$work" && mkdir -p "$work/wasm" "$work/native"
+
+if [ "$profile" = release ]; then
+  cargo build --quiet --release --workspace --bins
+else
+  cargo build --quiet --workspace --bins
+fi
+start_containerd "$work/containerd" "$PWD/target/$profile"
+cat >"$work/sleeper.c" <<'C'
+#include <unistd.h>
+int main(void) { sleep(100000); return 0; }
+C
+clang --target=wasm32-wasi -O2 -o "$work/wasm/sleeper.wasm" "$work/sleeper.c"
+gcc -static -O2 -o "$work/native/sleeper" "$work/sleeper.c"
+
+# Pids of the processes that serve the containers whose ids start with $1:
+# each one's shim, and for runc its container process too.
+pids_of() {
+  local prefix=$1
+  $CTR task ls -q | grep "^$prefix" | while read -r id; do
+    $CTR task ls | awk -v id="$id" '$1 == id {print $2}'
+  done | sort -u | while read -r pid; do
+    echo "$pid"
+    # The shim is the task's parent for runc; for ours the task is the shim.
+    awk '{print $4}' "/proc/$pid/stat"
+  done | sort -u | grep -v '^1$'
+}
+ticks() { # utime + stime of the given pids, in clock ticks
+  local total=0 t
+  for pid in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+pss_kib() {
+  local total=0 p
+  for pid in "$@"; do
+    p=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+    total=$((total + p))
+  done
+  echo "$total"
+}
+measure() {
+  local name=$1 prefix=$2 runtime=$3 rootfs=$4 program=$5 pids before after hz
+  for i in $(seq "$n"); do
+    $CTR run -d --runtime "$runtime" --rootfs "$rootfs" "$prefix$i" "$program" >/dev/null
+  done
+  sleep 2
+  mapfile -t pids < <(pids_of "$prefix")
+  hz=$(getconf CLK_TCK)
+  before=$(ticks "${pids[@]}")
+  sleep "$window"
+  after=$(ticks "${pids[@]}")
+  # ms of CPU per second per container = ticks * 1000 / hz / window / n
+  printf '%-22s: %s ms CPU per second per container, %s MB PSS per container (N=%d, %d processes)\n' \
+    "$name" \
+    "$(echo "scale=3; ($after - $before) * 1000 / $hz / $window / $n" | bc)" \
+    "$(echo "scale=2; $(pss_kib "${pids[@]}") / 1024 / $n" | bc)" \
+    "$n" "${#pids[@]}"
+  for i in $(seq "$n"); do
+    $CTR task kill -s SIGKILL "$prefix$i" >/dev/null 2>&1 || true
+  done
+  sleep 1
+  for i in $(seq "$n"); do
+    $CTR task delete "$prefix$i" >/dev/null 2>&1 || true
+    $CTR container rm "$prefix$i" >/dev/null 2>&1 || true
+  done
+}
+echo "idle sleepers, CPU over ${window} s"
+measure "wasm on our shim" idlew io.containerd.wasmtime.v1 "$work/wasm" /sleeper.wasm
+measure "native on runc" idlen io.containerd.runc.v2 "$work/native" /sleeper
