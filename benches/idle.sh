@@ -13,12 +13,8 @@ profile=${PROFILE:-release}
 work=$PWD/.bench-idle
 rm -rf "$work" && mkdir -p "$work/wasm" "$work/native"
 
-if [ "$profile" = release ]; then
-  cargo build --quiet --release --workspace --bins
-else
-  cargo build --quiet --workspace --bins
-fi
-start_containerd "$work/containerd" "$PWD/target/$profile"
+build_bins "$profile"
+start_containerd "$work/containerd" "$BINDIR"
 cat >"$work/sleeper.c" <<'C'
 #include <unistd.h>
 int main(void) { sleep(100000); return 0; }
@@ -38,22 +34,19 @@ pids_of() {
     awk '{print $4}' "/proc/$pid/stat"
   done | sort -u | grep -v '^1$'
 }
-ticks() { # utime + stime of the given pids, in clock ticks
-  local total=0 t
+# sum_proc FILE AWK PID...: the sum over the pids of what AWK prints from
+# /proc/PID/FILE (a process gone meanwhile counts 0).
+sum_proc() {
+  local file=$1 program=$2 total=0 value pid
+  shift 2
   for pid in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
+    value=$(awk "$program" "/proc/$pid/$file" 2>/dev/null || true)
+    total=$((total + ${value:-0}))
   done
   echo "$total"
 }
-pss_kib() {
-  local total=0 p
-  for pid in "$@"; do
-    p=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
-    total=$((total + p))
-  done
-  echo "$total"
-}
+ticks() { sum_proc stat '{print $14 + $15}' "$@"; } # utime + stime, clock ticks
+pss_kib() { sum_proc smaps_rollup '/^Pss:/ {print $2}' "$@"; }
 measure() {
   local name=$1 prefix=$2 runtime=$3 rootfs=$4 program=$5 pids before after hz
   for i in $(seq "$n"); do

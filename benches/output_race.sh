@@ -13,12 +13,8 @@ profile=${PROFILE:-release}
 work=$PWD/.bench-output-race
 rm -rf "$work" && mkdir -p "$work/wasm" "$work/native"
 
-if [ "$profile" = release ]; then
-  cargo build --quiet --release --workspace --bins
-else
-  cargo build --quiet --workspace --bins
-fi
-start_containerd "$work/containerd" "$PWD/target/$profile"
+build_bins "$profile"
+start_containerd "$work/containerd" "$BINDIR"
 # Root filesystems given to ctr as they are (--rootfs): no image needed.
 clang --target=wasm32-wasi -O2 -o "$work/wasm/hello.wasm" examples/hello/hello.c
 gcc -static -O2 -o "$work/native/hello" examples/hello/hello.c

@@ -52,6 +52,17 @@ YAML
   wait_until "$dir/registry.log" curl -fsS "http://$REGISTRY/v2/"
 }
 
+# build_bins PROFILE builds the workspace's binaries (release or debug) and
+# sets BINDIR to where they are.
+build_bins() {
+  if [ "$1" = release ]; then
+    cargo build --quiet --release --workspace --bins
+  else
+    cargo build --quiet --workspace --bins
+  fi
+  BINDIR=$PWD/target/$1
+}
+
 start_containerd() {
   local dir=$1 bindir=$2
   mkdir -p "$dir"

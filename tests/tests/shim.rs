@@ -77,13 +77,20 @@ impl Node {
         self.containerd.ctr_with_stdin(&full, b"")
     }
 
+    /// `ctr run -d --runtime … OPTS… IMAGE ID ARGS…`, asserted to succeed.
+    fn run_detached(&self, opts: &[&str], image: &str, id: &str, args: &[&str]) {
+        let mut full = vec!["run", "-d", "--runtime", RUNTIME];
+        full.extend_from_slice(opts);
+        full.push(image);
+        full.push(id);
+        full.extend_from_slice(args);
+        let out = self.containerd.ctr(&full);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
     /// `ctr run -d OPTS…` of the probe in `mode`; returns once the task runs.
     fn start_probe(&self, opts: &[&str], image: &str, id: &str, mode: &str) {
-        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
-        args.extend_from_slice(opts);
-        args.extend_from_slice(&[image, id, "/probe.wasm", mode]);
-        let out = self.containerd.ctr(&args);
-        assert!(out.status.success(), "{}", stderr(&out));
+        self.run_detached(opts, image, id, &["/probe.wasm", mode]);
         assert!(self.wait_for_status(id, "RUNNING", Duration::from_secs(10)));
     }
 
@@ -552,11 +559,9 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
 
     let port = wasmbox_tests::free_port();
     let annotation = format!("dev.wasmbox.http.port={port}");
-    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
-    args.extend_from_slice(&net);
-    args.extend_from_slice(&["--annotation", &annotation, &image, "web"]);
-    let out = node.containerd.ctr(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let mut opts = net.to_vec();
+    opts.extend_from_slice(&["--annotation", &annotation]);
+    node.run_detached(&opts, &image, "web", &[]);
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while wasmbox_tests::http_status(&addr, "/") != Some(200) {
@@ -1030,10 +1035,7 @@ fn the_module_is_read_and_compiled_inside_the_containers_cgroup() {
     let path = node.w.dir().join("padded.wasm");
     std::fs::write(&path, module).unwrap();
     let image = node.image("padded", &path, &[]);
-    let out = node
-        .containerd
-        .ctr(&["run", "-d", "--runtime", RUNTIME, &image, "padded"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    node.run_detached(&[], &image, "padded", &[]);
     assert!(node.wait_for_status("padded", "STOPPED", Duration::from_secs(10)));
     let cgroup = ["/sys/fs/cgroup/default/padded/memory.peak"]
         .into_iter()
@@ -1295,20 +1297,12 @@ fn a_killed_guests_file_operation_in_flight_ends_before_its_exit_is_reported() {
     // A read lease held by the test: the guest's open for writing (with
     // O_TRUNC) waits in the kernel until the test lets go of it.
     let lease = ReadLease::take(&file);
-    let out = node.containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--mount",
-        &mount,
+    node.run_detached(
+        &["--mount", &mount],
         &image,
         "in-flight",
-        "/probe.wasm",
-        "write",
-        "/data/file",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        &["/probe.wasm", "write", "/data/file"],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lease.is_being_broken() {
         assert!(Instant::now() < deadline, "the guest never opened the file");
@@ -1526,20 +1520,18 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
     let image = node.image("http-held", wasmbox_tests::http_hello(), &[]);
     let port = wasmbox_tests::free_port();
     let annotation = format!("dev.wasmbox.http.port={port}");
-    let out = node.containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--net-host",
-        "--annotation",
-        "dev.wasmbox.wasi.network=host",
-        "--annotation",
-        &annotation,
+    node.run_detached(
+        &[
+            "--net-host",
+            "--annotation",
+            "dev.wasmbox.wasi.network=host",
+            "--annotation",
+            &annotation,
+        ],
         &image,
         "held",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+        &[],
+    );
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while wasmbox_tests::http_status(&addr, "/") != Some(200) {
