@@ -22,11 +22,11 @@ test: deps docker-engine
 	  "$$(.cache/docker-engine/bin/dockerd --version) with $$(.cache/docker-engine/bin/containerd --version) (Docker tests)"
 	cargo test --workspace
 
-bench: deps
-	benches/pack_push.sh
-	benches/startup.sh
-	benches/output_race.sh
-	benches/idle.sh
+# Issue 11's measurements in one run (bench/results/latest.{tsv,md,png});
+# output_race.sh, startup.sh and idle.sh also run alone.
+bench:
+	@scripts/install-deps.sh --bench
+	benches/suite.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -34,4 +34,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf .demo .bench .bench-startup .bench-output-race .bench-idle
+	rm -rf .demo .bench .bench-pack-push .bench-startup .bench-output-race .bench-idle

@@ -8,9 +8,15 @@
 # containerd.io, and apt would remove Docker Engine to install them; on a
 # machine with Docker, its containerd and runc serve the tests as well.
 #
-# `--print` only prints the packages it would install, one per line.
+# `--print` only prints the packages it would install, one per line;
+# `--bench` also installs scripts/bench-packages.txt (what `make bench` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+lists=(scripts/debian-packages.txt)
+if [ "${1:-}" = "--bench" ]; then
+  lists+=(scripts/bench-packages.txt)
+  shift
+fi
 missing=()
 while read -r pkg binary _; do
   case "$pkg" in "" | \#*) continue ;; esac
@@ -18,7 +24,7 @@ while read -r pkg binary _; do
     continue
   fi
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done <scripts/debian-packages.txt
+done < <(cat "${lists[@]}")
 if [ "${1:-}" = "--print" ]; then
   [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
   exit 0

@@ -79,7 +79,9 @@ state = "$dir/state"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
 TOML
-  PATH="$bindir:$PATH" containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  # Its shims keep compiled modules under DIR, not in the machine's cache.
+  PATH="$bindir:$PATH" WASMBOX_CACHE_DIR="$dir/module-cache" \
+    containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   SERVICE_PIDS="$SERVICE_PIDS $!"
   CTR="ctr -a $dir/containerd.sock"
   wait_until "$dir/containerd.log" $CTR version

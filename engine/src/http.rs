@@ -55,17 +55,67 @@ pub fn is_http_handler(engine: &wasmtime::Engine, component: &Component) -> bool
         .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
 }
 
-/// The component linked against WASI and `wasi:http` once, at create, so
-/// each request only instantiates.
-pub fn pre_instantiate(
-    engine: &wasmtime::Engine,
-    component: &Component,
-) -> Result<ProxyPre<HttpState>> {
+/// Whether the component in `bytes` exports `wasi:http/incoming-handler@0.2.x`
+/// at its top level: read before compiling, to pick the serving engine.
+pub fn exports_incoming_handler(bytes: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::Version { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 1 => {
+                for export in exports.into_iter().flatten() {
+                    if export
+                        .name
+                        .name
+                        .starts_with("wasi:http/incoming-handler@0.2")
+                    {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// How many requests' instances the pool holds at once, over all the HTTP
+/// containers of one shim; a request past it waits for a slot.
+pub const POOLED_INSTANCES: u32 = 256;
+
+/// The pooling allocator for request instances: slots are reserved once
+/// (address space, not memory) and reset between requests instead of
+/// mapped and unmapped for each.
+pub(crate) fn instance_pool() -> wasmtime::InstanceAllocationStrategy {
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(POOLED_INSTANCES)
+        .total_core_instances(POOLED_INSTANCES * 4)
+        .total_memories(POOLED_INSTANCES * 2)
+        .total_tables(POOLED_INSTANCES * 2)
+        .total_stacks(POOLED_INSTANCES)
+        .total_gc_heaps(POOLED_INSTANCES)
+        .max_memories_per_module(4)
+        .max_tables_per_module(4);
+    wasmtime::InstanceAllocationStrategy::Pooling(pool)
+}
+
+/// WASI 0.2 (with the guarded opens) and `wasi:http`, built once per engine.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<HttpState>> {
     let mut linker: Linker<HttpState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
     crate::opens::guard_p2_opens(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)?;
+    Ok(linker)
+}
+
+/// The component linked once, at create, so each request only instantiates.
+pub(crate) fn pre_instantiate(
+    linker: &Linker<HttpState>,
+    component: &Component,
+) -> Result<ProxyPre<HttpState>> {
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)

@@ -12,14 +12,16 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
 use wasmtime::{
-    Config, DEFAULT_INSTANCE_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TABLE_LIMIT, Linker, Module,
-    Store,
+    Config, DEFAULT_INSTANCE_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TABLE_LIMIT, InstancePre, Linker,
+    Module, Store,
 };
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub mod cache;
 pub mod http;
 pub mod identity;
 mod opens;
@@ -256,12 +258,16 @@ impl KillSwitch {
     }
 }
 
-/// A compiled module or component, ready to instantiate.
+/// A compiled module or component, linked against WASI and ready to
+/// instantiate (every import resolved once, at create).
 #[derive(Clone)]
-pub enum Program {
-    Core(Module),
+pub struct Program(Linked);
+
+#[derive(Clone)]
+enum Linked {
+    Core(InstancePre<CoreState>),
     /// A `wasi:cli` command.
-    Component(Component),
+    Component(CommandPre<ComponentState>),
     /// A `wasi:http/incoming-handler`, served on a port.
     Http(ProxyPre<http::HttpState>),
 }
@@ -273,6 +279,15 @@ pub const TRAP_EXIT_STATUS: i32 = 128 + libc::SIGABRT;
 /// shared by every container this process runs.
 pub struct Engine {
     engine: wasmtime::Engine,
+    /// Serves `wasi:http` handlers, which instantiate once per request:
+    /// the same features on the pooling allocator (or `engine` where the
+    /// host cannot reserve the pool's address space), made on first use.
+    serving: OnceLock<wasmtime::Engine>,
+    features: Features,
+    /// Linkers are built once per engine, on first use of each kind.
+    core_linker: OnceLock<Linker<CoreState>>,
+    command_linker: OnceLock<ComponentLinker<ComponentState>>,
+    http_linker: OnceLock<ComponentLinker<http::HttpState>>,
 }
 
 /// The most distinct feature sets (so engines) one process keeps.
@@ -358,6 +373,46 @@ impl Engine {
     }
 
     fn new(features: &[(String, bool)]) -> Result<Engine> {
+        let engine = wt(
+            wasmtime::Engine::new(&config(features)?),
+            "configuring wasmtime with these features",
+        )?;
+        ticker::register(&engine).context("starting the epoch ticker")?;
+        Ok(Engine {
+            engine,
+            serving: OnceLock::new(),
+            features: features.to_vec(),
+            core_linker: OnceLock::new(),
+            command_linker: OnceLock::new(),
+            http_linker: OnceLock::new(),
+        })
+    }
+
+    /// The engine `wasi:http` handlers are compiled for and served by.
+    fn serving_engine(&self) -> &wasmtime::Engine {
+        self.serving.get_or_init(|| {
+            let pooled = config(&self.features).and_then(|mut config| {
+                config.allocation_strategy(http::instance_pool());
+                wt(wasmtime::Engine::new(&config), "reserving the instance pool")
+            });
+            let registered = pooled.and_then(|engine| {
+                ticker::register(&engine).context("starting the epoch ticker")?;
+                Ok(engine)
+            });
+            registered.unwrap_or_else(|e| {
+                log::warn!(
+                    "serving wasi:http without the pooling allocator (slower instantiation per request): {e:#}"
+                );
+                self.engine.clone()
+            })
+        })
+    }
+}
+
+/// wasmtime's configuration for a feature set: epoch interruption (kill and
+/// deadlines), the component model, the features on or off.
+fn config(features: &[(String, bool)]) -> Result<Config> {
+    {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -379,14 +434,11 @@ impl Engine {
                 other => bail!("unknown Wasm feature `{other}`"),
             };
         }
-        let engine = wt(
-            wasmtime::Engine::new(&config),
-            "configuring wasmtime with these features",
-        )?;
-        ticker::register(&engine).context("starting the epoch ticker")?;
-        Ok(Engine { engine })
+        Ok(config)
     }
+}
 
+impl Engine {
     /// Runs `spec` to completion on the calling thread and returns the exit
     /// status: the guest's `proc_exit` code, [`TRAP_EXIT_STATUS`] after a trap
     /// (the message goes to the guest's stderr), or 128 + N when killed by N.
@@ -431,7 +483,7 @@ impl Engine {
         spec.meter.enter();
         let mut kill = kill;
         let status = runtime.block_on(async {
-            if let Program::Http(pre) = program {
+            if let Linked::Http(pre) = &program.0 {
                 return http::serve(pre, spec, &mut kill).await.unwrap_or_else(|e| {
                     report(spec, &format!("{e:#}"));
                     1
@@ -463,26 +515,51 @@ impl Engine {
         status
     }
 
-    /// Reads and compiles the program `spec` names. Done at container
-    /// create, so a corrupt module fails there with a clear error.
+    /// Reads, compiles (or loads from the module cache) and links the
+    /// program `spec` names. Done at container create, so a corrupt module
+    /// fails there with a clear error.
     pub fn load(&self, spec: &RunSpec) -> Result<Program> {
         let bytes = read_module(&spec.module)?;
-        let what = format!(
-            "{} is not a valid WebAssembly module",
-            spec.module.display()
-        );
+        let cache = cache::ModuleCache::shared();
         if wasmparser::Parser::is_component(&bytes) {
-            let component = wt(Component::new(&self.engine, &bytes), &what)?;
-            if http::is_http_handler(&self.engine, &component) {
+            let serves_http = http::exports_incoming_handler(&bytes);
+            let engine = if serves_http {
+                self.serving_engine()
+            } else {
+                &self.engine
+            };
+            let component: Component = cache::compile_cached(cache, engine, &bytes, &spec.module)?;
+            if serves_http && http::is_http_handler(engine, &component) {
                 http::check(spec)?;
-                let pre = http::pre_instantiate(&self.engine, &component)
+                let linker = self.linker(&self.http_linker, engine, http::linker)?;
+                let pre = http::pre_instantiate(linker, &component)
                     .with_context(|| format!("{} cannot be served", spec.module.display()))?;
-                return Ok(Program::Http(pre));
+                return Ok(Program(Linked::Http(pre)));
             }
-            Ok(Program::Component(component))
+            let linker = self.linker(&self.command_linker, engine, command_linker)?;
+            let pre = wt(
+                linker.instantiate_pre(&component),
+                "the component imports something WASI does not provide",
+            )
+            .and_then(|pre| {
+                wt(
+                    CommandPre::new(pre),
+                    "the component is not a wasi:cli command",
+                )
+            })
+            .with_context(|| format!("{} cannot run", spec.module.display()))?;
+            Ok(Program(Linked::Component(pre)))
         } else if bytes.starts_with(b"\0asm") || spec.module.extension().is_some_and(|e| e == "wat")
         {
-            Ok(Program::Core(wt(Module::new(&self.engine, &bytes), &what)?))
+            let engine = &self.engine;
+            let module: Module = cache::compile_cached(cache, engine, &bytes, &spec.module)?;
+            let linker = self.linker(&self.core_linker, engine, core_linker)?;
+            let pre = wt(
+                linker.instantiate_pre(&module),
+                "the module imports something WASI does not provide",
+            )
+            .with_context(|| format!("{} cannot run", spec.module.display()))?;
+            Ok(Program(Linked::Core(pre)))
         } else {
             bail!(
                 "{} is not a WebAssembly module (it does not start with \\0asm)",
@@ -491,18 +568,32 @@ impl Engine {
         }
     }
 
+    /// The linker in `slot` (always for `engine`), built on first use.
+    fn linker<'a, L>(
+        &self,
+        slot: &'a OnceLock<L>,
+        engine: &wasmtime::Engine,
+        build: fn(&wasmtime::Engine) -> Result<L>,
+    ) -> Result<&'a L> {
+        if let Some(linker) = slot.get() {
+            return Ok(linker);
+        }
+        let linker = build(engine).context("linking WASI")?;
+        Ok(slot.get_or_init(|| linker))
+    }
+
     async fn run_guest(&self, program: &Program, spec: &RunSpec) -> Result<i32> {
         // Stdio and preopens are opened as the shim (containerd's FIFOs are
         // root's); everything the guest does from here on as the container's user.
         let wasi = wasi_builder(spec)?;
         let _as_user = enter_identity(spec)?;
         let limits = MeteredLimits::new(spec);
-        match program {
-            Program::Component(c) => {
+        match &program.0 {
+            Linked::Component(c) => {
                 self.run_component(c, wasi, limits, spec.open_files_limit)
                     .await
             }
-            Program::Core(m) => {
+            Linked::Core(m) => {
                 self.run_core(
                     m,
                     spec.export.as_deref(),
@@ -512,21 +603,18 @@ impl Engine {
                 )
                 .await
             }
-            Program::Http(_) => unreachable!("Engine::run serves HTTP components"),
+            Linked::Http(_) => unreachable!("Engine::run serves HTTP components"),
         }
     }
 
     async fn run_core(
         &self,
-        module: &Module,
+        module: &InstancePre<CoreState>,
         export: Option<&str>,
         mut wasi: WasiCtxBuilder,
         limits: MeteredLimits,
         open_files_limit: Option<usize>,
     ) -> Result<i32> {
-        let mut linker: Linker<CoreState> = Linker::new(&self.engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)?;
-        opens::guard_p1_opens(&mut linker, |s| &mut s.wasi)?;
         let mut store = Store::new(
             &self.engine,
             CoreState {
@@ -542,7 +630,7 @@ impl Engine {
             WasiView::ctx(&mut store.data_mut().wasi).table,
             open_files_limit,
         );
-        let instance = linker.instantiate_async(&mut store, module).await?;
+        let instance = module.instantiate_async(&mut store).await?;
         let name = export.unwrap_or("_start");
         let func = instance
             .get_func(&mut store, name)
@@ -554,14 +642,11 @@ impl Engine {
 
     async fn run_component(
         &self,
-        component: &Component,
+        component: &CommandPre<ComponentState>,
         mut wasi: WasiCtxBuilder,
         limits: MeteredLimits,
         open_files_limit: Option<usize>,
     ) -> Result<i32> {
-        let mut linker: ComponentLinker<ComponentState> = ComponentLinker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        opens::guard_p2_opens(&mut linker)?;
         let mut store = Store::new(
             &self.engine,
             ComponentState {
@@ -575,8 +660,7 @@ impl Engine {
         ticker::track(&mut store, |s| &mut s.activity);
         store.epoch_deadline_async_yield_and_update(1);
         let command = wt(
-            wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, component, &linker)
-                .await,
+            component.instantiate_async(&mut store).await,
             "the component is not a wasi:cli command",
         )?;
         let outcome = command.wasi_cli_run().call_run(&mut store).await;
@@ -586,6 +670,22 @@ impl Engine {
             Err(e) => exit_status::<()>(Err(e)),
         }
     }
+}
+
+/// WASI preview 1 for core modules, with the guarded opens.
+fn core_linker(engine: &wasmtime::Engine) -> Result<Linker<CoreState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CoreState| &mut s.wasi)?;
+    opens::guard_p1_opens(&mut linker, |s| &mut s.wasi)?;
+    Ok(linker)
+}
+
+/// WASI 0.2 for `wasi:cli` commands, with the guarded opens.
+fn command_linker(engine: &wasmtime::Engine) -> Result<ComponentLinker<ComponentState>> {
+    let mut linker = ComponentLinker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    opens::guard_p2_opens(&mut linker)?;
+    Ok(linker)
 }
 
 /// A guest's resource table (its open files and directories, streams,

@@ -550,11 +550,17 @@ impl Containerd {
             path = format!("{}:{path}", bin_dir.display());
         }
         let path = format!("{}:{path}", shim.parent().unwrap().display());
+        // Its shims keep compiled modules in its temp dir, not the machine's.
+        let mut env = vec![(
+            "WASMBOX_CACHE_DIR".to_string(),
+            dir.path().join("module-cache").display().to_string(),
+        )];
+        env.extend(opts.env.iter().cloned());
         let mut cmd = Command::new(&containerd);
         cmd.arg("--config")
             .arg(&config_path)
             .env("PATH", &path)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)));
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let launch = match opts.netns {
             Some(netns) => {
                 netns.enter(&mut cmd);
@@ -564,7 +570,7 @@ impl Containerd {
                 containerd: containerd.clone(),
                 config: config_path.clone(),
                 path,
-                env: opts.env.clone(),
+                env,
             }),
         };
         let child = spawn_logged(cmd, &dir.path().join("containerd.log"));
@@ -627,6 +633,11 @@ impl Containerd {
             .envs(env.iter().map(|(k, v)| (k, v)));
         self.child = spawn_logged(cmd, &self.dir.path().join("containerd-restarted.log"));
         self.wait_ready();
+    }
+
+    /// The compiled-module cache its shims use (unless `env` named another).
+    pub fn module_cache_dir(&self) -> PathBuf {
+        self.dir.path().join("module-cache")
     }
 
     /// How many descriptors containerd has open.
@@ -821,6 +832,7 @@ impl Wasmbox {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.env("WASMBOX_STORE", self.store_dir())
+            .env("WASMBOX_CACHE_DIR", self.dir().join("module-cache"))
             .env("DOCKER_CONFIG", self.docker_config_dir())
             .env("HOME", self.home.path())
             .env_remove("SOURCE_DATE_EPOCH")

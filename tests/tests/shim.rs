@@ -1839,3 +1839,178 @@ fn names_resolve_through_the_containers_own_hosts_and_resolv_conf() {
     );
     node.containerd.assert_clean();
 }
+
+// The compiled-module cache (engine/src/cache.rs), observed through the
+// shim's log lines in containerd's log and the cache directory.
+
+/// How many of containerd's log lines contain `what`.
+fn log_count(node: &Node, what: &str) -> usize {
+    node.containerd.log().matches(what).count()
+}
+
+const CACHE_MISS: &str = "module cache miss: compiled";
+const CACHE_HIT: &str = "module cache hit: loaded";
+
+/// The cache's files by name suffix: (entries, others).
+fn cache_files(node: &Node) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let dir = node.containerd.module_cache_dir();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files
+        .into_iter()
+        .partition(|p| p.extension().is_some_and(|e| e == "cwasm"))
+}
+
+fn assert_hello(node: &Node, image: &str, id: &str) {
+    let out = node.run(image, id, &[]);
+    assert!(
+        out.status.success(),
+        "{id}: {}\n{}",
+        stderr(&out),
+        node.containerd.log()
+    );
+    assert_eq!(stdout(&out), "hello from wasm\n", "{id}");
+}
+
+#[test]
+fn a_module_is_compiled_once_and_then_loaded_from_the_cache_by_any_image_holding_it() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    let same_bytes = node.wat_image("hello-again", guests::HELLO_WAT);
+    assert_hello(&node, &image, "cache-first");
+    assert_eq!(log_count(&node, CACHE_MISS), 1);
+    assert_eq!(log_count(&node, CACHE_HIT), 0);
+    assert_hello(&node, &image, "cache-second");
+    assert_hello(&node, &same_bytes, "cache-other-image");
+    assert_eq!(log_count(&node, CACHE_MISS), 1, "{}", node.containerd.log());
+    assert_eq!(log_count(&node, CACHE_HIT), 2);
+    let (entries, others) = cache_files(&node);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(others.is_empty(), "lock or temp files left: {others:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.containerd.module_cache_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_corrupt_or_truncated_cache_entry_is_compiled_again_and_the_container_still_starts() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    assert_hello(&node, &image, "corrupt-fill");
+    let (entries, _) = cache_files(&node);
+    let entry = &entries[0];
+    let mut bytes = std::fs::read(entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(entry, &bytes).unwrap();
+    assert_hello(&node, &image, "corrupt-after-corruption");
+    assert!(
+        node.containerd.log().contains("checksum does not match"),
+        "{}",
+        node.containerd.log()
+    );
+    assert_eq!(log_count(&node, CACHE_MISS), 2);
+    std::fs::write(entry, &bytes[..bytes.len() / 3]).unwrap();
+    assert_hello(&node, &image, "corrupt-after-truncation");
+    assert_eq!(log_count(&node, CACHE_MISS), 3);
+    // The entry written again is whole: the next start loads it.
+    assert_hello(&node, &image, "corrupt-after-repair");
+    assert_eq!(log_count(&node, CACHE_HIT), 1);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_cache_entry_compiled_by_an_incompatible_engine_is_a_miss_not_an_error() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    assert_hello(&node, &image, "foreign-fill");
+    let (entries, _) = cache_files(&node);
+    // A whole, well-sealed artifact of the same module, compiled by an
+    // engine configured otherwise (no epoch interruption, unoptimized):
+    // as a wasmtime upgrade or another build of the shim would leave it.
+    let mut config = wasmtime::Config::new();
+    config
+        .epoch_interruption(false)
+        .cranelift_opt_level(wasmtime::OptLevel::None);
+    let foreign = wasmtime::Engine::new(&config).unwrap();
+    let artifact = foreign
+        .precompile_module(guests::HELLO_WAT.as_bytes())
+        .unwrap();
+    std::fs::write(&entries[0], wasmbox_engine::cache::seal(&artifact)).unwrap();
+    assert_hello(&node, &image, "foreign-after-entry");
+    assert!(
+        node.containerd.log().contains("was refused by wasmtime"),
+        "{}",
+        node.containerd.log()
+    );
+    assert_eq!(log_count(&node, CACHE_MISS), 2);
+    assert_hello(&node, &image, "foreign-after-repair");
+    assert_eq!(log_count(&node, CACHE_HIT), 1);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn containers_of_one_new_module_created_at_once_compile_it_once() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    std::thread::scope(|s| {
+        for i in 0..6 {
+            let (node, image) = (&node, &image);
+            s.spawn(move || assert_hello(node, image, &format!("at-once-{i}")));
+        }
+    });
+    assert_eq!(log_count(&node, CACHE_MISS), 1, "{}", node.containerd.log());
+    assert_eq!(log_count(&node, CACHE_HIT), 5);
+    let (entries, others) = cache_files(&node);
+    assert_eq!(entries.len(), 1);
+    assert!(others.is_empty(), "lock or temp files left: {others:?}");
+    node.containerd.assert_clean();
+}
+
+/// Hello world with `kib` KiB of data (different per `salt`), so that its
+/// compiled artifact is at least that big.
+fn padded_hello(salt: u32, kib: usize) -> String {
+    let padding = format!("{salt:08}").repeat(kib * 1024 / 8);
+    guests::HELLO_WAT.replace(
+        "(memory (export \"memory\") 1)",
+        &format!(
+            "(memory (export \"memory\") {})\n  (data (i32.const 65536) \"{padding}\")",
+            2 + kib / 64
+        ),
+    )
+}
+
+#[test]
+fn the_cache_stays_under_its_cap_by_evicting_the_least_recently_used_entry() {
+    let node = Node {
+        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
+            env: vec![("WASMBOX_CACHE_MAX_MIB".into(), "1".into())],
+            ..Default::default()
+        }),
+        w: Wasmbox::new(),
+    };
+    let images: Vec<String> = (0..4)
+        .map(|i| node.wat_image(&format!("padded-{i}"), &padded_hello(i, 300)))
+        .collect();
+    for (i, image) in images.iter().enumerate() {
+        assert_hello(&node, image, &format!("padded-{i}"));
+        let (entries, _) = cache_files(&node);
+        let total: u64 = entries
+            .iter()
+            .map(|e| std::fs::metadata(e).unwrap().len())
+            .sum();
+        assert!(total <= 1 << 20, "{total} bytes in {entries:?}");
+        assert!(total >= 300 << 10, "{total} bytes in {entries:?}");
+    }
+    assert!(log_count(&node, "module cache: evicted") >= 1);
+    // The newest is kept: its next start loads it.
+    assert_hello(&node, &images[3], "padded-3-again");
+    assert_eq!(log_count(&node, CACHE_HIT), 1, "{}", node.containerd.log());
+    node.containerd.assert_clean();
+}
