@@ -10,9 +10,11 @@ runs=${RUNS:-5}
 work=$PWD/.bench-pack-push
 rm -rf "$work" && mkdir -p "$work"
 
-cargo build --quiet --release -p wasmbox
+# The whole workspace, as the other benchmarks build it: `-p wasmbox` alone
+# would unify wasmtime's features differently and compile it all again.
+build_bins release
 cargo run --quiet --release -p wasmbox-tests --example big_module -- 25 "$work/big.wasm"
-wasmbox=$PWD/target/release/wasmbox
+wasmbox=$BINDIR/wasmbox
 echo "module: $(du -h "$work/big.wasm" | cut -f1), runs: $runs"
 
 # The OCI layout skopeo pushes from (the same image wasmbox pushes).

@@ -459,7 +459,12 @@ impl Engine {
             );
             return TRAP_EXIT_STATUS;
         }
-        let mut builder = tokio::runtime::Builder::new_current_thread();
+        // A command runs on this thread; a wasi:http server on a worker per
+        // core, since requests are independent instances.
+        let mut builder = match program.0 {
+            Linked::Http(_) => tokio::runtime::Builder::new_multi_thread(),
+            _ => tokio::runtime::Builder::new_current_thread(),
+        };
         builder.enable_all();
         if let Some(identity) = spec.identity.clone() {
             // The blocking pool does the guest's file access (wasmtime-wasi
