@@ -9,8 +9,10 @@
 SERVICE_PIDS=""
 SERVICE_NETNS=""
 stop_services() {
-  kill $SERVICE_PIDS 2>/dev/null
-  wait $SERVICE_PIDS 2>/dev/null
+  # Never fails: under `set -e` a failing `wait` (a service killed by
+  # SIGTERM reports 143) would make the script's own status 143.
+  kill $SERVICE_PIDS 2>/dev/null || true
+  wait $SERVICE_PIDS 2>/dev/null || true
   [ -z "$SERVICE_NETNS" ] || ip netns del "$SERVICE_NETNS"
   # The private dockerd's cgroup parent (empty once its containers are gone).
   [ -z "$SERVICE_NETNS" ] || rmdir /sys/fs/cgroup/"$SERVICE_NETNS" /sys/fs/cgroup/*/"$SERVICE_NETNS" 2>/dev/null || true
