@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source benches/lib.sh # pids_of, ticks, pss_kib
 n=${N:-50}
 window=${WINDOW:-10}
 profile=${PROFILE:-release}
@@ -22,31 +23,6 @@ C
 clang --target=wasm32-wasi -O2 -o "$work/wasm/sleeper.wasm" "$work/sleeper.c"
 gcc -static -O2 -o "$work/native/sleeper" "$work/sleeper.c"
 
-# Pids of the processes that serve the containers whose ids start with $1:
-# each one's shim, and for runc its container process too.
-pids_of() {
-  local prefix=$1
-  $CTR task ls -q | grep "^$prefix" | while read -r id; do
-    $CTR task ls | awk -v id="$id" '$1 == id {print $2}'
-  done | sort -u | while read -r pid; do
-    echo "$pid"
-    # The shim is the task's parent for runc; for ours the task is the shim.
-    awk '{print $4}' "/proc/$pid/stat"
-  done | sort -u | grep -v '^1$'
-}
-# sum_proc FILE AWK PID...: the sum over the pids of what AWK prints from
-# /proc/PID/FILE (a process gone meanwhile counts 0).
-sum_proc() {
-  local file=$1 program=$2 total=0 value pid
-  shift 2
-  for pid in "$@"; do
-    value=$(awk "$program" "/proc/$pid/$file" 2>/dev/null || true)
-    total=$((total + ${value:-0}))
-  done
-  echo "$total"
-}
-ticks() { sum_proc stat '{print $14 + $15}' "$@"; } # utime + stime, clock ticks
-pss_kib() { sum_proc smaps_rollup '/^Pss:/ {print $2}' "$@"; }
 measure() {
   local name=$1 prefix=$2 runtime=$3 rootfs=$4 program=$5 pids before after hz
   for i in $(seq "$n"); do

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
+source benches/lib.sh # native_image
 runs=${RUNS:-30}
 work=$PWD/.bench-startup
 rm -rf "$work" && mkdir -p "$work"
@@ -18,21 +19,9 @@ WASMBOX_STORE=$work/store target/release/wasmbox pack "$work/hello.wasm" -t benc
 $CTR image import "$work/wasm.tar" >/dev/null
 
 # The same program as a static Linux binary in a FROM-scratch style image.
-mkdir -p "$work/native/root" "$work/native/layout/blobs/sha256"
-gcc -static -O2 -o "$work/native/root/hello" examples/hello/hello.c
-tar --owner=0 --group=0 -C "$work/native/root" -cf "$work/native/layer.tar" .
-blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); cp "$1" "$work/native/layout/blobs/sha256/$d"; echo "$d"; }
-layer=$(blob "$work/native/layer.tar")
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/hello"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$layer" >"$work/native/config.json"
-config=$(blob "$work/native/config.json")
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%d}]}' \
-  "$config" "$(stat -c %s "$work/native/config.json")" "$layer" "$(stat -c %s "$work/native/layer.tar")" >"$work/native/manifest.json"
-manifest=$(blob "$work/native/manifest.json")
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"io.containerd.image.name":"bench.test/hello-native:v1","org.opencontainers.image.ref.name":"v1"}}]}' \
-  "$manifest" "$(stat -c %s "$work/native/manifest.json")" >"$work/native/layout/index.json"
-echo '{"imageLayoutVersion":"1.0.0"}' >"$work/native/layout/oci-layout"
-tar -C "$work/native/layout" -cf "$work/native.tar" .
-$CTR image import "$work/native.tar" >/dev/null
+mkdir -p "$work/native"
+gcc -static -O2 -o "$work/native/hello" examples/hello/hello.c
+native_image "$work/native/hello" hello-native
 
 run_wasm() { $CTR run --rm --runtime io.containerd.wasmtime.v1 bench.test/hello-wasm:v1 "w$1" >/dev/null; }
 run_native() { $CTR run --rm --runtime io.containerd.runc.v2 bench.test/hello-native:v1 "n$1" >/dev/null; }
