@@ -231,8 +231,8 @@ impl ModuleCache {
         entry: &Path,
         deserialize: &impl Fn(&[u8]) -> wasmtime::Result<T>,
     ) -> Option<T> {
-        let data = match read_entry(entry, self.max_bytes) {
-            Ok(Some(data)) => data,
+        let (file, data) = match read_entry(entry, self.max_bytes) {
+            Ok(Some(read)) => read,
             Ok(None) => return None,
             Err(e) => {
                 log::warn!(
@@ -245,10 +245,9 @@ impl ModuleCache {
         };
         match deserialize(&data[HEADER_LEN..]) {
             Ok(t) => {
-                // Recently used: eviction takes the oldest mtime first.
-                if let Ok(f) = File::options().write(true).open(entry) {
-                    let _ = f.set_modified(SystemTime::now());
-                }
+                // Recently used: eviction takes the oldest mtime first
+                // (futimens on the descriptor read: this user owns the file).
+                let _ = file.set_modified(SystemTime::now());
                 Some(t)
             }
             Err(e) => {
@@ -453,9 +452,10 @@ fn drop_lock(lock: Option<File>, entry: &Path) {
     }
 }
 
-/// The whole entry file, its header checked: `None` when it does not
-/// exist; an error when it is truncated, foreign or corrupt.
-fn read_entry(entry: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+/// The entry file, open, and its whole content with the header checked:
+/// `None` when it does not exist; an error when it is truncated, foreign or
+/// corrupt.
+fn read_entry(entry: &Path, max_bytes: u64) -> Result<Option<(File, Vec<u8>)>> {
     let mut file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
@@ -477,7 +477,7 @@ fn read_entry(entry: &Path, max_bytes: u64) -> Result<Option<Vec<u8>>> {
     if Sha256::digest(&data[HEADER_LEN..]).as_slice() != &data[MAGIC.len()..HEADER_LEN] {
         bail!("its checksum does not match (truncated or corrupt)");
     }
-    Ok(Some(data))
+    Ok(Some((file, data)))
 }
 
 /// Wraps `artifact` as a cache entry: for tests that plant entries.

@@ -412,30 +412,28 @@ impl Engine {
 /// wasmtime's configuration for a feature set: epoch interruption (kill and
 /// deadlines), the component model, the features on or off.
 fn config(features: &[(String, bool)]) -> Result<Config> {
-    {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        for (name, on) in features {
-            let on = *on;
-            match name.as_str() {
-                "simd" => config.wasm_simd(on),
-                "relaxed-simd" => config.wasm_relaxed_simd(on),
-                "multi-memory" => config.wasm_multi_memory(on),
-                "memory64" => config.wasm_memory64(on),
-                "tail-call" => config.wasm_tail_call(on),
-                "function-references" => config.wasm_function_references(on),
-                "gc" => config.wasm_gc(on),
-                "exceptions" => config.wasm_exceptions(on),
-                "custom-page-sizes" => config.wasm_custom_page_sizes(on),
-                "wide-arithmetic" => config.wasm_wide_arithmetic(on),
-                "extended-const" => config.wasm_extended_const(on),
-                "stack-switching" => config.wasm_stack_switching(on),
-                other => bail!("unknown Wasm feature `{other}`"),
-            };
-        }
-        Ok(config)
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    for (name, on) in features {
+        let on = *on;
+        match name.as_str() {
+            "simd" => config.wasm_simd(on),
+            "relaxed-simd" => config.wasm_relaxed_simd(on),
+            "multi-memory" => config.wasm_multi_memory(on),
+            "memory64" => config.wasm_memory64(on),
+            "tail-call" => config.wasm_tail_call(on),
+            "function-references" => config.wasm_function_references(on),
+            "gc" => config.wasm_gc(on),
+            "exceptions" => config.wasm_exceptions(on),
+            "custom-page-sizes" => config.wasm_custom_page_sizes(on),
+            "wide-arithmetic" => config.wasm_wide_arithmetic(on),
+            "extended-const" => config.wasm_extended_const(on),
+            "stack-switching" => config.wasm_stack_switching(on),
+            other => bail!("unknown Wasm feature `{other}`"),
+        };
     }
+    Ok(config)
 }
 
 impl Engine {
