@@ -12,7 +12,7 @@
 //!   version, compiler settings, enabled Wasm features) and the kind (module
 //!   or component). An entry of another engine is never even looked at; one
 //!   that wasmtime still refuses is a miss, removed and recompiled.
-//! - An entry is `MAGIC`, the sha256 of the artifact, then the artifact. It
+//! - An entry is `MAGIC`, the artifact's sha256 in hex, then the artifact. It
 //!   is written to a temp file and renamed into place, so a reader sees a
 //!   whole entry or none; a truncated or corrupt one fails its checksum and
 //!   is removed and recompiled.
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
+use wasmbox_format::{Digest, Hasher as DigestHasher};
 
 /// Environment variable naming the cache directory (for the shim:
 /// containerd's, which its shims inherit).
@@ -49,7 +49,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// Every entry starts with these bytes (the format's version is in them).
 const MAGIC: &[u8; 8] = b"wbxcode1";
-const HEADER_LEN: usize = MAGIC.len() + 32;
+const HEADER_LEN: usize = MAGIC.len() + 64;
 /// Temp and lock files older than this belong to a process that died
 /// mid-store; eviction removes them.
 const STALE_AFTER: Duration = Duration::from_secs(600);
@@ -171,15 +171,19 @@ impl ModuleCache {
 
     /// The entry for `bytes` compiled as `kind` by `engine`.
     pub fn entry_path(&self, engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> PathBuf {
-        let module = hex::encode(Sha256::digest(bytes));
-        let mut hasher = Sha256Hasher(Sha256::new());
+        let module = Digest::of(bytes);
+        let mut hasher = StableHasher::default();
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         hasher.0.update(match kind {
             Kind::Module => b"module".as_slice(),
             Kind::Component => b"component".as_slice(),
         });
-        let engine_hash = hex::encode(&hasher.0.finalize()[..8]);
-        self.dir.join(format!("{module}-{engine_hash}.cwasm"))
+        let engine_hash = hasher.0.finish();
+        self.dir.join(format!(
+            "{}-{}.cwasm",
+            module.hex(),
+            &engine_hash.hex()[..16]
+        ))
     }
 
     /// Loads `bytes`' artifact if cached; else, holding the entry's lock,
@@ -301,9 +305,7 @@ impl ModuleCache {
             .suffix(".tmp")
             .tempfile_in(&self.dir)
             .context("creating a temp file")?;
-        let digest = Sha256::digest(artifact);
-        tmp.write_all(MAGIC)
-            .and_then(|()| tmp.write_all(&digest))
+        tmp.write_all(&header(artifact))
             .and_then(|()| tmp.write_all(artifact))
             .context("writing the artifact")?;
         tmp.as_file()
@@ -402,6 +404,7 @@ pub(crate) fn compile_cached<T: Compiled>(
     engine: &wasmtime::Engine,
     bytes: &[u8],
     path: &Path,
+    compiler: &str,
 ) -> Result<T> {
     let compile = || {
         T::compile(engine, bytes).map_err(|e| {
@@ -421,19 +424,39 @@ pub(crate) fn compile_cached<T: Compiled>(
     let ms = started.elapsed().as_millis();
     let what = path.display();
     match outcome {
-        Outcome::Hit => log::info!(
-            "module cache hit: loaded {what} from {} in {ms} ms",
-            entry.display()
-        ),
+        Outcome::Hit => log_hit(path, &entry, ms),
         Outcome::Compiled => log::info!(
-            "module cache miss: compiled {what} in {ms} ms, stored as {}",
+            "module cache miss: compiled {what} with {compiler} in {ms} ms, stored as {}",
             entry.display()
         ),
         Outcome::CompiledUncached => {
-            log::info!("module cache miss: compiled {what} in {ms} ms, not stored")
+            log::info!("module cache miss: compiled {what} with {compiler} in {ms} ms, not stored")
         }
     }
     Ok(t)
+}
+
+/// `bytes`' artifact for `engine` if `cache` holds a usable one (logged as
+/// a hit); never compiles.
+pub(crate) fn load_cached<T: Compiled>(
+    cache: &ModuleCache,
+    engine: &wasmtime::Engine,
+    bytes: &[u8],
+    path: &Path,
+) -> Option<T> {
+    let started = Instant::now();
+    let entry = cache.entry_path(engine, T::KIND, bytes);
+    let t = cache.try_load(&entry, &|a: &[u8]| T::load(engine, a))?;
+    log_hit(path, &entry, started.elapsed().as_millis());
+    Some(t)
+}
+
+fn log_hit(path: &Path, entry: &Path, ms: u128) {
+    log::info!(
+        "module cache hit: loaded {} from {} in {ms} ms",
+        path.display(),
+        entry.display()
+    );
 }
 
 fn lock_path(entry: &Path) -> PathBuf {
@@ -474,7 +497,7 @@ fn read_entry(entry: &Path, max_bytes: u64) -> Result<Option<(File, Vec<u8>)>> {
     if data.len() < HEADER_LEN || &data[..MAGIC.len()] != MAGIC {
         bail!("it does not start with wasmbox's cache header");
     }
-    if Sha256::digest(&data[HEADER_LEN..]).as_slice() != &data[MAGIC.len()..HEADER_LEN] {
+    if header(&data[HEADER_LEN..]) != data[..HEADER_LEN] {
         bail!("its checksum does not match (truncated or corrupt)");
     }
     Ok(Some((file, data)))
@@ -482,19 +505,26 @@ fn read_entry(entry: &Path, max_bytes: u64) -> Result<Option<(File, Vec<u8>)>> {
 
 /// Wraps `artifact` as a cache entry: for tests that plant entries.
 pub fn seal(artifact: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + artifact.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&Sha256::digest(artifact));
+    let mut out = header(artifact);
     out.extend_from_slice(artifact);
+    out
+}
+
+/// An entry's header for `artifact`: the magic and the artifact's digest.
+fn header(artifact: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(Digest::of(artifact).hex().as_bytes());
     out
 }
 
 /// Feeds `Hash` output into sha256, which (unlike std's hasher) is the same
 /// in every build, so keys stay valid across shim upgrades that keep the
 /// wasmtime configuration.
-struct Sha256Hasher(Sha256);
+#[derive(Default)]
+struct StableHasher(DigestHasher);
 
-impl Hasher for Sha256Hasher {
+impl Hasher for StableHasher {
     fn finish(&self) -> u64 {
         unreachable!("only the digest of the bytes written is used")
     }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 mod opens;
 mod ticker;
+pub mod tiering;
 
 pub use identity::Identity;
 
@@ -283,11 +284,21 @@ pub struct Engine {
     /// the same features on the pooling allocator (or `engine` where the
     /// host cannot reserve the pool's address space), made on first use.
     serving: OnceLock<wasmtime::Engine>,
+    /// Compiles big core modules with Winch for their first start (see
+    /// [`tiering`]): the same features, made on first use; `None` where
+    /// Winch cannot take them.
+    baseline: OnceLock<Option<Baseline>>,
     features: Features,
     /// Linkers are built once per engine, on first use of each kind.
     core_linker: OnceLock<Linker<CoreState>>,
     command_linker: OnceLock<ComponentLinker<ComponentState>>,
     http_linker: OnceLock<ComponentLinker<http::HttpState>>,
+}
+
+/// A Winch engine and its linker for core modules.
+struct Baseline {
+    engine: wasmtime::Engine,
+    core_linker: OnceLock<Linker<CoreState>>,
 }
 
 /// The most distinct feature sets (so engines) one process keeps.
@@ -381,6 +392,7 @@ impl Engine {
         Ok(Engine {
             engine,
             serving: OnceLock::new(),
+            baseline: OnceLock::new(),
             features: features.to_vec(),
             core_linker: OnceLock::new(),
             command_linker: OnceLock::new(),
@@ -406,6 +418,73 @@ impl Engine {
                 self.engine.clone()
             })
         })
+    }
+
+    /// The Winch engine for this feature set, or `None` (logged once) where
+    /// Winch does not support one of the features.
+    fn baseline(&self) -> Option<&Baseline> {
+        self.baseline
+            .get_or_init(|| {
+                let engine = config(&self.features).and_then(|mut config| {
+                    config.strategy(wasmtime::Strategy::Winch);
+                    let engine = wt(wasmtime::Engine::new(&config), "configuring Winch")?;
+                    ticker::register(&engine).context("starting the epoch ticker")?;
+                    Ok(engine)
+                });
+                match engine {
+                    Ok(engine) => Some(Baseline {
+                        engine,
+                        core_linker: OnceLock::new(),
+                    }),
+                    Err(e) => {
+                        log::info!("big modules compile with Cranelift only: {e:#}");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// `bytes` (read from `path`) compiled for this engine: from the cache,
+    /// or with Winch first when it is big and uncached (see [`tiering`]),
+    /// else with Cranelift.
+    fn compile_core(&self, bytes: &[u8], path: &Path) -> Result<(Module, &Linker<CoreState>)> {
+        let cache = cache::ModuleCache::shared();
+        if let Some(cache) = cache
+            && tiering::wanted(bytes.len())
+            && let Some(baseline) = self.baseline()
+        {
+            if let Some(module) = cache::load_cached::<Module>(cache, &self.engine, bytes, path) {
+                let linker = self.linker(&self.core_linker, &self.engine, core_linker)?;
+                return Ok((module, linker));
+            }
+            match cache::compile_cached::<Module>(
+                Some(cache),
+                &baseline.engine,
+                bytes,
+                path,
+                "Winch",
+            ) {
+                Ok(module) => {
+                    tiering::tier_up_in_background(
+                        cache,
+                        self.engine.clone(),
+                        bytes.to_vec(),
+                        path.to_path_buf(),
+                        cache.entry_path(&baseline.engine, cache::Kind::Module, bytes),
+                    );
+                    let linker =
+                        self.linker(&baseline.core_linker, &baseline.engine, core_linker)?;
+                    return Ok((module, linker));
+                }
+                // A feature Winch lacks (tail calls, GC, ...): Cranelift
+                // decides, and explains an invalid module.
+                Err(e) => log::info!("Winch cannot compile {}: {e:#}", path.display()),
+            }
+        }
+        let module = cache::compile_cached(cache, &self.engine, bytes, path, "Cranelift")?;
+        let linker = self.linker(&self.core_linker, &self.engine, core_linker)?;
+        Ok((module, linker))
     }
 }
 
@@ -531,7 +610,8 @@ impl Engine {
             } else {
                 &self.engine
             };
-            let component: Component = cache::compile_cached(cache, engine, &bytes, &spec.module)?;
+            let component: Component =
+                cache::compile_cached(cache, engine, &bytes, &spec.module, "Cranelift")?;
             if serves_http && http::is_http_handler(engine, &component) {
                 http::check(spec)?;
                 let linker = self.linker(&self.http_linker, engine, http::linker)?;
@@ -554,9 +634,7 @@ impl Engine {
             Ok(Program(Linked::Component(pre)))
         } else if bytes.starts_with(b"\0asm") || spec.module.extension().is_some_and(|e| e == "wat")
         {
-            let engine = &self.engine;
-            let module: Module = cache::compile_cached(cache, engine, &bytes, &spec.module)?;
-            let linker = self.linker(&self.core_linker, engine, core_linker)?;
+            let (module, linker) = self.compile_core(&bytes, &spec.module)?;
             let pre = wt(
                 linker.instantiate_pre(&module),
                 "the module imports something WASI does not provide",
@@ -619,7 +697,7 @@ impl Engine {
         open_files_limit: Option<usize>,
     ) -> Result<i32> {
         let mut store = Store::new(
-            &self.engine,
+            module.module().engine(),
             CoreState {
                 wasi: wasi.build_p1(),
                 limits,
@@ -651,7 +729,7 @@ impl Engine {
         open_files_limit: Option<usize>,
     ) -> Result<i32> {
         let mut store = Store::new(
-            &self.engine,
+            component.engine(),
             ComponentState {
                 wasi: wasi.build(),
                 table: resource_table(open_files_limit),

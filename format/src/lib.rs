@@ -5,6 +5,20 @@
 
 use serde::{Deserialize, Serialize};
 
+mod digest;
+pub use digest::{Digest, DigestError, Hasher, HashingWriter};
+
+/// The runtime type containerd, Docker and the RuntimeClass know the shim by.
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+
+/// Where an artifact image's module is in the container (its one Wasm
+/// layer has no file name), and so its argv\[0\].
+pub const ARTIFACT_MODULE_PATH: &str = "/module.wasm";
+
+/// The file that marks a directory as an OCI image layout, and its content.
+pub const OCI_LAYOUT_FILE: &str = "oci-layout";
+pub const OCI_LAYOUT_CONTENT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+
 /// OCI image manifest (image-spec `manifest.md`).
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index (image-spec `image-index.md`).
@@ -212,6 +226,24 @@ pub fn is_wasm_platform(os: &str, architecture: &str) -> bool {
     architecture == ARCH_WASM && WASM_OSES.contains(&os)
 }
 
+/// The one rule for choosing the Wasm image of an index (a multi-platform
+/// image): the first entry whose platform (`platform_of` gives its os and
+/// architecture) is a Wasm one; else, when the index has a single entry that
+/// names no platform, that entry (an artifact index); else none. A single
+/// entry of another platform (`linux/amd64`) is not taken: it is not Wasm.
+pub fn choose_wasm_entry<T>(
+    entries: &[T],
+    platform_of: impl Fn(&T) -> Option<(String, String)>,
+) -> Option<&T> {
+    entries
+        .iter()
+        .find(|e| platform_of(e).is_some_and(|(os, arch)| is_wasm_platform(&os, &arch)))
+        .or(match entries {
+            [only] if platform_of(only).is_none() => Some(only),
+            _ => None,
+        })
+}
+
 /// Splits an entrypoint `"/m.wasm#run"` into the module path and the export to call.
 pub fn split_entrypoint(entrypoint: &str) -> (&str, Option<&str>) {
     match entrypoint.rsplit_once(ENTRYPOINT_EXPORT_SEPARATOR) {
@@ -241,6 +273,23 @@ mod tests {
         ] {
             assert_eq!(WasiWorld::from(String::from(w.clone())), w);
         }
+    }
+
+    #[test]
+    fn an_index_yields_its_wasm_entry_or_its_only_unlabelled_one() {
+        let p = |os: &str, arch: &str| Some((os.to_string(), arch.to_string()));
+        let platform = |e: &(u8, Option<(String, String)>)| e.1.clone();
+        let mixed = [(1, p("linux", "amd64")), (2, p("wasip1", "wasm"))];
+        assert_eq!(choose_wasm_entry(&mixed, platform).map(|e| e.0), Some(2));
+        let unlabelled = [(1, None)];
+        assert_eq!(
+            choose_wasm_entry(&unlabelled, platform).map(|e| e.0),
+            Some(1)
+        );
+        let linux_only = [(1, p("linux", "amd64"))];
+        assert!(choose_wasm_entry(&linux_only, platform).is_none());
+        let two_unlabelled = [(1, None), (2, None)];
+        assert!(choose_wasm_entry(&two_unlabelled, platform).is_none());
     }
 
     #[test]

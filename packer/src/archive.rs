@@ -33,8 +33,8 @@ pub fn write(store: &Store, name: &ImageRef, path: &Path) -> Result<()> {
 
     let mut files: Vec<(String, Vec<u8>)> = vec![
         (
-            "oci-layout".into(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            format::OCI_LAYOUT_FILE.into(),
+            format::OCI_LAYOUT_CONTENT.as_bytes().to_vec(),
         ),
         (
             "index.json".into(),

@@ -13,15 +13,9 @@ use oci_spec::image::{
     ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::format::{self, ComponentDescription, WasiWorld, WasmArtifactConfig};
 use crate::module::{ModuleKind, WasmModule};
-
-/// `sha256:<hex>` of `data`.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
 
 /// How the image is laid out in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +105,9 @@ impl Blob {
         let descriptor = DescriptorBuilder::default()
             .media_type(MediaType::from(media_type))
             .size(data.len() as u64)
-            .digest(oci_spec::image::Digest::from_str(&sha256_digest(&data))?)
+            .digest(oci_spec::image::Digest::from_str(
+                &format::Digest::of(&data).to_string(),
+            )?)
             .build()?;
         Ok(Blob { descriptor, data })
     }
@@ -185,7 +181,7 @@ fn image_config_and_layer(
     created: &str,
 ) -> Result<(Blob, Blob)> {
     let tar = layer_tar(module, opts)?;
-    let diff_id = sha256_digest(&tar);
+    let diff_id = format::Digest::of(&tar).to_string();
     let (media_type, data) = match opts.compression {
         Compression::Gzip => {
             let mut enc = flate2::GzBuilder::new().mtime(0).write(
@@ -519,7 +515,7 @@ pub fn describe(reference: &str, manifest_bytes: &[u8], config_bytes: &[u8]) -> 
         .collect();
     let mut info = ImageInfo {
         reference: reference.to_string(),
-        digest: sha256_digest(manifest_bytes),
+        digest: format::Digest::of(manifest_bytes).to_string(),
         media_type: manifest
             .media_type()
             .as_ref()

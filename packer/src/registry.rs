@@ -17,7 +17,7 @@ use std::io::Write;
 use std::str::FromStr;
 
 use crate::format;
-use crate::image::{parse_manifest, sha256_digest};
+use crate::image::parse_manifest;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
 use crate::store::Store;
@@ -124,7 +124,7 @@ impl Registry {
         }
         // Basic-auth registries check credentials only on a real request.
         self.client
-            .blob_exists(&reference, &sha256_digest(b""))
+            .blob_exists(&reference, &format::Digest::of(b"").to_string())
             .await
             .map(|_| ())
             .map_err(|e| self.explain(e, &what))
@@ -225,7 +225,7 @@ impl Registry {
             )
             .await
             .map_err(|e| self.explain(e, &what))?;
-        let digest = sha256_digest(&bytes);
+        let digest = format::Digest::of(&bytes).to_string();
         if let Some(expected) = name.reference().digest()
             && expected != digest
         {
@@ -247,11 +247,7 @@ impl Registry {
         }
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .with_context(|| format!("{what}: the index is not valid JSON"))?;
-        let wasm = index.manifests().iter().find(|m| {
-            m.platform().as_ref().is_some_and(|p| {
-                format::is_wasm_platform(&p.os().to_string(), &p.architecture().to_string())
-            })
-        });
+        let wasm = format::choose_wasm_entry(index.manifests(), platform_of);
         let Some(entry) = wasm else {
             let platforms: Vec<String> = index
                 .manifests()
@@ -274,7 +270,7 @@ impl Registry {
             .pull_manifest_raw(&child, &self.auth, &format::ACCEPTED_MANIFEST_MEDIA_TYPES)
             .await
             .map_err(|e| self.explain(e, &what))?;
-        let digest = sha256_digest(&bytes);
+        let digest = format::Digest::of(&bytes).to_string();
         if digest != entry.digest().to_string() {
             bail!(
                 "{what}: the registry sent content that hashes to {digest}, not {}",
@@ -297,7 +293,7 @@ impl Registry {
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk.with_context(|| what.clone())?);
         }
-        let actual = sha256_digest(&out);
+        let actual = format::Digest::of(&out).to_string();
         if actual != digest {
             bail!("{what}: the registry sent content that hashes to {actual}");
         }
@@ -502,4 +498,12 @@ fn last_part(chain: &str) -> &str {
 /// `sha256:0123456789ab` — enough to tell blobs apart in messages.
 pub fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
+}
+
+/// An index entry's (os, architecture), for [`format::choose_wasm_entry`].
+pub(crate) fn platform_of(entry: &Descriptor) -> Option<(String, String)> {
+    entry
+        .platform()
+        .as_ref()
+        .map(|p| (p.os().to_string(), p.architecture().to_string()))
 }

@@ -9,13 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
-use sha2::{Digest as _, Sha256};
 
 use crate::format;
 use crate::image::{Image, parse_manifest};
 use crate::reference::ImageRef;
-
-const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// An OCI image layout directory holding tagged images.
 #[derive(Debug, Clone)]
@@ -46,9 +43,9 @@ impl Store {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs)
             .with_context(|| format!("cannot create the image store at {}", root.display()))?;
-        let layout = root.join("oci-layout");
+        let layout = root.join(format::OCI_LAYOUT_FILE);
         if !layout.exists() {
-            write_atomic(&layout, OCI_LAYOUT.as_bytes())?;
+            write_atomic(&layout, format::OCI_LAYOUT_CONTENT.as_bytes())?;
         }
         Ok(Store {
             root: root.to_path_buf(),
@@ -61,11 +58,8 @@ impl Store {
 
     /// Path of the blob with `digest` (`sha256:<hex>`).
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .with_context(|| format!("{digest} is not a sha256 digest"))?;
-        Ok(self.root.join("blobs").join("sha256").join(hex))
+        let digest: format::Digest = digest.parse()?;
+        Ok(self.root.join("blobs").join("sha256").join(digest.hex()))
     }
 
     pub fn has_blob(&self, digest: &str) -> bool {
@@ -81,7 +75,7 @@ impl Store {
                 self.root.display()
             )
         })?;
-        let actual = crate::image::sha256_digest(&data);
+        let actual = format::Digest::of(&data).to_string();
         if actual != digest {
             bail!(
                 "blob {digest} in the store at {} is corrupt (its content hashes to {actual}); remove the image and pull or pack it again",
@@ -110,11 +104,7 @@ impl Store {
             .prefix(".incoming-")
             .tempfile_in(&dir)
             .with_context(|| format!("cannot write into the store at {}", self.root.display()))?;
-        Ok(BlobWriter {
-            file: tmp,
-            hasher: Sha256::new(),
-            written: 0,
-        })
+        Ok(BlobWriter(format::HashingWriter::new(tmp)))
     }
 
     /// Writes a blob whose bytes are in memory.
@@ -208,7 +198,11 @@ impl Store {
         let dir = self.root.join("blobs").join("sha256");
         for file in std::fs::read_dir(&dir)? {
             let file = file?;
-            let digest = format!("sha256:{}", file.file_name().to_string_lossy());
+            let digest = match format::Digest::from_hex(&file.file_name().to_string_lossy()) {
+                Ok(d) => d.to_string(),
+                // Not a blob (a temp file of a write in progress): not ours to prune.
+                Err(_) => continue,
+            };
             if !keep.contains(&digest) {
                 std::fs::remove_file(file.path())
                     .with_context(|| format!("cannot remove {}", file.path().display()))?;
@@ -268,39 +262,28 @@ fn image_name(d: &Descriptor) -> Option<String> {
 }
 
 /// Streams a blob into the store, hashing it as it goes.
-pub struct BlobWriter {
-    file: tempfile::NamedTempFile,
-    hasher: Sha256,
-    written: u64,
-}
+pub struct BlobWriter(format::HashingWriter<tempfile::NamedTempFile>);
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
+        self.0.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.0.flush()
     }
 }
 
 impl BlobWriter {
     /// Moves the blob into place if it hashes to `digest`; otherwise deletes it.
     pub fn commit(mut self, store: &Store, digest: &str) -> Result<()> {
-        self.file.flush()?;
-        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if actual != digest {
-            bail!(
-                "content of {digest} hashes to {actual} ({} bytes received)",
-                self.written
-            );
+        self.0.flush()?;
+        let (file, actual, written) = self.0.finish();
+        if actual.to_string() != digest {
+            bail!("content of {digest} hashes to {actual} ({written} bytes received)");
         }
-        self.file.as_file().sync_all()?;
+        file.as_file().sync_all()?;
         let path = store.blob_path(digest)?;
-        self.file
-            .persist(&path)
+        file.persist(&path)
             .with_context(|| format!("cannot store blob {digest}"))?;
         Ok(())
     }

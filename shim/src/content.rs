@@ -19,7 +19,6 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::{Request, transport::Channel};
 use containerd_client::with_namespace;
 use oci_spec::image::{ImageIndex, ImageManifest};
-use sha2::{Digest, Sha256};
 use wasmbox_format as format;
 
 /// Upper bound on a manifest or index read from the content store.
@@ -174,20 +173,12 @@ impl Content<'_> {
         }
         let index = ImageIndex::from_reader(&bytes[..])
             .with_context(|| format!("{digest} is not an image index"))?;
-        let manifests = index.manifests();
-        let entry = manifests
-            .iter()
-            .find(|m| {
-                m.platform().as_ref().is_some_and(|p| {
-                    format::is_wasm_platform(&p.os().to_string(), &p.architecture().to_string())
-                })
-            })
-            .or(if manifests.len() == 1 {
-                manifests.first()
-            } else {
-                None
-            })
-            .with_context(|| format!("the index {digest} has no wasm platform entry"))?;
+        let entry = format::choose_wasm_entry(index.manifests(), |m| {
+            m.platform()
+                .as_ref()
+                .map(|p| (p.os().to_string(), p.architecture().to_string()))
+        })
+        .with_context(|| format!("the index {digest} has no wasm platform entry"))?;
         let bytes = self
             .read(entry.digest().as_ref(), Some(MAX_MANIFEST_BYTES))
             .await?;
@@ -197,9 +188,7 @@ impl Content<'_> {
 
     /// A whole blob, checked against its sha256 digest.
     async fn read(&self, digest: &str, limit: Option<usize>) -> Result<Vec<u8>> {
-        let Some(expected) = digest.strip_prefix("sha256:") else {
-            bail!("unsupported digest algorithm in {digest}");
-        };
+        let expected: format::Digest = digest.parse()?;
         let mut stream = ContentClient::new(self.channel.clone())
             .read(with_namespace!(
                 ReadContentRequest {
@@ -223,10 +212,9 @@ impl Content<'_> {
                 bail!("{digest} is larger than {} bytes", limit.unwrap_or(0));
             }
         }
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != expected {
-            bail!("{digest} read from containerd hashes to sha256:{actual}");
-        }
+        expected
+            .verify(&bytes)
+            .with_context(|| format!("reading {digest} from containerd's content store"))?;
         Ok(bytes)
     }
 }

@@ -22,7 +22,7 @@ use containerd_shim_wasmtime::content::ImageSource;
 use log::{error, info, warn};
 
 /// The runtime type containerd knows this shim by.
-const RUNTIME_ID: &str = "io.containerd.wasmtime.v1";
+const RUNTIME_ID: &str = wasmbox_format::RUNTIME_TYPE;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -71,6 +71,9 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     // First, while this is the only thread: every later thread inherits it.
     containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
     raise_open_files_limit();
+    // This process outlives its guests: big modules may start on Winch
+    // code and tier up in the background (waited for below).
+    wasmbox_engine::tiering::enable();
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
@@ -110,6 +113,9 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     shim.exit.wait();
     server.shutdown();
     let _ = std::fs::remove_file(&path);
+    // containerd has its answer and the containers are gone: what is left
+    // is storing the Cranelift artifacts of modules that started on Winch.
+    wasmbox_engine::tiering::finish();
     Ok(())
 }
 

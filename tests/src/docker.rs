@@ -17,7 +17,7 @@ use crate::netns::NetNs;
 use crate::{Containerd, ContainerdOptions, Registry, RegistryAuth, spawn_logged};
 
 /// The runtime name users pass to `docker run --runtime`.
-pub const RUNTIME: &str = "io.containerd.wasmtime.v1";
+pub const RUNTIME: &str = wasmbox::format::RUNTIME_TYPE;
 
 /// The workspace's top directory.
 pub fn workspace_root() -> PathBuf {

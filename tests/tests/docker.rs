@@ -702,14 +702,13 @@ fn wasm_layer_image_archive(
     media_type: &str,
     module: &[u8],
 ) -> std::path::PathBuf {
-    use wasmbox::image::sha256_digest;
     let file_name = name.replace(['/', ':', '.'], "-");
     let layout = dir.join(&file_name);
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let blob = |data: &[u8]| {
-        let digest = sha256_digest(data);
-        std::fs::write(blobs.join(&digest["sha256:".len()..]), data).unwrap();
+        let digest = wasmbox::format::Digest::of(data);
+        std::fs::write(blobs.join(digest.hex()), data).unwrap();
         serde_json::json!({"digest": digest, "size": data.len()})
     };
     let with_type = |mut desc: serde_json::Value, media_type: &str| {

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use wasmbox::image::sha256_digest;
 use wasmbox_tests::{Containerd, Wasmbox, guests, probe};
 
 const RUNTIME: &str = "io.containerd.wasmtime.v1";
@@ -624,9 +623,9 @@ fn hand_built_image_with(
     );
     let layer = std::fs::read(&layer_path).unwrap();
     let put = |data: &[u8]| {
-        let digest = sha256_digest(data);
-        std::fs::write(blobs.join(&digest[7..]), data).unwrap();
-        digest
+        let digest = wasmbox::format::Digest::of(data);
+        std::fs::write(blobs.join(digest.hex()), data).unwrap();
+        digest.to_string()
     };
     let layer_digest = put(&layer);
     let config = serde_json::json!({
@@ -2013,4 +2012,94 @@ fn the_cache_stays_under_its_cap_by_evicting_the_least_recently_used_entry() {
     assert_hello(&node, &images[3], "padded-3-again");
     assert_eq!(log_count(&node, CACHE_HIT), 1, "{}", node.containerd.log());
     node.containerd.assert_clean();
+}
+
+// Tiered compilation (engine/src/tiering.rs): big uncached modules start on
+// Winch code while Cranelift compiles them in the background.
+
+#[test]
+fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() {
+    let node = Node {
+        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
+            // Any module of 4 KiB or more counts as big here.
+            env: vec![("WASMBOX_WINCH_MIN_KIB".into(), "4".into())],
+            ..Default::default()
+        }),
+        w: Wasmbox::new(),
+    };
+    let image = node.wat_image("big", &padded_hello(7, 64));
+    assert_hello(&node, &image, "tier-first");
+    assert_eq!(
+        log_count(&node, "with Winch in"),
+        1,
+        "{}",
+        node.containerd.log()
+    );
+    // The shim exits once its background compile is stored.
+    node.containerd.assert_clean();
+    assert_eq!(
+        log_count(&node, "with Cranelift in"),
+        1,
+        "{}",
+        node.containerd.log()
+    );
+    let (entries, others) = cache_files(&node);
+    assert_eq!(
+        entries.len(),
+        1,
+        "the Winch artifact is replaced: {entries:?}"
+    );
+    assert!(others.is_empty(), "lock or temp files left: {others:?}");
+    assert_hello(&node, &image, "tier-second");
+    let hit = format!("{CACHE_HIT} ");
+    assert_eq!(log_count(&node, &hit), 1, "{}", node.containerd.log());
+    assert!(
+        node.containerd
+            .log()
+            .contains(&format!("from {} in", entries[0].display())),
+        "the second start loads the Cranelift artifact: {}",
+        node.containerd.log()
+    );
+    assert_eq!(log_count(&node, CACHE_MISS), 2, "compiled once by each");
+    // Small modules never start on Winch.
+    assert_hello(
+        &node,
+        &node.wat_image("small", guests::HELLO_WAT),
+        "tier-small",
+    );
+    assert_eq!(log_count(&node, "with Winch in"), 1);
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn kill_stops_a_spinning_guest_on_winch_code_within_a_second() {
+    let node = Node {
+        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
+            env: vec![("WASMBOX_WINCH_MIN_KIB".into(), "1".into())],
+            ..Default::default()
+        }),
+        w: Wasmbox::new(),
+    };
+    let image = node.image("probe", probe(), &[]);
+    node.start_probe(&[], &image, "winch-spin", "spin");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        log_count(&node, "with Winch in"),
+        1,
+        "{}",
+        node.containerd.log()
+    );
+    let out = node
+        .containerd
+        .ctr(&["task", "kill", "-s", "SIGKILL", "winch-spin"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        node.wait_for_status("winch-spin", "STOPPED", Duration::from_secs(1)),
+        "a spinning guest on Winch code still {:?} 1 s after SIGKILL",
+        node.task_status("winch-spin")
+    );
+    node.kill_and_remove("winch-spin");
+    node.containerd.assert_clean();
+    let (_, others) = cache_files(&node);
+    assert!(others.is_empty(), "lock or temp files left: {others:?}");
 }

@@ -17,7 +17,7 @@ use toml_edit::{DocumentMut, Item, Table, TableLike};
 pub const DEFAULT_HANDLER: &str = "wasmtime";
 /// containerd runtime type; containerd derives the shim binary name
 /// `containerd-shim-wasmtime-v1` from it.
-pub const DEFAULT_RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";
+pub const DEFAULT_RUNTIME_TYPE: &str = wasmbox_format::RUNTIME_TYPE;
 /// Node label the installer sets once the node can run Wasm pods; the
 /// `RuntimeClass` schedules onto nodes carrying it.
 pub const NODE_LABEL: &str = "wasmbox.dev/wasmtime";
