@@ -5,6 +5,7 @@ a PNG plot of the ours-to-baseline ratios, with each goal marked.
 usage: report.py RESULTS.tsv OUT.md OUT.png
 """
 import csv
+import os
 import datetime
 import platform
 import subprocess
@@ -24,6 +25,15 @@ def main(tsv, md, png):
         f"Measured {datetime.date.today()} on {platform.node()} ({cores} cores, "
         f"{platform.release()}) by `make bench`; times are min / median / p90.",
         "",
+    ]
+    partial = os.environ.get("SECTIONS_MEASURED", "").split()
+    if partial:
+        lines += [
+            f"Only {', '.join(partial)} measured in this run (`SECTIONS`); "
+            "the other rows are from the run before.",
+            "",
+        ]
+    lines += [
         "| Section | Measurement | wasmbox | baseline | ratio | goal | |",
         "|---|---|---|---|---|---|---|",
     ]

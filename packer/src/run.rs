@@ -119,9 +119,9 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
         .iter()
         .find(|l| format::is_wasm_layer(l.media_type().as_ref()))
     {
-        let module = rootfs.join("module.wasm");
+        let module = rootfs.join(format::ARTIFACT_MODULE_PATH.trim_start_matches('/'));
         std::fs::write(&module, store.read_blob(layer.digest().as_ref())?)?;
-        let mut argv = vec!["/module.wasm".to_string()];
+        let mut argv = vec![format::ARTIFACT_MODULE_PATH.to_string()];
         argv.extend(args.iter().cloned());
         return Ok(RunSpec {
             module,

@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod content;
+pub mod error;
 pub mod mounts;
 pub mod network;
 pub mod pod;

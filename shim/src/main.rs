@@ -12,13 +12,14 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
-use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{
     Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 use containerd_shim_wasmtime::container::{Container, Exit, RootfsMount, Status};
 use containerd_shim_wasmtime::content::ImageSource;
+use containerd_shim_wasmtime::error::ShimError;
 use log::{error, info, warn};
 
 /// The runtime type containerd knows this shim by.
@@ -71,6 +72,11 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     // First, while this is the only thread: every later thread inherits it.
     containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
     raise_open_files_limit();
+    // wasmtime-wasi opens an INFO span per WASI call, and another crate of
+    // the workspace turns on tracing's `log` fallback, which would write
+    // each as a line of containerd's log: a subscriber that takes nothing
+    // turns the fallback off (and the spans into no-ops).
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     // This process outlives its guests: big modules may start on Winch
     // code and tier up in the background (waited for below).
     wasmbox_engine::tiering::enable();
@@ -243,10 +249,6 @@ struct TaskService {
     containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
 }
 
-fn status_error(code: Code, message: impl ToString) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
-}
-
 fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
@@ -272,17 +274,14 @@ impl TaskService {
             .unwrap()
             .get(id)
             .cloned()
-            .ok_or_else(|| status_error(Code::NOT_FOUND, format!("container {id} not found")))
+            .ok_or_else(|| ShimError::NotFound(id.to_string()).into())
     }
 
     fn no_exec(exec_id: &str) -> TtrpcResult<()> {
         if exec_id.is_empty() {
             Ok(())
         } else {
-            Err(status_error(
-                Code::UNIMPLEMENTED,
-                "exec is not supported for Wasm containers",
-            ))
+            Err(ShimError::Unimplemented("exec is not supported for Wasm containers").into())
         }
     }
 }
@@ -295,10 +294,7 @@ impl containerd_shim::Task for TaskService {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         info!(id = req.id.as_str(); "create");
         if self.containers.lock().unwrap().contains_key(&req.id) {
-            return Err(status_error(
-                Code::ALREADY_EXISTS,
-                format!("container {} already exists", req.id),
-            ));
+            return Err(ShimError::AlreadyExists(req.id.clone()).into());
         }
         let mounts: Vec<RootfsMount> = req
             .rootfs
@@ -323,7 +319,7 @@ impl containerd_shim::Task for TaskService {
         )
         .map_err(|e| {
             error!(id = req.id.as_str(); "create failed: {e:#}");
-            status_error(Code::FAILED_PRECONDITION, format!("{e:#}"))
+            ShimError::from_create(e)
         })?;
         self.containers
             .lock()
@@ -380,7 +376,7 @@ impl containerd_shim::Task for TaskService {
                     }),
                 );
             })
-            .map_err(|e| status_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+            .map_err(ShimError::FailedPrecondition)?;
         self.events.publish(
             &self.namespace,
             topics::TASK_START_EVENT_TOPIC,
@@ -439,7 +435,9 @@ impl containerd_shim::Task for TaskService {
         Self::no_exec(&req.exec_id)?;
         info!(id = req.id.as_str(), signal = req.signal; "kill");
         if !self.get(&req.id)?.kill(req.signal) {
-            return Err(status_error(Code::NOT_FOUND, "process already finished"));
+            return Err(
+                ShimError::NotFound(format!("{}: its process already finished", req.id)).into(),
+            );
         }
         Ok(api::Empty::new())
     }
@@ -453,14 +451,13 @@ impl containerd_shim::Task for TaskService {
         let container = self.get(&req.id)?;
         let (status, exit) = container.status();
         if status == Status::Running {
-            return Err(status_error(
-                Code::FAILED_PRECONDITION,
-                format!("container {} is running; kill it first", req.id),
-            ));
+            return Err(ShimError::FailedPrecondition(anyhow::anyhow!(
+                "container {} is running; kill it first",
+                req.id
+            ))
+            .into());
         }
-        container
-            .cleanup()
-            .map_err(|e| status_error(Code::INTERNAL, format!("{e:#}")))?;
+        container.cleanup().map_err(ShimError::Internal)?;
         self.containers.lock().unwrap().remove(&req.id);
         let exit = exit.unwrap_or(Exit {
             status: 0,
@@ -557,7 +554,7 @@ impl containerd_shim::Task for TaskService {
             })
         };
         let stats = containerd_shim::util::convert_to_any(metrics)
-            .map_err(|e| status_error(Code::INTERNAL, format!("encoding metrics: {e}")))?;
+            .map_err(|e| ShimError::Internal(anyhow::Error::from(e).context("encoding metrics")))?;
         Ok(api::StatsResponse {
             stats: MessageField::some(stats),
             ..Default::default()
@@ -565,10 +562,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Err(status_error(
-            Code::UNIMPLEMENTED,
-            "exec is not supported for Wasm containers",
-        ))
+        Err(ShimError::Unimplemented("exec is not supported for Wasm containers").into())
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
@@ -585,7 +579,7 @@ impl containerd_shim::Task for TaskService {
         Self::no_exec(&req.exec_id)?;
         self.get(&req.id)?
             .resize(req.width, req.height)
-            .map_err(|e| status_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+            .map_err(ShimError::FailedPrecondition)?;
         Ok(api::Empty::new())
     }
 

@@ -924,6 +924,12 @@ fn annotations_narrow_the_root_widen_features_and_allow_network_only_on_the_host
         "{}",
         stderr(&out)
     );
+    // The caller's mistake, as the ttrpc code says (containerd words it).
+    assert!(
+        stderr(&out).contains("invalid argument"),
+        "{}",
+        stderr(&out)
+    );
     for id in ["net-own-ns", "pages-off", "bad-feature"] {
         node.containerd.ctr(&["containers", "rm", id]);
     }
@@ -1898,6 +1904,21 @@ fn a_module_is_compiled_once_and_then_loaded_from_the_cache_by_any_image_holding
 }
 
 #[test]
+fn the_shim_logs_no_line_per_wasi_call() {
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    assert_hello(&node, &image, "quiet-log");
+    node.containerd.assert_clean();
+    // The guest called fd_write and proc_exit; the log tells its life only.
+    let log = node.containerd.log();
+    assert!(
+        !log.contains("fd_write") && !log.contains("proc_exit"),
+        "{log}"
+    );
+    assert!(log.contains("msg=\"create\""), "{log}");
+}
+
+#[test]
 fn a_corrupt_or_truncated_cache_entry_is_compiled_again_and_the_container_still_starts() {
     let node = Node::new();
     let image = node.wat_image("hello", guests::HELLO_WAT);
@@ -2035,14 +2056,10 @@ fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() 
         "{}",
         node.containerd.log()
     );
-    // The shim exits once its background compile is stored.
+    // The shim exits once its background compile is stored (its log line
+    // may come after containerd stopped reading the shim's log: the cache
+    // is what tells).
     node.containerd.assert_clean();
-    assert_eq!(
-        log_count(&node, "with Cranelift in"),
-        1,
-        "{}",
-        node.containerd.log()
-    );
     let (entries, others) = cache_files(&node);
     assert_eq!(
         entries.len(),
@@ -2060,7 +2077,7 @@ fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() 
         "the second start loads the Cranelift artifact: {}",
         node.containerd.log()
     );
-    assert_eq!(log_count(&node, CACHE_MISS), 2, "compiled once by each");
+    assert_eq!(log_count(&node, "with Winch in"), 1, "not compiled again");
     // Small modules never start on Winch.
     assert_hello(
         &node,
