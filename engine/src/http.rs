@@ -23,7 +23,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::{MeteredLimits, RunSpec, Stdio, nonblocking_dup, output_fifo, wait_for_kill};
+use crate::stdio::{nonblocking_dup, output_fifo};
+use crate::{MeteredLimits, RunSpec, Stdio, wait_for_kill};
 
 /// Port served when neither the annotation nor `PORT` names one.
 pub const DEFAULT_PORT: u16 = 8080;

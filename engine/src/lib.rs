@@ -2,33 +2,37 @@
 //! running one [`RunSpec`] to an exit status. It never sees an OCI or
 //! containerd type; the shim and `wasmbox run` each build a `RunSpec`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
-use wasmtime::{
-    Config, DEFAULT_INSTANCE_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TABLE_LIMIT, InstancePre, Linker,
-    Module, Store,
-};
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime::{InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub mod cache;
+mod features;
 pub mod http;
 pub mod identity;
+mod meter;
 mod opens;
+mod stdio;
 mod ticker;
 pub mod tiering;
 
+use features::{Features, config};
+pub use features::{known_features, parse_features};
 pub use identity::Identity;
+pub use meter::GuestMeter;
+use meter::MeteredLimits;
+pub use stdio::Stdio;
+use stdio::{wasi_builder, wasi_without_stdio};
 
 /// Everything the engine needs to run one program. Built from an OCI spec
 /// (the shim) or from CLI flags (`wasmbox run`).
@@ -72,156 +76,6 @@ pub struct RunSpec {
     pub http_port: Option<u16>,
     /// What the guest uses while it runs; shared by every clone of the spec.
     pub meter: Arc<GuestMeter>,
-}
-
-/// What one guest uses: its linear memory and the CPU time of the thread it
-/// runs on. Guests of a pod share one shim process and one cgroup, so this
-/// is how each container's `ContainerStats` stays its own.
-#[derive(Debug, Default)]
-pub struct GuestMeter {
-    memory_bytes: AtomicU64,
-    /// CPU of runs that have ended.
-    cpu_nanos_done: AtomicU64,
-    /// Kernel thread id of the running guest, 0 when none runs.
-    thread: AtomicI32,
-}
-
-impl GuestMeter {
-    /// Bytes of linear memory the guest has now (what it grew to).
-    pub fn memory_bytes(&self) -> u64 {
-        self.memory_bytes.load(Ordering::Relaxed)
-    }
-
-    /// CPU time the guest's thread has used, in nanoseconds.
-    pub fn cpu_nanos(&self) -> u64 {
-        let done = self.cpu_nanos_done.load(Ordering::Relaxed);
-        match self.thread.load(Ordering::Relaxed) {
-            0 => done,
-            tid => done + thread_cpu_nanos(tid).unwrap_or(0),
-        }
-    }
-
-    fn enter(&self) {
-        // SAFETY: gettid takes no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        self.thread.store(tid, Ordering::Relaxed);
-    }
-
-    fn leave(&self) {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid, writable timespec for the whole call.
-        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
-        if ok {
-            let nanos = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-            self.cpu_nanos_done.fetch_add(nanos, Ordering::Relaxed);
-        }
-        self.thread.store(0, Ordering::Relaxed);
-    }
-}
-
-/// CPU time of thread `tid` of this process, from `/proc` (first field of
-/// `schedstat`: nanoseconds on the CPU).
-fn thread_cpu_nanos(tid: i32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Bytes one table element is counted as against the memory budget (a
-/// funcref or externref slot).
-const TABLE_ELEMENT_BYTES: u64 = 8;
-
-/// A store's limiter: every memory and table it grows is counted into the
-/// guest's meter, which all of the container's stores share, and growth
-/// past the container's one budget is refused (the guest sees `memory.grow`
-/// return -1, and `malloc` NULL).
-struct MeteredLimits {
-    limit: Option<u64>,
-    meter: Arc<GuestMeter>,
-    /// Bytes this store added to the meter, taken off again when it drops.
-    added: u64,
-}
-
-impl MeteredLimits {
-    /// The limits `spec` sets, metered into `spec.meter`.
-    fn new(spec: &RunSpec) -> MeteredLimits {
-        MeteredLimits {
-            limit: spec.memory_limit.map(|l| l as u64),
-            meter: spec.meter.clone(),
-            added: 0,
-        }
-    }
-
-    /// Takes `bytes` from the container's budget, or refuses.
-    fn take(&mut self, bytes: u64) -> bool {
-        let before = self.meter.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if self.limit.is_some_and(|limit| before + bytes > limit) {
-            self.meter.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        self.added += bytes;
-        true
-    }
-}
-
-impl Drop for MeteredLimits {
-    fn drop(&mut self) {
-        self.meter
-            .memory_bytes
-            .fetch_sub(self.added, Ordering::Relaxed);
-    }
-}
-
-impl wasmtime::ResourceLimiter for MeteredLimits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self.take(desired.saturating_sub(current) as u64))
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(self.take(desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES))
-    }
-
-    fn instances(&self) -> usize {
-        DEFAULT_INSTANCE_LIMIT
-    }
-
-    fn tables(&self) -> usize {
-        DEFAULT_TABLE_LIMIT
-    }
-
-    fn memories(&self) -> usize {
-        DEFAULT_MEMORY_LIMIT
-    }
-}
-
-/// Where one of the guest's standard streams goes.
-#[derive(Debug, Clone, Default)]
-pub enum Stdio {
-    /// Empty input, discarded output.
-    #[default]
-    Null,
-    /// A FIFO (containerd's stdio) or other file by path.
-    Fifo(PathBuf),
-    /// The slave side of a pseudo-terminal.
-    Terminal(Arc<OwnedFd>),
-    /// This process's own stream (`wasmbox run`).
-    Inherit,
 }
 
 /// `KEY=VALUE` strings (OCI `process.env`, image `Env`) as pairs; entries
@@ -303,44 +157,6 @@ struct Baseline {
 
 /// The most distinct feature sets (so engines) one process keeps.
 pub const MAX_ENGINES: usize = 8;
-
-/// A feature set: (proposal name, on) pairs beyond wasmtime's defaults.
-type Features = Vec<(String, bool)>;
-
-/// Wasm features an annotation may turn on or off, by their proposal names.
-pub const KNOWN_FEATURES: [&str; 12] = [
-    "simd",
-    "relaxed-simd",
-    "multi-memory",
-    "memory64",
-    "tail-call",
-    "function-references",
-    "gc",
-    "exceptions",
-    "custom-page-sizes",
-    "wide-arithmetic",
-    "extended-const",
-    "stack-switching",
-];
-
-/// Parses `a,+b,-c` into (feature, on) pairs, refusing unknown names.
-pub fn parse_features(list: &str) -> Result<Vec<(String, bool)>> {
-    let mut out = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (name, on) = match item.strip_prefix('-') {
-            Some(n) => (n, false),
-            None => (item.trim_start_matches('+'), true),
-        };
-        if !KNOWN_FEATURES.contains(&name) {
-            bail!(
-                "unknown Wasm feature `{name}` (known: {})",
-                KNOWN_FEATURES.join(", ")
-            );
-        }
-        out.push((name.to_string(), on));
-    }
-    Ok(out)
-}
 
 impl Engine {
     /// The shared engine with wasmtime's default features, created on first use.
@@ -486,33 +302,6 @@ impl Engine {
         let linker = self.linker(&self.core_linker, &self.engine, core_linker)?;
         Ok((module, linker))
     }
-}
-
-/// wasmtime's configuration for a feature set: epoch interruption (kill and
-/// deadlines), the component model, the features on or off.
-fn config(features: &[(String, bool)]) -> Result<Config> {
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    config.wasm_component_model(true);
-    for (name, on) in features {
-        let on = *on;
-        match name.as_str() {
-            "simd" => config.wasm_simd(on),
-            "relaxed-simd" => config.wasm_relaxed_simd(on),
-            "multi-memory" => config.wasm_multi_memory(on),
-            "memory64" => config.wasm_memory64(on),
-            "tail-call" => config.wasm_tail_call(on),
-            "function-references" => config.wasm_function_references(on),
-            "gc" => config.wasm_gc(on),
-            "exceptions" => config.wasm_exceptions(on),
-            "custom-page-sizes" => config.wasm_custom_page_sizes(on),
-            "wide-arithmetic" => config.wasm_wide_arithmetic(on),
-            "extended-const" => config.wasm_extended_const(on),
-            "stack-switching" => config.wasm_stack_switching(on),
-            other => bail!("unknown Wasm feature `{other}`"),
-        };
-    }
-    Ok(config)
 }
 
 impl Engine {
@@ -872,123 +661,6 @@ fn exit_status<T>(outcome: wasmtime::Result<T>) -> Result<i32> {
             None => Err(anyhow::Error::from(e).context("wasm trap")),
         },
     }
-}
-
-/// The WASI context: args, env, preopens and stdio from `spec`, nothing inherited.
-fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {
-    let mut wasi = wasi_without_stdio(spec)?;
-    match &spec.stdin {
-        Stdio::Null => {}
-        Stdio::Inherit => {
-            wasi.inherit_stdin();
-        }
-        Stdio::Fifo(path) => {
-            wasi.stdin(AsyncStdinStream::new(stdin_pipe(path)?));
-        }
-        Stdio::Terminal(tty) => {
-            let file = nonblocking_dup(tty)?;
-            wasi.stdin(AsyncStdinStream::new(
-                tokio::net::unix::pipe::Receiver::from_file_unchecked(file)?,
-            ));
-        }
-    }
-    for (stdio, is_stdout) in [(&spec.stdout, true), (&spec.stderr, false)] {
-        let stream = match stdio {
-            Stdio::Null => continue,
-            Stdio::Inherit => {
-                if is_stdout {
-                    wasi.inherit_stdout();
-                } else {
-                    wasi.inherit_stderr();
-                }
-                continue;
-            }
-            Stdio::Fifo(path) => AsyncStdoutStream::new(64 * 1024, output_fifo(path)?),
-            Stdio::Terminal(tty) => AsyncStdoutStream::new(
-                64 * 1024,
-                tokio::net::unix::pipe::Sender::from_file_unchecked(nonblocking_dup(tty)?)?,
-            ),
-        };
-        if is_stdout {
-            wasi.stdout(stream);
-        } else {
-            wasi.stderr(stream);
-        }
-    }
-    Ok(wasi)
-}
-
-/// The guest's WASI context but for its standard streams: args, env,
-/// network and preopened directories.
-fn wasi_without_stdio(spec: &RunSpec) -> Result<WasiCtxBuilder> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.args);
-    wasi.envs(&spec.env);
-    if spec.network {
-        // wasmtime-wasi allows no protocol by default: each is granted.
-        wasi.inherit_network();
-        wasi.allow_ip_name_lookup(true);
-        wasi.allow_tcp(true);
-        wasi.allow_udp(true);
-    }
-    for p in &spec.preopens {
-        let perms = if p.read_only {
-            FsPerms::ReadOnly
-        } else {
-            FsPerms::ReadWrite
-        };
-        wt(
-            wasi.preopened_dir(&p.host, &p.guest, perms).map(|_| ()),
-            &format!("opening {} for the guest", p.host.display()),
-        )?;
-    }
-    Ok(wasi)
-}
-
-/// A non-blocking duplicate of a terminal descriptor, for the guest's async streams.
-fn nonblocking_dup(fd: &OwnedFd) -> Result<std::fs::File> {
-    let dup = fd
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicating the terminal")?;
-    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL do not touch memory.
-    unsafe {
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&dup);
-        let flags = libc::fcntl(raw, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            bail!(
-                "making the terminal non-blocking: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(std::fs::File::from(dup))
-}
-
-/// Opens an output FIFO without waiting for a reader.
-fn output_fifo(path: &Path) -> Result<tokio::net::unix::pipe::Sender> {
-    tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
-/// A pipe fed from the stdin FIFO by a thread that waits for the writer, so
-/// the guest sees data when the caller writes and end-of-file when it closes.
-fn stdin_pipe(path: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
-    let (tx, rx) = tokio::net::unix::pipe::pipe().context("creating the stdin pipe")?;
-    let tx = tx.into_blocking_fd()?;
-    let path = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("wasm-stdin".into())
-        .spawn(move || {
-            let mut sink = std::fs::File::from(tx);
-            if let Ok(mut fifo) = std::fs::File::open(&path) {
-                let _ = std::io::copy(&mut fifo, &mut sink);
-            }
-        })
-        .context("starting the stdin thread")?;
-    Ok(rx)
 }
 
 /// A trap's message, with what it means when the cause is a limit of the spec.

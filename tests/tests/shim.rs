@@ -1369,12 +1369,8 @@ impl ReadLease {
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; mkfifo touches no memory of ours.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o666) },
-        0,
-        "mkfifo {}",
-        path.display()
-    );
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o666) };
+    assert_eq!(made, 0, "mkfifo {}", path.display());
 }
 
 #[test]
