@@ -30,6 +30,17 @@ impl Node {
         }
     }
 
+    /// A node whose containerd (so its shims) has `name=value` in its environment.
+    fn with_env(name: &str, value: &str) -> Node {
+        Node {
+            containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
+                env: vec![(name.into(), value.into())],
+                ..Default::default()
+            }),
+            w: Wasmbox::new(),
+        }
+    }
+
     /// Packs `module` as `example.test/NAME:v1` and imports it into containerd.
     fn image(&self, name: &str, module: &Path, pack_args: &[&str]) -> String {
         let image = format!("example.test/{name}:v1");
@@ -2004,13 +2015,7 @@ fn padded_hello(salt: u32, kib: usize) -> String {
 
 #[test]
 fn the_cache_stays_under_its_cap_by_evicting_the_least_recently_used_entry() {
-    let node = Node {
-        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
-            env: vec![("WASMBOX_CACHE_MAX_MIB".into(), "1".into())],
-            ..Default::default()
-        }),
-        w: Wasmbox::new(),
-    };
+    let node = Node::with_env("WASMBOX_CACHE_MAX_MIB", "1");
     let images: Vec<String> = (0..4)
         .map(|i| node.wat_image(&format!("padded-{i}"), &padded_hello(i, 300)))
         .collect();
@@ -2036,14 +2041,8 @@ fn the_cache_stays_under_its_cap_by_evicting_the_least_recently_used_entry() {
 
 #[test]
 fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() {
-    let node = Node {
-        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
-            // Any module of 4 KiB or more counts as big here.
-            env: vec![("WASMBOX_WINCH_MIN_KIB".into(), "4".into())],
-            ..Default::default()
-        }),
-        w: Wasmbox::new(),
-    };
+    // Any module of 4 KiB or more counts as big here.
+    let node = Node::with_env("WASMBOX_WINCH_MIN_KIB", "4");
     let image = node.wat_image("big", &padded_hello(7, 64));
     assert_hello(&node, &image, "tier-first");
     assert_eq!(
@@ -2086,13 +2085,7 @@ fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() 
 
 #[test]
 fn kill_stops_a_spinning_guest_on_winch_code_within_a_second() {
-    let node = Node {
-        containerd: Containerd::start_opts(wasmbox_tests::ContainerdOptions {
-            env: vec![("WASMBOX_WINCH_MIN_KIB".into(), "1".into())],
-            ..Default::default()
-        }),
-        w: Wasmbox::new(),
-    };
+    let node = Node::with_env("WASMBOX_WINCH_MIN_KIB", "1");
     let image = node.image("probe", probe(), &[]);
     node.start_probe(&[], &image, "winch-spin", "spin");
     std::thread::sleep(Duration::from_millis(200));
