@@ -92,9 +92,9 @@ impl FromStr for Digest {
             }
             Some((algorithm, _))
                 if !algorithm.is_empty()
-                    && algorithm
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b)) =>
+                    && algorithm.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                    }) =>
             {
                 Err(DigestError::Algorithm(s.to_string()))
             }
