@@ -170,8 +170,7 @@ impl ModuleCache {
     }
 
     /// The entry for `bytes` compiled as `kind` by `engine`.
-    pub fn entry_path(&self, engine: &wasmtime::Engine, kind: Kind, bytes: &[u8]) -> PathBuf {
-        let module = Digest::of(bytes);
+    pub fn entry_path(&self, engine: &wasmtime::Engine, kind: Kind, module: &Digest) -> PathBuf {
         let mut hasher = StableHasher::default();
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         hasher.0.update(match kind {
@@ -403,6 +402,7 @@ pub(crate) fn compile_cached<T: Compiled>(
     cache: Option<&ModuleCache>,
     engine: &wasmtime::Engine,
     bytes: &[u8],
+    digest: &Digest,
     path: &Path,
     compiler: &str,
 ) -> Result<T> {
@@ -418,7 +418,7 @@ pub(crate) fn compile_cached<T: Compiled>(
         return compile();
     };
     let started = Instant::now();
-    let entry = cache.entry_path(engine, T::KIND, bytes);
+    let entry = cache.entry_path(engine, T::KIND, digest);
     let (t, outcome) =
         cache.load_or_compile(&entry, |a| T::load(engine, a), compile, T::serialize)?;
     let ms = started.elapsed().as_millis();
@@ -441,11 +441,11 @@ pub(crate) fn compile_cached<T: Compiled>(
 pub(crate) fn load_cached<T: Compiled>(
     cache: &ModuleCache,
     engine: &wasmtime::Engine,
-    bytes: &[u8],
+    digest: &Digest,
     path: &Path,
 ) -> Option<T> {
     let started = Instant::now();
-    let entry = cache.entry_path(engine, T::KIND, bytes);
+    let entry = cache.entry_path(engine, T::KIND, digest);
     let t = cache.try_load(&entry, &|a: &[u8]| T::load(engine, a))?;
     log_hit(path, &entry, started.elapsed().as_millis());
     Some(t)
@@ -550,7 +550,7 @@ mod tests {
         engine: &wasmtime::Engine,
         bytes: &[u8],
     ) -> (wasmtime::Module, Outcome) {
-        let entry = cache.entry_path(engine, Kind::Module, bytes);
+        let entry = cache.entry_path(engine, Kind::Module, &Digest::of(bytes));
         cache
             .load_or_compile(
                 &entry,
@@ -573,7 +573,7 @@ mod tests {
         let bytes = WAT.as_bytes().to_vec();
         assert_eq!(load(&cache, &engine, &bytes).1, Outcome::Compiled);
         assert_eq!(load(&cache, &engine, &bytes).1, Outcome::Hit);
-        let entry = cache.entry_path(&engine, Kind::Module, &bytes);
+        let entry = cache.entry_path(&engine, Kind::Module, &Digest::of(&bytes));
         let mut data = std::fs::read(&entry).unwrap();
         let last = data.len() - 1;
         data[last] ^= 0xff;
@@ -611,12 +611,12 @@ mod tests {
         config.wasm_simd(false).wasm_relaxed_simd(false);
         let other = wasmtime::Engine::new(&config).unwrap();
         assert_ne!(
-            cache.entry_path(&plain, Kind::Module, &bytes),
-            cache.entry_path(&other, Kind::Module, &bytes)
+            cache.entry_path(&plain, Kind::Module, &Digest::of(&bytes)),
+            cache.entry_path(&other, Kind::Module, &Digest::of(&bytes))
         );
         assert_ne!(
-            cache.entry_path(&plain, Kind::Module, &bytes),
-            cache.entry_path(&plain, Kind::Component, &bytes)
+            cache.entry_path(&plain, Kind::Module, &Digest::of(&bytes)),
+            cache.entry_path(&plain, Kind::Component, &Digest::of(&bytes))
         );
     }
 }

@@ -266,11 +266,13 @@ impl Engine {
     /// else with Cranelift.
     fn compile_core(&self, bytes: &[u8], path: &Path) -> Result<(Module, &Linker<CoreState>)> {
         let cache = cache::ModuleCache::shared();
+        // Hashed once: the cache keys of every compiler derive from it.
+        let digest = wasmbox_format::Digest::of(bytes);
         if let Some(cache) = cache
             && tiering::wanted(bytes.len())
             && let Some(baseline) = self.baseline()
         {
-            if let Some(module) = cache::load_cached::<Module>(cache, &self.engine, bytes, path) {
+            if let Some(module) = cache::load_cached::<Module>(cache, &self.engine, &digest, path) {
                 let linker = self.linker(&self.core_linker, &self.engine, core_linker)?;
                 return Ok((module, linker));
             }
@@ -278,6 +280,7 @@ impl Engine {
                 Some(cache),
                 &baseline.engine,
                 bytes,
+                &digest,
                 path,
                 "Winch",
             ) {
@@ -286,8 +289,9 @@ impl Engine {
                         cache,
                         self.engine.clone(),
                         bytes.to_vec(),
+                        cache.entry_path(&baseline.engine, cache::Kind::Module, &digest),
+                        digest,
                         path.to_path_buf(),
-                        cache.entry_path(&baseline.engine, cache::Kind::Module, bytes),
                     );
                     let linker =
                         self.linker(&baseline.core_linker, &baseline.engine, core_linker)?;
@@ -298,7 +302,7 @@ impl Engine {
                 Err(e) => log::info!("Winch cannot compile {}: {e:#}", path.display()),
             }
         }
-        let module = cache::compile_cached(cache, &self.engine, bytes, path, "Cranelift")?;
+        let module = cache::compile_cached(cache, &self.engine, bytes, &digest, path, "Cranelift")?;
         let linker = self.linker(&self.core_linker, &self.engine, core_linker)?;
         Ok((module, linker))
     }
@@ -399,8 +403,14 @@ impl Engine {
             } else {
                 &self.engine
             };
-            let component: Component =
-                cache::compile_cached(cache, engine, &bytes, &spec.module, "Cranelift")?;
+            let component: Component = cache::compile_cached(
+                cache,
+                engine,
+                &bytes,
+                &wasmbox_format::Digest::of(&bytes),
+                &spec.module,
+                "Cranelift",
+            )?;
             if serves_http && http::is_http_handler(engine, &component) {
                 http::check(spec)?;
                 let linker = self.linker(&self.http_linker, engine, http::linker)?;

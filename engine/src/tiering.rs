@@ -77,22 +77,23 @@ pub(crate) fn tier_up_in_background(
     cache: &'static ModuleCache,
     optimized: wasmtime::Engine,
     bytes: Vec<u8>,
-    path: PathBuf,
     baseline_entry: PathBuf,
+    digest: wasmbox_format::Digest,
+    path: PathBuf,
 ) {
     let what = path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("tier-up".into())
         .spawn(move || {
             lower_priority();
-            let compile = || compile(cache, &optimized, &bytes, &path);
+            let compile = || compile(cache, &optimized, &bytes, &digest, &path);
             match pool() {
                 Some(pool) => pool.install(compile),
                 None => compile(),
             }
             // Stored: later starts load it, so the Winch artifact has no use.
             if cache
-                .entry_path(&optimized, cache::Kind::Module, &bytes)
+                .entry_path(&optimized, cache::Kind::Module, &digest)
                 .exists()
             {
                 let _ = std::fs::remove_file(&baseline_entry);
@@ -107,9 +108,21 @@ pub(crate) fn tier_up_in_background(
     }
 }
 
-fn compile(cache: &ModuleCache, optimized: &wasmtime::Engine, bytes: &[u8], path: &Path) {
-    let compiled =
-        cache::compile_cached::<wasmtime::Module>(Some(cache), optimized, bytes, path, "Cranelift");
+fn compile(
+    cache: &ModuleCache,
+    optimized: &wasmtime::Engine,
+    bytes: &[u8],
+    digest: &wasmbox_format::Digest,
+    path: &Path,
+) {
+    let compiled = cache::compile_cached::<wasmtime::Module>(
+        Some(cache),
+        optimized,
+        bytes,
+        digest,
+        path,
+        "Cranelift",
+    );
     if let Err(e) = compiled {
         log::warn!(
             "compiling {} with Cranelift in the background: {e:#}",
