@@ -3,7 +3,7 @@
 //! registry and containerd store wasmbox talks to.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -175,8 +175,73 @@ impl Hasher {
     }
 }
 
+/// Reads through to `inner`, hashing as it goes, and turns the end of the
+/// content into an `InvalidData` error when it does not hash to `expected`:
+/// a reader that copies to the end has verified what it copied.
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Option<Hasher>,
+    expected: Digest,
+    read: u64,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest) -> VerifyingReader<R> {
+        VerifyingReader {
+            inner,
+            hasher: Some(Hasher::default()),
+            expected,
+            read: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let Some(hasher) = self.hasher.as_mut() else {
+            return Ok(n);
+        };
+        if n > 0 {
+            hasher.update(&buf[..n]);
+            self.read += n as u64;
+            return Ok(n);
+        }
+        if !buf.is_empty()
+            && let Some(hasher) = self.hasher.take()
+        {
+            hasher.finish().matches(&self.expected).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{e} ({} bytes read)", self.read),
+                )
+            })?;
+        }
+        Ok(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn verifying_reader_fails_at_the_end_of_content_that_does_not_match() {
+        let good = Digest::of(b"abc");
+        let mut out = Vec::new();
+        io::copy(
+            &mut VerifyingReader::new(&b"abc"[..], good.clone()),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, b"abc");
+        let err = io::copy(
+            &mut VerifyingReader::new(&b"abd"[..], good),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("hashes to sha256:"), "{err}");
+    }
     use super::*;
 
     const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";

@@ -5,8 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+mod atomic;
 mod digest;
-pub use digest::{Digest, DigestError, Hasher, HashingWriter};
+pub use atomic::{AtomicFile, WriteError, write_atomic};
+pub use digest::{Digest, DigestError, Hasher, HashingWriter, VerifyingReader};
 
 /// The runtime type containerd, Docker and the RuntimeClass know the shim by.
 pub const RUNTIME_TYPE: &str = "io.containerd.wasmtime.v1";

@@ -3,15 +3,13 @@
 //! `docker login` and `wasmbox login` see each other's logins.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
 use serde_json::{Map, Value};
-
-use crate::store::write_atomic;
 
 /// The key Docker uses for a registry host in `config.json`.
 pub fn server_key(registry: &str) -> String {
@@ -69,14 +67,13 @@ fn read_config() -> Result<(PathBuf, Map<String, Value>)> {
     Ok((path, config))
 }
 
-fn write_config(path: &PathBuf, config: &Map<String, Value>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+fn write_config(path: &Path, config: &Map<String, Value>) -> Result<()> {
     let dir = path.parent().context("config path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut data = serde_json::to_vec_pretty(config)?;
     data.push(b'\n');
-    write_atomic(path, &data)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // 0600: the file holds credentials.
+    crate::format::write_atomic(path, &data, 0o600)?;
     Ok(())
 }
 

@@ -10,12 +10,75 @@ use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
 use wasmbox::format;
-use wasmbox::image::{self, AddSpec, Compression, ImageFormat, ImageInfo, PackOptions};
-use wasmbox::module::WasmModule;
+use wasmbox::image::{
+    self, AddSpec, Compression, ImageFormat, ImageInfo, ImageSource, PackOptions, TransferReport,
+    copy, short,
+};
+use wasmbox::location::{Endpoints, Location};
+use wasmbox::pack::{PackRequest, module_name_for};
 use wasmbox::progress::Progress;
 use wasmbox::reference::ImageRef;
-use wasmbox::registry::{Registry, RegistryOptions, TransferReport, short};
-use wasmbox::store::Store;
+use wasmbox::registry::{Registry, RegistryOptions};
+
+/// How to reach a registry (flattened into each command that talks to one).
+#[derive(Debug, Clone, Default, clap::Args)]
+struct RegistryFlags {
+    /// Talk plain HTTP instead of HTTPS (local or test registries only).
+    #[arg(long)]
+    plain_http: bool,
+    /// Trust the CA certificate(s) in this PEM file for the registry's TLS.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate (unsafe; for test registries).
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+}
+
+impl From<RegistryFlags> for RegistryOptions {
+    fn from(f: RegistryFlags) -> Self {
+        RegistryOptions {
+            plain_http: f.plain_http,
+            ca_file: f.ca_file,
+            insecure_skip_tls_verify: f.insecure_skip_tls_verify,
+        }
+    }
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// Docker-compatible `wasi/wasm` image: OCI config and one tar layer.
+    Image,
+    /// CNCF TAG-Runtime Wasm artifact: Wasm config and one `application/wasm` layer.
+    Artifact,
+}
+
+impl From<FormatArg> for ImageFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Image => ImageFormat::Image,
+            FormatArg::Artifact => ImageFormat::Artifact,
+        }
+    }
+}
+
+/// `--compression`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Self {
+        match c {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -39,7 +102,7 @@ enum Command {
     Push {
         reference: ImageRef,
         #[command(flatten)]
-        registry: RegistryOptions,
+        registry: RegistryFlags,
         /// Print a JSON result on stdout.
         #[arg(long)]
         json: bool,
@@ -48,18 +111,31 @@ enum Command {
     Pull {
         reference: ImageRef,
         #[command(flatten)]
-        registry: RegistryOptions,
+        registry: RegistryFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy an image between registries, the store, OCI archives and OCI
+    /// layouts, keeping its digest. Each side is REF (a registry),
+    /// store:REF, oci-archive:PATH[:REF] or oci:DIR[:REF].
+    Copy {
+        source: Location,
+        destination: Location,
+        #[command(flatten)]
+        registry: RegistryFlags,
         #[arg(long)]
         json: bool,
     },
     /// Show an image's platform, entrypoint, WASI world, size and layers.
     Inspect {
-        reference: ImageRef,
+        /// REF (the store's image, else the registry's), or a location as
+        /// `copy` takes it (store:REF, oci-archive:PATH[:REF], oci:DIR[:REF]).
+        reference: String,
         /// Ask the registry even when the image is in the local store.
         #[arg(long)]
         remote: bool,
         #[command(flatten)]
-        registry: RegistryOptions,
+        registry: RegistryFlags,
         #[arg(long)]
         json: bool,
     },
@@ -72,7 +148,7 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
-        options: RegistryOptions,
+        options: RegistryFlags,
     },
     /// Remove the stored credentials for a registry.
     Logout { registry: String },
@@ -113,7 +189,7 @@ struct PackArgs {
     #[arg(long)]
     push: bool,
     #[command(flatten)]
-    registry: RegistryOptions,
+    registry: RegistryFlags,
     /// Also write the image as a tar for `ctr image import` / `docker load`.
     #[arg(short = 'o', long = "output", value_name = "ARCHIVE.tar")]
     output: Option<PathBuf>,
@@ -139,9 +215,9 @@ struct PackArgs {
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     annotations: Vec<String>,
     #[arg(long, value_enum, default_value = "image")]
-    format: ImageFormat,
+    format: FormatArg,
     #[arg(long, value_enum, default_value = "gzip")]
-    compression: Compression,
+    compression: CompressionArg,
     /// Image os: wasi (Docker's `--platform wasi/wasm`, the default for --format image), wasip1 or wasip2 (the WASI version: the default for --format artifact, detected from the module).
     #[arg(long, value_parser = ["wasip1", "wasip2", "wasi"])]
     os: Option<String>,
@@ -205,11 +281,12 @@ fn run_guest(store_dir: Option<&Path>, request: &wasmbox::run::RunRequest) -> Re
     Ok(engine.run(&program, &spec, not_killed))
 }
 
-fn open_store(dir: Option<&Path>) -> Result<Store> {
-    match dir {
-        Some(d) => Store::open(d),
-        None => Store::open(&Store::default_root()?),
+fn open_store(dir: Option<&Path>) -> Result<wasmbox::store::Store> {
+    Endpoints {
+        store_dir: dir,
+        registry: &RegistryOptions::default(),
     }
+    .store()
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -220,19 +297,59 @@ async fn run(cli: Cli) -> Result<()> {
             reference,
             registry,
             json,
-        } => transfer(store_dir, Direction::Push, &reference, &registry, json).await,
+        } => {
+            let source = Location::Store(reference.clone());
+            let destination = Location::Registry(reference);
+            transfer(
+                store_dir,
+                "Pushed",
+                &source,
+                &destination,
+                &registry.into(),
+                json,
+            )
+            .await
+        }
         Command::Pull {
             reference,
             registry,
             json,
-        } => transfer(store_dir, Direction::Pull, &reference, &registry, json).await,
+        } => {
+            let source = Location::Registry(reference.clone());
+            let destination = Location::Store(reference);
+            transfer(
+                store_dir,
+                "Pulled",
+                &source,
+                &destination,
+                &registry.into(),
+                json,
+            )
+            .await
+        }
+        Command::Copy {
+            source,
+            destination,
+            registry,
+            json,
+        } => {
+            transfer(
+                store_dir,
+                "Copied",
+                &source,
+                &destination,
+                &registry.into(),
+                json,
+            )
+            .await
+        }
         Command::Inspect {
             reference,
             remote,
             registry,
             json,
         } => {
-            let info = inspect(store_dir, &reference, remote, &registry).await?;
+            let info = inspect(store_dir, &reference, remote, &registry.into()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -260,7 +377,7 @@ async fn run(cli: Cli) -> Result<()> {
                 bail!("no password on standard input");
             }
             let auth = oci_client::secrets::RegistryAuth::Basic(username.clone(), password.clone());
-            Registry::with_auth(&registry, &options, auth)?
+            Registry::with_auth(&registry, &options.into(), auth)?
                 .check_login(&format!("{username}/wasmbox-login-check"))
                 .await?;
             let path = wasmbox::auth::save_login(&registry, &username, &password)?;
@@ -294,25 +411,22 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-enum Direction {
-    Push,
-    Pull,
-}
-
+/// Copies `source` to `destination` and reports it as `verb`.
 async fn transfer(
     store_dir: Option<&Path>,
-    direction: Direction,
-    reference: &ImageRef,
+    verb: &str,
+    source: &Location,
+    destination: &Location,
     options: &RegistryOptions,
     json: bool,
 ) -> Result<()> {
-    let store = open_store(store_dir)?;
-    let registry = Registry::new(reference.registry(), options)?;
-    let progress = Progress::new(!json);
-    let (verb, report) = match direction {
-        Direction::Push => ("Pushed", registry.push(&store, reference, &progress).await?),
-        Direction::Pull => ("Pulled", registry.pull(&store, reference, &progress).await?),
+    let endpoints = Endpoints {
+        store_dir,
+        registry: options,
     };
+    let from = source.open_source(&endpoints)?;
+    let mut to = destination.open_destination(&endpoints, source.image_ref())?;
+    let report = copy(&from, &mut to, &Progress::new(!json)).await?;
     print_transfer(verb, &report, json);
     Ok(())
 }
@@ -331,65 +445,52 @@ async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
     parse_key_values("--env", &args.env)?; // validated only: the image keeps the list as given
     let labels = parse_key_values("--label", &args.labels)?;
     let annotations = parse_key_values("--annotation", &args.annotations)?;
-    let module = WasmModule::load(&args.module, args.export.as_deref())?;
-    let file_name = args
-        .module
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the module path has no UTF-8 file name")?;
-    let module_name = match Path::new(file_name).extension() {
-        Some(ext) if ext == "wasm" => file_name.to_string(),
-        _ => format!(
-            "{}.wasm",
-            Path::new(file_name)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("module")
-        ),
-    };
-    let opts = PackOptions {
-        module_name,
+    let options = PackOptions {
+        module_name: module_name_for(&args.module)?,
         adds: args.adds,
         env: args.env,
         args: args.args,
         workdir: args.workdir,
         labels,
         annotations,
-        format: args.format,
-        compression: args.compression,
+        format: args.format.into(),
+        compression: args.compression.into(),
         os: args.os,
         created: PackOptions::created_from_env()?,
     };
-    let image = image::build(&module, &opts)
-        .with_context(|| format!("packing {}", args.module.display()))?;
-
-    let store = open_store(store_dir)?;
-    store.put(&args.tag, &image)?;
-    if let Some(path) = &args.output {
-        wasmbox::archive::write(&store, &args.tag, path)?;
-    }
-    if let Some(dir) = &args.oci_layout {
-        Store::open(dir)?.put(&args.tag, &image)?;
-    }
-    let os = opts
-        .os
-        .clone()
-        .unwrap_or_else(|| module.default_os().to_string());
+    let registry: RegistryOptions = args.registry.clone().into();
+    let endpoints = Endpoints {
+        store_dir,
+        registry: &registry,
+    };
+    let packed = wasmbox::pack::pack(
+        &endpoints,
+        PackRequest {
+            module: &args.module,
+            export: args.export.as_deref(),
+            tag: &args.tag,
+            options,
+            archive: args.output.clone(),
+            oci_layout: args.oci_layout.clone(),
+        },
+    )
+    .await?;
     if !args.json {
         println!(
             "Packed {} {} ({}/{}, {})",
             args.tag,
-            image.digest(),
-            os,
+            packed.digest,
+            packed.os,
             format::ARCH_WASM,
-            module.world
+            packed.world
         );
     }
     let mut pushed = None;
     if args.push {
-        let registry = Registry::new(args.tag.registry(), &args.registry)?;
-        let report = registry
-            .push(&store, &args.tag, &Progress::new(!args.json))
+        let source = Location::Store(args.tag.clone()).open_source(&endpoints)?;
+        let mut destination =
+            Location::Registry(args.tag.clone()).open_destination(&endpoints, None)?;
+        let report = copy(&source, &mut destination, &Progress::new(!args.json))
             .await
             .with_context(|| {
                 format!(
@@ -406,10 +507,10 @@ async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
     if args.json {
         let out = json!({
             "reference": args.tag.to_string(),
-            "digest": image.digest(),
-            "os": os,
+            "digest": packed.digest,
+            "os": packed.os,
             "architecture": format::ARCH_WASM,
-            "wasiWorld": module.world.to_string(),
+            "wasiWorld": packed.world,
             "archive": args.output,
             "ociLayout": args.oci_layout,
             "push": pushed,
@@ -426,27 +527,34 @@ fn swap_context(e: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!("{cause} ({hint})")
 }
 
+/// Describes the image at `target`: a location as `copy` takes it, or a
+/// plain reference, looked up in the store first unless `remote`.
 async fn inspect(
     store_dir: Option<&Path>,
-    reference: &ImageRef,
+    target: &str,
     remote: bool,
     options: &RegistryOptions,
 ) -> Result<ImageInfo> {
-    if !remote {
-        let store = open_store(store_dir)?;
-        if let Some(stored) = store.resolve(reference)? {
-            let (manifest, config) = store.manifest_and_config(&stored)?;
-            return image::describe(reference.as_str(), &manifest, &config);
-        }
+    let mut location: Location = target.parse().map_err(anyhow::Error::msg)?;
+    let endpoints = Endpoints {
+        store_dir,
+        registry: options,
+    };
+    if let Location::Registry(reference) = &location
+        && !remote
+        && !target.starts_with("docker://")
+        && endpoints.store()?.resolve(reference)?.is_some()
+    {
+        location = Location::Store(reference.clone());
     }
-    let registry = Registry::new(reference.registry(), options)?;
-    let (manifest, _) = registry.fetch_manifest(reference).await?;
-    let config_digest = image::parse_manifest(&manifest)?
-        .config()
-        .digest()
-        .to_string();
-    let config = registry.fetch_blob(reference, &config_digest).await?;
-    image::describe(reference.as_str(), &manifest, &config)
+    let name = match location.image_ref() {
+        Some(r) => r.to_string(),
+        None => location.to_string(),
+    };
+    let source = location.open_source(&endpoints)?;
+    let manifest = source.manifest().await?;
+    let config = image::read_blob(&source, manifest.config()).await?;
+    image::describe(&name, manifest.bytes(), &config)
 }
 
 fn print_info(info: &ImageInfo) {
@@ -514,7 +622,7 @@ fn images(store_dir: Option<&Path>, json: bool) -> Result<()> {
     let mut rows = Vec::new();
     for stored in store.list()? {
         let (manifest, config) = store.manifest_and_config(&stored)?;
-        rows.push(image::describe(&stored.name, &manifest, &config)?);
+        rows.push(image::describe(&stored.name, manifest.bytes(), &config)?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -1,7 +1,7 @@
-//! Moving images between the local store and a registry. The registry
-//! protocol (auth challenges, uploads, token caching) is oci-client's; this
-//! module decides what to send, verifies digests and turns failures into one
-//! sentence that says what the registry answered.
+//! Registries as image sources and destinations. The registry protocol
+//! (auth challenges, uploads, mounts, token caching) is oci-client's; this
+//! module maps it onto the image model and turns failures into one sentence
+//! that says what the registry answered.
 
 use std::path::PathBuf;
 
@@ -11,46 +11,24 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use oci_spec::image::{Descriptor, DescriptorBuilder, ImageIndex, MediaType};
-use serde::Serialize;
-use std::io::Write;
-use std::str::FromStr;
+use oci_spec::image::{Descriptor, ImageIndex};
 
 use crate::format;
-use crate::image::parse_manifest;
-use crate::progress::Progress;
+use crate::image::{
+    BlobStream, ImageDestination, ImageSource, Manifest, descriptor_digest, is_index, platform_of,
+    short,
+};
 use crate::reference::ImageRef;
-use crate::store::Store;
 
 /// How to reach a registry.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Talk plain HTTP instead of HTTPS (local or test registries only).
-    #[arg(long)]
+    /// Plain HTTP instead of HTTPS (local or test registries only).
     pub plain_http: bool,
-    /// Trust the CA certificate(s) in this PEM file for the registry's TLS.
-    #[arg(long, value_name = "PEM")]
+    /// CA certificate(s) to trust for the registry's TLS, as a PEM file.
     pub ca_file: Option<PathBuf>,
     /// Accept any TLS certificate (unsafe; for test registries).
-    #[arg(long)]
     pub insecure_skip_tls_verify: bool,
-}
-
-/// What happened to one blob during a push or pull.
-#[derive(Debug, Clone, Serialize)]
-pub struct BlobTransfer {
-    pub digest: String,
-    pub size: u64,
-    /// `true` when the blob was already there and nothing was sent.
-    pub skipped: bool,
-}
-
-/// Result of a push or pull.
-#[derive(Debug, Clone, Serialize)]
-pub struct TransferReport {
-    pub reference: String,
-    pub digest: String,
-    pub blobs: Vec<BlobTransfer>,
 }
 
 /// A client for one registry host with the credentials stored for it.
@@ -130,91 +108,9 @@ impl Registry {
             .map_err(|e| self.explain(e, &what))
     }
 
-    /// Pushes `name` from `store`: layers and config first (skipping what the
-    /// registry has), then the manifest, so a failed push never moves the tag.
-    pub async fn push(
-        &self,
-        store: &Store,
-        name: &ImageRef,
-        progress: &Progress,
-    ) -> Result<TransferReport> {
-        let stored = store.get(name)?;
-        let manifest_digest = stored.manifest.digest().to_string();
-        let manifest_bytes = store.read_blob(&manifest_digest)?;
-        let manifest = parse_manifest(&manifest_bytes)
-            .with_context(|| format!("reading the manifest of {name} from the store"))?;
-        let reference = name.reference();
-        self.client
-            .auth(reference, &self.auth, oci_client::RegistryOperation::Push)
-            .await
-            .map_err(|e| self.explain(e, &format!("pushing {name}")))?;
-
-        let mut blobs = Vec::new();
-        let descriptors = manifest
-            .layers()
-            .iter()
-            .chain(std::iter::once(manifest.config()));
-        for desc in descriptors {
-            let digest = desc.digest().to_string();
-            let what = format!("pushing blob {} of {name}", short(&digest));
-            let exists = self
-                .client
-                .blob_exists(reference, &digest)
-                .await
-                .map_err(|e| self.explain(e, &what))?;
-            if exists {
-                blobs.push(BlobTransfer {
-                    digest,
-                    size: desc.size(),
-                    skipped: true,
-                });
-                continue;
-            }
-            let data = bytes::Bytes::from(store.read_blob(&digest)?);
-            let size = data.len() as u64;
-            let bar = progress.bar(&format!("push {}", short(&digest)), size);
-            const CHUNK: usize = 1 << 20;
-            let chunks: Vec<bytes::Bytes> = (0..data.len())
-                .step_by(CHUNK)
-                .map(|start| data.slice(start..(start + CHUNK).min(data.len())))
-                .collect();
-            let bar_in_stream = bar.clone();
-            let stream = futures_util::stream::iter(chunks).map(move |chunk| {
-                bar_in_stream.inc(chunk.len() as u64);
-                Ok::<_, OciDistributionError>(chunk)
-            });
-            let pushed = self
-                .client
-                .push_blob_stream(reference, stream, &digest, Some(size))
-                .await;
-            bar.finish_and_clear();
-            pushed.map_err(|e| self.explain(e, &what))?;
-            blobs.push(BlobTransfer {
-                digest,
-                size,
-                skipped: false,
-            });
-        }
-
-        let media_type = manifest
-            .media_type()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| format::MEDIA_TYPE_OCI_MANIFEST.to_string());
-        self.client
-            .push_manifest_raw(reference, manifest_bytes, media_type.parse()?)
-            .await
-            .map_err(|e| self.explain(e, &format!("pushing the manifest of {name}")))?;
-        Ok(TransferReport {
-            reference: name.to_string(),
-            digest: manifest_digest,
-            blobs,
-        })
-    }
-
     /// Fetches the image manifest of `name`, following an index to its Wasm
-    /// entry. Returns the manifest bytes and their digest (verified).
-    pub async fn fetch_manifest(&self, name: &ImageRef) -> Result<(Vec<u8>, String)> {
+    /// entry, and checks it against the digest the reference or index names.
+    pub async fn fetch_manifest(&self, name: &ImageRef) -> Result<Manifest> {
         let what = format!("fetching the manifest of {name}");
         let (bytes, _) = self
             .client
@@ -225,30 +121,18 @@ impl Registry {
             )
             .await
             .map_err(|e| self.explain(e, &what))?;
-        let digest = format::Digest::of(&bytes).to_string();
-        if let Some(expected) = name.reference().digest()
-            && expected != digest
-        {
-            bail!("{what}: the registry sent content that hashes to {digest}, not {expected}");
+        if let Some(expected) = name.reference().digest() {
+            let expected: format::Digest = expected.parse()?;
+            expected
+                .verify(&bytes)
+                .map_err(|e| anyhow!("{what}: the registry sent content that {e}"))?;
         }
-        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("mediaType")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            });
-        let is_index = matches!(
-            media_type.as_deref(),
-            Some(format::MEDIA_TYPE_OCI_INDEX) | Some(format::MEDIA_TYPE_DOCKER_MANIFEST_LIST)
-        );
-        if !is_index {
-            return Ok((bytes.to_vec(), digest));
+        if !is_index(&bytes) {
+            return Manifest::from_bytes(bytes.to_vec()).with_context(|| what.clone());
         }
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .with_context(|| format!("{what}: the index is not valid JSON"))?;
-        let wasm = format::choose_wasm_entry(index.manifests(), platform_of);
-        let Some(entry) = wasm else {
+        let Some(entry) = format::choose_wasm_entry(index.manifests(), platform_of) else {
             let platforms: Vec<String> = index
                 .manifests()
                 .iter()
@@ -270,100 +154,10 @@ impl Registry {
             .pull_manifest_raw(&child, &self.auth, &format::ACCEPTED_MANIFEST_MEDIA_TYPES)
             .await
             .map_err(|e| self.explain(e, &what))?;
-        let digest = format::Digest::of(&bytes).to_string();
-        if digest != entry.digest().to_string() {
-            bail!(
-                "{what}: the registry sent content that hashes to {digest}, not {}",
-                entry.digest()
-            );
-        }
-        Ok((bytes.to_vec(), digest))
-    }
-
-    /// Downloads one blob into memory and checks its digest.
-    pub async fn fetch_blob(&self, name: &ImageRef, digest: &str) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let what = format!("fetching blob {} of {name}", short(digest));
-        let mut stream = self
-            .client
-            .pull_blob_stream(name.reference(), digest)
-            .await
-            .map_err(|e| self.explain(e, &what))?
-            .stream;
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.with_context(|| what.clone())?);
-        }
-        let actual = format::Digest::of(&out).to_string();
-        if actual != digest {
-            bail!("{what}: the registry sent content that hashes to {actual}");
-        }
-        Ok(out)
-    }
-
-    /// Pulls `name` into `store`; blobs already there are not downloaded again.
-    pub async fn pull(
-        &self,
-        store: &Store,
-        name: &ImageRef,
-        progress: &Progress,
-    ) -> Result<TransferReport> {
-        let (manifest_bytes, manifest_digest) = self.fetch_manifest(name).await?;
-        let manifest =
-            parse_manifest(&manifest_bytes).with_context(|| format!("pulling {name}"))?;
-        let mut blobs = Vec::new();
-        for desc in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
-            let digest = desc.digest().to_string();
-            if store.has_blob(&digest) {
-                blobs.push(BlobTransfer {
-                    digest,
-                    size: desc.size(),
-                    skipped: true,
-                });
-                continue;
-            }
-            let what = format!("pulling blob {} of {name}", short(&digest));
-            let sized = self
-                .client
-                .pull_blob_stream(name.reference(), digest.as_str())
-                .await
-                .map_err(|e| self.explain(e, &what))?;
-            let bar = progress.bar(
-                &format!("pull {}", short(&digest)),
-                sized.content_length.unwrap_or(desc.size()),
-            );
-            let mut writer = store.blob_writer()?;
-            let mut stream = sized.stream;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.with_context(|| what.clone())?;
-                writer.write_all(&chunk)?;
-                bar.inc(chunk.len() as u64);
-            }
-            bar.finish_and_clear();
-            writer
-                .commit(store, &digest)
-                .with_context(|| what.clone())?;
-            blobs.push(BlobTransfer {
-                digest,
-                size: desc.size(),
-                skipped: false,
-            });
-        }
-        store.write_blob(&manifest_digest, &manifest_bytes)?;
-        let media_type = manifest
-            .media_type()
-            .clone()
-            .unwrap_or(MediaType::ImageManifest);
-        let descriptor: Descriptor = DescriptorBuilder::default()
-            .media_type(media_type)
-            .size(manifest_bytes.len() as u64)
-            .digest(oci_spec::image::Digest::from_str(&manifest_digest)?)
-            .build()?;
-        store.tag(name, descriptor)?;
-        Ok(TransferReport {
-            reference: name.to_string(),
-            digest: manifest_digest,
-            blobs,
-        })
+        descriptor_digest(entry)?
+            .verify(&bytes)
+            .map_err(|e| anyhow!("{what}: the registry sent content that {e}"))?;
+        Manifest::from_bytes(bytes.to_vec()).with_context(|| what.clone())
     }
 
     /// One sentence saying what failed and what the registry answered.
@@ -495,15 +289,142 @@ fn last_part(chain: &str) -> &str {
     chain.rsplit(": ").next().unwrap_or(chain)
 }
 
-/// `sha256:0123456789ab` — enough to tell blobs apart in messages.
-pub fn short(digest: &str) -> &str {
-    &digest[..digest.len().min(19)]
+/// One image in a registry: a source (pull, copy from) and a destination
+/// (push, copy to).
+pub struct RemoteImage {
+    registry: Registry,
+    name: ImageRef,
+    /// Whether push access has been asked for (once, before the first write).
+    push_auth: bool,
 }
 
-/// An index entry's (os, architecture), for [`format::choose_wasm_entry`].
-pub(crate) fn platform_of(entry: &Descriptor) -> Option<(String, String)> {
-    entry
-        .platform()
-        .as_ref()
-        .map(|p| (p.os().to_string(), p.architecture().to_string()))
+impl RemoteImage {
+    pub fn new(registry: Registry, name: ImageRef) -> RemoteImage {
+        RemoteImage {
+            registry,
+            name,
+            push_auth: false,
+        }
+    }
+
+    /// Asks the registry for push access to the repository, once.
+    async fn authorize_push(&mut self) -> Result<()> {
+        if self.push_auth {
+            return Ok(());
+        }
+        self.registry
+            .client
+            .auth(
+                self.name.reference(),
+                &self.registry.auth,
+                oci_client::RegistryOperation::Push,
+            )
+            .await
+            .map_err(|e| self.registry.explain(e, &format!("pushing {}", self.name)))?;
+        self.push_auth = true;
+        Ok(())
+    }
+}
+
+impl ImageSource for RemoteImage {
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+
+    async fn manifest(&self) -> Result<Manifest> {
+        self.registry.fetch_manifest(&self.name).await
+    }
+
+    async fn blob(&self, descriptor: &Descriptor) -> Result<BlobStream> {
+        let digest = descriptor.digest().to_string();
+        let what = format!("pulling blob {} of {}", short(&digest), self.name);
+        let sized = self
+            .registry
+            .client
+            .pull_blob_stream(self.name.reference(), digest.as_str())
+            .await
+            .map_err(|e| self.registry.explain(e, &what))?;
+        Ok(sized.stream)
+    }
+
+    fn registry_image(&self) -> Option<&ImageRef> {
+        Some(&self.name)
+    }
+}
+
+impl ImageDestination for RemoteImage {
+    fn name(&self) -> String {
+        self.name.to_string()
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        self.authorize_push().await
+    }
+
+    async fn has_blob(&self, descriptor: &Descriptor) -> Result<bool> {
+        let digest = descriptor.digest().to_string();
+        let what = format!("pushing blob {} of {}", short(&digest), self.name);
+        self.registry
+            .client
+            .blob_exists(self.name.reference(), &digest)
+            .await
+            .map_err(|e| self.registry.explain(e, &what))
+    }
+
+    async fn mount_blob(&mut self, descriptor: &Descriptor, from: &ImageRef) -> Result<bool> {
+        let same_registry = from.registry() == self.name.registry();
+        let same_repository = from.reference().repository() == self.name.reference().repository();
+        if !same_registry || same_repository {
+            return Ok(false);
+        }
+        self.authorize_push().await?;
+        // A registry that cannot mount (no access to `from`, or mounting
+        // switched off) answers with an upload session instead: the blob is
+        // then sent, so the refusal itself is not an error.
+        Ok(self
+            .registry
+            .client
+            .mount_blob(
+                self.name.reference(),
+                from.reference(),
+                descriptor.digest().as_ref(),
+            )
+            .await
+            .is_ok())
+    }
+
+    async fn put_blob(&mut self, descriptor: &Descriptor, data: BlobStream) -> Result<()> {
+        self.authorize_push().await?;
+        let digest = descriptor.digest().to_string();
+        let what = format!("pushing blob {} of {}", short(&digest), self.name);
+        let data = data.map(|chunk| chunk.map_err(OciDistributionError::from));
+        self.registry
+            .client
+            .push_blob_stream(
+                self.name.reference(),
+                data,
+                &digest,
+                Some(descriptor.size()),
+            )
+            .await
+            .map_err(|e| self.registry.explain(e, &what))?;
+        Ok(())
+    }
+
+    async fn put_manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        self.authorize_push().await?;
+        self.registry
+            .client
+            .push_manifest_raw(
+                self.name.reference(),
+                manifest.bytes().to_vec(),
+                manifest.media_type().parse()?,
+            )
+            .await
+            .map_err(|e| {
+                self.registry
+                    .explain(e, &format!("pushing the manifest of {}", self.name))
+            })?;
+        Ok(())
+    }
 }

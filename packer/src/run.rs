@@ -10,7 +10,7 @@ use oci_spec::image::ImageConfiguration;
 use wasmbox_engine::{Preopen, RunSpec, Stdio};
 
 use crate::format;
-use crate::image::parse_manifest;
+use crate::image::descriptor_digest;
 use crate::reference::ImageRef;
 use crate::store::Store;
 
@@ -108,8 +108,7 @@ pub fn prepare(store_dir: Option<&Path>, req: &RunRequest, scratch: &Path) -> Re
 
 fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -> Result<RunSpec> {
     let stored = store.get(name)?;
-    let (manifest_bytes, config_bytes) = store.manifest_and_config(&stored)?;
-    let manifest = parse_manifest(&manifest_bytes)?;
+    let (manifest, config_bytes) = store.manifest_and_config(&stored)?;
     let rootfs = scratch.join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
 
@@ -120,7 +119,11 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
         .find(|l| format::is_wasm_layer(l.media_type().as_ref()))
     {
         let module = rootfs.join(format::ARTIFACT_MODULE_PATH.trim_start_matches('/'));
-        std::fs::write(&module, store.read_blob(layer.digest().as_ref())?)?;
+        let mut blob = store.open_blob(&descriptor_digest(layer)?)?;
+        let mut file = std::fs::File::create(&module)
+            .with_context(|| format!("creating {}", module.display()))?;
+        std::io::copy(&mut blob, &mut file)
+            .with_context(|| format!("reading the module of {name} from the store"))?;
         let mut argv = vec![format::ARTIFACT_MODULE_PATH.to_string()];
         argv.extend(args.iter().cloned());
         return Ok(RunSpec {
@@ -136,17 +139,25 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
         if !format::is_tar_layer(&media_type) {
             bail!("{name} has a layer of type {media_type}, which wasmbox run cannot unpack");
         }
-        let data = store.read_blob(layer.digest().as_ref())?;
-        let reader: Box<dyn Read> = if media_type.ends_with("gzip") {
-            Box::new(flate2::read::GzDecoder::new(data.as_slice()))
-        } else if media_type.ends_with("zstd") {
-            Box::new(zstd::Decoder::new(data.as_slice())?)
-        } else {
-            Box::new(data.as_slice())
-        };
-        tar::Archive::new(reader)
-            .unpack(&rootfs)
-            .with_context(|| format!("unpacking layer {} of {name}", layer.digest()))?;
+        // Streamed from the store. The blob reader fails at the end of the
+        // file if the content does not match the digest, so after the tar
+        // ends the rest of the blob is read too: a corrupt layer is an error
+        // even where the tar and the compression end early.
+        let what = || format!("unpacking layer {} of {name}", layer.digest());
+        let mut blob = std::io::BufReader::new(store.open_blob(&descriptor_digest(layer)?)?);
+        {
+            let reader: Box<dyn Read + '_> = if media_type.ends_with("gzip") {
+                Box::new(flate2::read::GzDecoder::new(&mut blob))
+            } else if media_type.ends_with("zstd") {
+                Box::new(zstd::Decoder::with_buffer(&mut blob)?)
+            } else {
+                Box::new(&mut blob)
+            };
+            let mut archive = tar::Archive::new(reader);
+            archive.unpack(&rootfs).with_context(what)?;
+            std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).with_context(what)?;
+        }
+        std::io::copy(&mut blob, &mut std::io::sink()).with_context(what)?;
     }
     let config: ImageConfiguration =
         serde_json::from_slice(&config_bytes).context("the image config is not valid JSON")?;

@@ -1,30 +1,111 @@
-//! The local image store: a plain OCI image layout directory (so `skopeo`,
-//! `oras` and `umoci` can read it too), written so a crash or a bad input never
-//! leaves a half-written image: blobs land by rename after their digest is
-//! checked, and `index.json` is replaced atomically, last, under a lock.
+//! OCI image layout directories: the local store, and any `oci:DIR` a user
+//! names (so `skopeo`, `oras` and `umoci` read what wasmbox writes and the
+//! other way round). Written so a crash or a bad input never leaves a
+//! half-written image: blobs land by rename after their digest is checked,
+//! and `index.json` is replaced atomically, last, under a lock.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
 use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
 
-use crate::format;
-use crate::image::{Image, parse_manifest};
+use crate::format::{self, Digest, VerifyingReader};
+use crate::image::{
+    BlobStream, ImageDestination, ImageSource, Manifest, descriptor_digest, is_index,
+    parse_manifest, platform_of, stream_reader,
+};
 use crate::reference::ImageRef;
 
-/// An OCI image layout directory holding tagged images.
+/// An OCI image layout directory.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
 }
 
-/// An image the store knows by name.
+/// An image the store knows by its full name.
 #[derive(Debug, Clone)]
 pub struct StoredImage {
     pub name: String,
     pub manifest: Descriptor,
+}
+
+/// How an image is named in a layout's `index.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutName {
+    /// A full reference, as the store and `ctr image import` name images:
+    /// `io.containerd.image.name`, plus the tag as `org.opencontainers.image.ref.name`.
+    Image(ImageRef),
+    /// A bare `org.opencontainers.image.ref.name`, as skopeo's `oci:DIR:REF`
+    /// writes it (`latest`, `v1`).
+    RefName(String),
+    /// No name: as a source, the layout's only image; as a destination, an
+    /// unnamed entry.
+    Unnamed,
+}
+
+impl LayoutName {
+    /// The name for `REF` in `oci:DIR:REF`: always the `ref.name`, and also
+    /// the containerd name when `REF` is a full reference spelt in full.
+    pub fn from_ref_name(name: &str) -> LayoutName {
+        match name.parse::<ImageRef>() {
+            Ok(full) if full.as_str() == name => LayoutName::Image(full),
+            _ => LayoutName::RefName(name.to_string()),
+        }
+    }
+
+    /// The index entry for `manifest` under this name.
+    pub fn entry(&self, manifest: Descriptor) -> Descriptor {
+        let mut annotations = manifest.annotations().clone().unwrap_or_default();
+        match self {
+            LayoutName::Image(r) => {
+                annotations.insert(
+                    format::ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
+                    r.to_string(),
+                );
+                annotations.insert(format::ANNOTATION_REF_NAME.to_string(), r.tag_or_digest());
+            }
+            LayoutName::RefName(n) => {
+                annotations.insert(format::ANNOTATION_REF_NAME.to_string(), n.clone());
+            }
+            LayoutName::Unnamed => {}
+        }
+        let mut manifest = manifest;
+        manifest.set_annotations((!annotations.is_empty()).then_some(annotations));
+        manifest
+    }
+
+    fn matches(&self, entry: &Descriptor) -> bool {
+        let annotation = |key: &str| {
+            entry
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+        };
+        match self {
+            LayoutName::Image(r) => {
+                annotation(format::ANNOTATION_CONTAINERD_IMAGE_NAME) == Some(r.as_str())
+            }
+            LayoutName::RefName(n) => {
+                annotation(format::ANNOTATION_REF_NAME) == Some(n.as_str())
+                    || annotation(format::ANNOTATION_CONTAINERD_IMAGE_NAME) == Some(n.as_str())
+            }
+            LayoutName::Unnamed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for LayoutName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutName::Image(r) => write!(f, "{r}"),
+            LayoutName::RefName(n) => f.write_str(n),
+            LayoutName::Unnamed => f.write_str("(unnamed)"),
+        }
+    }
 }
 
 impl Store {
@@ -42,10 +123,24 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self> {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs)
-            .with_context(|| format!("cannot create the image store at {}", root.display()))?;
+            .with_context(|| format!("cannot create the image layout at {}", root.display()))?;
         let layout = root.join(format::OCI_LAYOUT_FILE);
         if !layout.exists() {
-            write_atomic(&layout, format::OCI_LAYOUT_CONTENT.as_bytes())?;
+            format::write_atomic(&layout, format::OCI_LAYOUT_CONTENT.as_bytes(), 0o644)?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing layout without creating anything: a source must be one.
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        if !root.join(format::OCI_LAYOUT_FILE).is_file() {
+            bail!(
+                "{} is not an OCI image layout (it has no {} file)",
+                root.display(),
+                format::OCI_LAYOUT_FILE
+            );
         }
         Ok(Store {
             root: root.to_path_buf(),
@@ -56,45 +151,58 @@ impl Store {
         &self.root
     }
 
-    /// Path of the blob with `digest` (`sha256:<hex>`).
-    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let digest: format::Digest = digest.parse()?;
-        Ok(self.root.join("blobs").join("sha256").join(digest.hex()))
+    /// Path of the blob with `digest`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join("sha256").join(digest.hex())
     }
 
-    pub fn has_blob(&self, digest: &str) -> bool {
-        self.blob_path(digest).map(|p| p.exists()).unwrap_or(false)
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).exists()
     }
 
-    /// Reads a blob and checks that its content still matches its digest.
-    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let path = self.blob_path(digest)?;
-        let data = std::fs::read(&path).with_context(|| {
+    /// Opens a blob for reading; the reader fails at the end if the content
+    /// no longer matches its digest.
+    pub fn open_blob(&self, digest: &Digest) -> Result<VerifyingReader<File>> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).with_context(|| {
             format!(
-                "blob {digest} is missing from the store at {}",
+                "blob {digest} is missing from the image layout at {}",
                 self.root.display()
             )
         })?;
-        let actual = format::Digest::of(&data).to_string();
-        if actual != digest {
-            bail!(
-                "blob {digest} in the store at {} is corrupt (its content hashes to {actual}); remove the image and pull or pack it again",
+        Ok(VerifyingReader::new(file, digest.clone()))
+    }
+
+    /// Reads a small blob (a manifest or a config) and checks its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        std::io::copy(&mut self.open_blob(digest)?, &mut data).map_err(|e| {
+            anyhow::anyhow!(
+                "blob {digest} in the image layout at {} is corrupt ({e}); remove the image and pull or pack it again",
                 self.root.display()
-            );
-        }
+            )
+        })?;
         Ok(data)
     }
 
     /// The manifest and config blobs of a stored image (both digest-checked).
-    pub fn manifest_and_config(&self, image: &StoredImage) -> Result<(Vec<u8>, Vec<u8>)> {
-        let manifest = self.read_blob(image.manifest.digest().as_ref())?;
-        let config_digest = parse_manifest(&manifest)
-            .with_context(|| format!("reading the manifest of {}", image.name))?
-            .config()
-            .digest()
-            .to_string();
-        let config = self.read_blob(&config_digest)?;
+    pub fn manifest_and_config(&self, image: &StoredImage) -> Result<(Manifest, Vec<u8>)> {
+        let manifest = self.read_manifest(&descriptor_digest(&image.manifest)?)?;
+        let config = self.read_blob(&descriptor_digest(manifest.config())?)?;
         Ok((manifest, config))
+    }
+
+    /// The image manifest at `digest`, following an index to its Wasm entry.
+    fn read_manifest(&self, digest: &Digest) -> Result<Manifest> {
+        let bytes = self.read_blob(digest)?;
+        if !is_index(&bytes) {
+            return Manifest::from_bytes(bytes);
+        }
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the index {digest} is not valid JSON"))?;
+        let entry = format::choose_wasm_entry(index.manifests(), platform_of)
+            .with_context(|| format!("the index {digest} has no wasm entry"))?;
+        Manifest::from_bytes(self.read_blob(&descriptor_digest(entry)?)?)
     }
 
     /// A writer for a blob of unknown content; [`BlobWriter::commit`] checks the digest.
@@ -103,12 +211,17 @@ impl Store {
         let tmp = tempfile::Builder::new()
             .prefix(".incoming-")
             .tempfile_in(&dir)
-            .with_context(|| format!("cannot write into the store at {}", self.root.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot write into the image layout at {}",
+                    self.root.display()
+                )
+            })?;
         Ok(BlobWriter(format::HashingWriter::new(tmp)))
     }
 
     /// Writes a blob whose bytes are in memory.
-    pub fn write_blob(&self, digest: &str, data: &[u8]) -> Result<()> {
+    pub fn write_blob(&self, digest: &Digest, data: &[u8]) -> Result<()> {
         if self.has_blob(digest) {
             return Ok(());
         }
@@ -117,34 +230,45 @@ impl Store {
         w.commit(self, digest)
     }
 
-    /// Stores every blob of `image`, then names it `name`.
-    pub fn put(&self, name: &ImageRef, image: &Image) -> Result<()> {
-        for blob in &image.blobs {
-            self.write_blob(&blob.digest(), &blob.data)?;
-        }
-        self.write_blob(&image.digest(), &image.manifest.data)?;
-        self.tag(name, image.manifest.descriptor.clone())
-    }
-
-    /// Points `name` at `manifest` (whose blobs must already be stored).
-    pub fn tag(&self, name: &ImageRef, manifest: Descriptor) -> Result<()> {
+    /// Points `name` at `manifest` (whose blobs must already be stored),
+    /// replacing what the name pointed at before.
+    pub fn tag(&self, name: &LayoutName, manifest: Descriptor) -> Result<()> {
         let _lock = self.lock()?;
         let mut entries = self.read_index()?;
-        entries.retain(|e| image_name(e).as_deref() != Some(name.as_str()));
-        let mut annotations = manifest.annotations().clone().unwrap_or_default();
-        annotations.insert(
-            format::ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
-            name.to_string(),
-        );
-        annotations.insert(
-            format::ANNOTATION_REF_NAME.to_string(),
-            name.tag_or_digest(),
-        );
-        let mut manifest = manifest;
-        manifest.set_annotations(Some(annotations));
+        entries.retain(|e| match name {
+            LayoutName::Unnamed => e.digest() != manifest.digest() || e.annotations().is_some(),
+            _ => !name.matches(e),
+        });
+        let manifest = name.entry(manifest);
         entries.push(manifest);
         entries.sort_by_key(image_name);
         self.write_index(entries)
+    }
+
+    /// The index entry `name` stands for. An unnamed lookup takes the
+    /// layout's only entry.
+    pub fn find(&self, name: &LayoutName) -> Result<Descriptor> {
+        let entries = self.read_index()?;
+        if *name == LayoutName::Unnamed {
+            return match entries.as_slice() {
+                [only] => Ok(only.clone()),
+                [] => bail!("the image layout at {} holds no image", self.root.display()),
+                _ => bail!(
+                    "the image layout at {} holds {} images; name one with :REF",
+                    self.root.display(),
+                    entries.len()
+                ),
+            };
+        }
+        entries
+            .into_iter()
+            .find(|e| name.matches(e))
+            .with_context(|| {
+                format!(
+                    "{name} is not in the image layout at {}",
+                    self.root.display()
+                )
+            })
     }
 
     /// The image named `name`, if any.
@@ -162,7 +286,7 @@ impl Store {
         })
     }
 
-    /// Every named image, sorted by name.
+    /// Every image with a full name, sorted by name.
     pub fn list(&self) -> Result<Vec<StoredImage>> {
         Ok(self
             .read_index()?
@@ -185,20 +309,35 @@ impl Store {
         }
         let mut keep = std::collections::HashSet::new();
         for entry in &entries {
-            let digest = entry.digest().to_string();
-            if let Ok(bytes) = std::fs::read(self.blob_path(&digest)?)
-                && let Ok(manifest) = parse_manifest(&bytes)
+            let digest = descriptor_digest(entry)?;
+            let mut referenced = vec![digest.clone()];
+            // An index (from another tool's layout) keeps its manifests too.
+            if let Ok(bytes) = std::fs::read(self.blob_path(&digest))
+                && is_index(&bytes)
+                && let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes)
             {
-                keep.insert(manifest.config().digest().to_string());
-                keep.extend(manifest.layers().iter().map(|l| l.digest().to_string()));
+                referenced.extend(
+                    index
+                        .manifests()
+                        .iter()
+                        .filter_map(|m| descriptor_digest(m).ok()),
+                );
             }
-            keep.insert(digest);
+            for manifest_digest in referenced {
+                if let Ok(bytes) = std::fs::read(self.blob_path(&manifest_digest))
+                    && let Ok(manifest) = parse_manifest(&bytes)
+                {
+                    keep.insert(manifest.config().digest().to_string());
+                    keep.extend(manifest.layers().iter().map(|l| l.digest().to_string()));
+                }
+                keep.insert(manifest_digest.to_string());
+            }
         }
         self.write_index(entries)?;
         let dir = self.root.join("blobs").join("sha256");
         for file in std::fs::read_dir(&dir)? {
             let file = file?;
-            let digest = match format::Digest::from_hex(&file.file_name().to_string_lossy()) {
+            let digest = match Digest::from_hex(&file.file_name().to_string_lossy()) {
                 Ok(d) => d.to_string(),
                 // Not a blob (a temp file of a write in progress): not ours to prune.
                 Err(_) => continue,
@@ -239,7 +378,8 @@ impl Store {
     }
 
     fn write_index(&self, entries: Vec<Descriptor>) -> Result<()> {
-        write_atomic(&self.root.join("index.json"), &index_json(entries)?)
+        format::write_atomic(&self.root.join("index.json"), &index_json(entries)?, 0o644)?;
+        Ok(())
     }
 }
 
@@ -275,30 +415,111 @@ impl Write for BlobWriter {
 
 impl BlobWriter {
     /// Moves the blob into place if it hashes to `digest`; otherwise deletes it.
-    pub fn commit(mut self, store: &Store, digest: &str) -> Result<()> {
+    pub fn commit(mut self, store: &Store, digest: &Digest) -> Result<()> {
         self.0.flush()?;
         let (file, actual, written) = self.0.finish();
-        if actual.to_string() != digest {
+        if actual != *digest {
             bail!("content of {digest} hashes to {actual} ({written} bytes received)");
         }
         file.as_file().sync_all()?;
-        let path = store.blob_path(digest)?;
+        let path = store.blob_path(digest);
         file.persist(&path)
             .with_context(|| format!("cannot store blob {digest}"))?;
         Ok(())
     }
 }
 
-/// Writes `data` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write into {}", dir.display()))?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+/// One image of a layout, by name: what `store:REF` and `oci:DIR[:REF]`
+/// open, as a source or as a destination.
+pub struct LayoutImage {
+    store: Store,
+    name: LayoutName,
+    /// How the user spelt the location, for messages.
+    label: String,
+    /// A directory the layout was unpacked into (an archive's), removed
+    /// when the image is dropped.
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+impl LayoutImage {
+    pub fn new(store: Store, name: LayoutName, label: String) -> LayoutImage {
+        LayoutImage {
+            store,
+            name,
+            label,
+            _unpacked: None,
+        }
+    }
+
+    /// An image of a layout unpacked into `dir`, which lives as long as it.
+    pub fn unpacked(
+        dir: tempfile::TempDir,
+        name: LayoutName,
+        label: String,
+    ) -> Result<LayoutImage> {
+        let store = Store::open_existing(dir.path())?;
+        Ok(LayoutImage {
+            store,
+            name,
+            label,
+            _unpacked: Some(dir),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl ImageSource for LayoutImage {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn manifest(&self) -> Result<Manifest> {
+        let entry = self.store.find(&self.name)?;
+        self.store
+            .read_manifest(&descriptor_digest(&entry)?)
+            .with_context(|| format!("reading the manifest of {}", self.label))
+    }
+
+    async fn blob(&self, descriptor: &Descriptor) -> Result<BlobStream> {
+        let digest = descriptor_digest(descriptor)?;
+        let path = self.store.blob_path(&digest);
+        let file = File::open(&path).with_context(|| {
+            format!(
+                "blob {digest} of {} is missing from {}",
+                self.label,
+                path.display()
+            )
+        })?;
+        Ok(stream_reader(file))
+    }
+}
+
+impl ImageDestination for LayoutImage {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    async fn has_blob(&self, descriptor: &Descriptor) -> Result<bool> {
+        Ok(self.store.has_blob(&descriptor_digest(descriptor)?))
+    }
+
+    async fn put_blob(&mut self, descriptor: &Descriptor, mut data: BlobStream) -> Result<()> {
+        let digest = descriptor_digest(descriptor)?;
+        let what = || format!("writing blob {digest} into {}", self.label);
+        let mut writer = self.store.blob_writer()?;
+        while let Some(chunk) = data.next().await {
+            writer
+                .write_all(&chunk.with_context(what)?)
+                .with_context(what)?;
+        }
+        writer.commit(&self.store, &digest).with_context(what)
+    }
+
+    async fn put_manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        self.store.write_blob(manifest.digest(), manifest.bytes())?;
+        self.store.tag(&self.name, manifest.descriptor()?)
+    }
 }

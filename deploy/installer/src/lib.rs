@@ -7,8 +7,8 @@
 //! survive), the atomic file writes and the node-label request.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Table, TableLike};
@@ -415,43 +415,18 @@ pub fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Temp file next to `dest`, fsync, chmod, rename over `dest`, fsync the
-/// directory (so the rename survives a power cut). The temp file is removed
-/// again on failure.
+/// Creates `dest`'s directory, then replaces the file through the one
+/// atomic write of the project ([`wasmbox_format::write_atomic`]: temp file,
+/// fsync, chmod, rename, directory fsync).
 fn replace_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(file_err("create directory", dir))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.wasmbox-tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(file_err("create", &tmp))?;
-        file.write_all(bytes).map_err(file_err("write", &tmp))?;
-        // The umask may have cleared bits of `mode` at creation.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(file_err("set permissions of", &tmp))?;
-        file.sync_all().map_err(file_err("sync", &tmp))?;
-        fs::rename(&tmp, dest).map_err(file_err("replace", dest))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(file_err("create directory", dir))?;
     }
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    wasmbox_format::write_atomic(dest, bytes, mode).map_err(|e| FileError {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// One HTTP request, built without doing I/O so it can be unit-tested.

@@ -1,5 +1,6 @@
-//! Building an image from a module and files (pure: bytes in, blobs out), and
-//! describing any image, ours or another tool's, for `inspect`.
+//! Building an image from a module and files (pure: bytes in, blobs out).
+//! The result is an [`Image`] held in memory, which is itself an image
+//! source: `pack` copies it into the store like any other.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,16 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
+    ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
-use serde::Serialize;
 
 use crate::format::{self, ComponentDescription, WasiWorld, WasmArtifactConfig};
 use crate::module::{ModuleKind, WasmModule};
 
 /// How the image is laid out in the registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
     /// Docker-compatible `wasi/wasm` image: OCI config and one tar layer.
     Image,
@@ -27,7 +27,7 @@ pub enum ImageFormat {
 }
 
 /// Compression of the tar layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     Gzip,
     Zstd,
@@ -331,32 +331,43 @@ fn layer_tar(module: &WasmModule, opts: &PackOptions) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.mode(tar::HeaderMode::Deterministic);
     for (path, entry) in &entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(mtime);
         match entry {
             Entry::Dir => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_size(0);
+                let mut header = deterministic_header(tar::EntryType::Directory, 0o755, 0, mtime);
                 tar.append_data(&mut header, format!("{path}/"), std::io::empty())?;
             }
             Entry::File { data, executable } => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(if *executable { 0o755 } else { 0o644 });
-                header.set_size(data.len() as u64);
+                let mode = if *executable { 0o755 } else { 0o644 };
+                let mut header =
+                    deterministic_header(tar::EntryType::Regular, mode, data.len() as u64, mtime);
                 tar.append_data(&mut header, path, data.as_slice())?;
             }
             Entry::Symlink(target) => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_mode(0o777);
-                header.set_size(0);
+                let mut header = deterministic_header(tar::EntryType::Symlink, 0o777, 0, mtime);
                 tar.append_link(&mut header, path, target)?;
             }
         }
     }
     Ok(tar.into_inner()?)
+}
+
+/// A tar header that depends only on its arguments (owner 0:0, no user or
+/// group names, the given mtime): every tar wasmbox writes, layers and
+/// archives, uses it, so the same inputs give the same bytes.
+pub(crate) fn deterministic_header(
+    kind: tar::EntryType,
+    mode: u32,
+    size: u64,
+    mtime: u64,
+) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(mtime);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
 }
 
 /// Normalises an image path to its relative form (`/a/b` → `a/b`), refusing `..`.
@@ -448,131 +459,10 @@ fn add_host_path(entries: &mut BTreeMap<String, Entry>, source: &Path, dest: &st
     }
 }
 
-/// What `inspect` and `images` show of an image.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageInfo {
-    pub reference: String,
-    pub digest: String,
-    pub media_type: String,
-    /// `image` (OCI/Docker config) or `artifact` (Wasm config).
-    pub format: String,
-    pub os: String,
-    pub architecture: String,
-    pub is_wasm: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub entrypoint: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub cmd: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wasi_world: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// Manifest + config + layers, in bytes.
-    pub size: u64,
-    pub config: LayerInfo,
-    pub layers: Vec<LayerInfo>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-/// One blob in [`ImageInfo`].
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerInfo {
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-}
-
-impl From<&Descriptor> for LayerInfo {
-    fn from(d: &Descriptor) -> Self {
-        LayerInfo {
-            media_type: d.media_type().to_string(),
-            digest: d.digest().to_string(),
-            size: d.size(),
-        }
-    }
-}
-
-/// Parses an image manifest, accepting OCI and Docker schema 2 spellings.
-pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest> {
-    serde_json::from_slice(bytes)
-        .context("the manifest is not a valid OCI or Docker image manifest")
-}
-
-/// Describes an image from its manifest and config blobs.
-pub fn describe(reference: &str, manifest_bytes: &[u8], config_bytes: &[u8]) -> Result<ImageInfo> {
-    let manifest = parse_manifest(manifest_bytes)?;
-    let config_desc = manifest.config();
-    let annotations: BTreeMap<String, String> = manifest
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let mut info = ImageInfo {
-        reference: reference.to_string(),
-        digest: format::Digest::of(manifest_bytes).to_string(),
-        media_type: manifest
-            .media_type()
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| format::MEDIA_TYPE_OCI_MANIFEST.to_string()),
-        format: String::new(),
-        os: String::new(),
-        architecture: String::new(),
-        is_wasm: false,
-        entrypoint: vec![],
-        cmd: vec![],
-        env: vec![],
-        working_dir: None,
-        wasi_world: annotations.get(format::ANNOTATION_WASI_WORLD).cloned(),
-        created: None,
-        size: manifest_bytes.len() as u64
-            + config_desc.size()
-            + manifest.layers().iter().map(|l| l.size()).sum::<u64>(),
-        config: LayerInfo::from(config_desc),
-        layers: manifest.layers().iter().map(LayerInfo::from).collect(),
-        annotations,
-    };
-    if config_desc.media_type().to_string() == format::MEDIA_TYPE_WASM_CONFIG {
-        let config: WasmArtifactConfig = serde_json::from_slice(config_bytes)
-            .context("the Wasm artifact config is not valid JSON")?;
-        info.format = "artifact".into();
-        info.os = config.os;
-        info.architecture = config.architecture;
-        info.created = config.created;
-        if info.wasi_world.is_none() {
-            info.wasi_world = config.component.and_then(|c| c.target);
-        }
-    } else {
-        let config: ImageConfiguration =
-            serde_json::from_slice(config_bytes).context("the image config is not valid JSON")?;
-        info.format = "image".into();
-        info.os = config.os().to_string();
-        info.architecture = config.architecture().to_string();
-        info.created = config.created().clone();
-        if let Some(c) = config.config() {
-            info.entrypoint = c.entrypoint().clone().unwrap_or_default();
-            info.cmd = c.cmd().clone().unwrap_or_default();
-            info.env = c.env().clone().unwrap_or_default();
-            info.working_dir = c.working_dir().clone();
-        }
-    }
-    info.is_wasm = format::is_wasm_platform(&info.os, &info.architecture)
-        || info
-            .layers
-            .iter()
-            .any(|l| format::is_wasm_layer(&l.media_type));
-    Ok(info)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::inspect::describe;
 
     fn module() -> WasmModule {
         WasmModule::from_bytes(
