@@ -34,13 +34,13 @@ fn blob_name(digest: &Digest) -> String {
 
 /// Opens the image `name` of the archive at `path` as a source, by
 /// unpacking the archive's layout into a temporary directory.
-pub fn open(path: &Path, name: LayoutName, label: String) -> Result<LayoutImage> {
+pub fn open(path: &Path, name: LayoutName, label: String, place: String) -> Result<LayoutImage> {
     let dir = tempfile::Builder::new()
         .prefix("wasmbox-archive-")
         .tempdir()
         .context("creating a directory to unpack the archive into")?;
     unpack(path, dir.path())?;
-    LayoutImage::unpacked(dir, name, label)
+    LayoutImage::unpacked(dir, name, label, place)
 }
 
 /// Unpacks the layout files of an OCI archive (`oci-layout`, `index.json`,

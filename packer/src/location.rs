@@ -115,15 +115,33 @@ impl Location {
         }
     }
 
+    /// The layout or archive itself, without the image's name, for messages.
+    fn place(&self, endpoints: &Endpoints) -> String {
+        match self {
+            Location::Archive { path, .. } => format!("oci-archive:{}", path.display()),
+            Location::Layout { dir, .. } => format!("oci:{}", dir.display()),
+            Location::Store(_) | Location::Registry(_) => match endpoints.store_dir {
+                Some(d) => format!("the local store at {}", d.display()),
+                None => "the local store".to_string(),
+            },
+        }
+    }
+
     /// Opens the location to read the image from.
     pub fn open_source(&self, endpoints: &Endpoints) -> Result<Source> {
         let label = self.label();
+        let place = self.place(endpoints);
         Ok(match self {
             Location::Registry(r) => Source::Remote(remote(r, endpoints)?),
             Location::Store(r) => {
                 let store = endpoints.store()?;
                 store.get(r)?;
-                Source::Layout(LayoutImage::new(store, LayoutName::Image(r.clone()), label))
+                Source::Layout(LayoutImage::new(
+                    store,
+                    LayoutName::Image(r.clone()),
+                    label,
+                    place,
+                ))
             }
             Location::Layout { dir, name } => {
                 let store = Store::open_existing(dir)?;
@@ -131,12 +149,14 @@ impl Location {
                     store,
                     layout_name(name.as_deref(), None),
                     label,
+                    place,
                 ))
             }
             Location::Archive { path, name } => Source::Layout(archive::open(
                 path,
                 layout_name(name.as_deref(), None),
                 label,
+                place,
             )?),
         })
     }
@@ -150,17 +170,20 @@ impl Location {
         source_name: Option<&ImageRef>,
     ) -> Result<Destination> {
         let label = self.label();
+        let place = self.place(endpoints);
         Ok(match self {
             Location::Registry(r) => Destination::Remote(remote(r, endpoints)?),
             Location::Store(r) => Destination::Layout(LayoutImage::new(
                 endpoints.store()?,
                 LayoutName::Image(r.clone()),
                 label,
+                place,
             )),
             Location::Layout { dir, name } => Destination::Layout(LayoutImage::new(
                 Store::open(dir)?,
                 layout_name(name.as_deref(), source_name),
                 label,
+                place,
             )),
             Location::Archive { path, name } => Destination::Archive(ArchiveWriter::create(
                 path,

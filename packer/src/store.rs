@@ -246,29 +246,20 @@ impl Store {
     }
 
     /// The index entry `name` stands for. An unnamed lookup takes the
-    /// layout's only entry.
-    pub fn find(&self, name: &LayoutName) -> Result<Descriptor> {
+    /// layout's only entry. `place` names the layout in messages.
+    pub fn find(&self, name: &LayoutName, place: &str) -> Result<Descriptor> {
         let entries = self.read_index()?;
         if *name == LayoutName::Unnamed {
             return match entries.as_slice() {
                 [only] => Ok(only.clone()),
-                [] => bail!("the image layout at {} holds no image", self.root.display()),
-                _ => bail!(
-                    "the image layout at {} holds {} images; name one with :REF",
-                    self.root.display(),
-                    entries.len()
-                ),
+                [] => bail!("{place} holds no image"),
+                _ => bail!("{place} holds {} images; name one with :REF", entries.len()),
             };
         }
         entries
             .into_iter()
             .find(|e| name.matches(e))
-            .with_context(|| {
-                format!(
-                    "{name} is not in the image layout at {}",
-                    self.root.display()
-                )
-            })
+            .with_context(|| format!("{name} is not in {place}"))
     }
 
     /// The image named `name`, if any.
@@ -436,17 +427,22 @@ pub struct LayoutImage {
     name: LayoutName,
     /// How the user spelt the location, for messages.
     label: String,
+    /// The layout itself, without the image's name (`oci:DIR`).
+    place: String,
     /// A directory the layout was unpacked into (an archive's), removed
     /// when the image is dropped.
     _unpacked: Option<tempfile::TempDir>,
 }
 
 impl LayoutImage {
-    pub fn new(store: Store, name: LayoutName, label: String) -> LayoutImage {
+    /// The image `name` of `store`; `label` and `place` say where it is in
+    /// messages, with and without the name.
+    pub fn new(store: Store, name: LayoutName, label: String, place: String) -> LayoutImage {
         LayoutImage {
             store,
             name,
             label,
+            place,
             _unpacked: None,
         }
     }
@@ -456,12 +452,14 @@ impl LayoutImage {
         dir: tempfile::TempDir,
         name: LayoutName,
         label: String,
+        place: String,
     ) -> Result<LayoutImage> {
         let store = Store::open_existing(dir.path())?;
         Ok(LayoutImage {
             store,
             name,
             label,
+            place,
             _unpacked: Some(dir),
         })
     }
@@ -477,7 +475,7 @@ impl ImageSource for LayoutImage {
     }
 
     async fn manifest(&self) -> Result<Manifest> {
-        let entry = self.store.find(&self.name)?;
+        let entry = self.store.find(&self.name, &self.place)?;
         self.store
             .read_manifest(&descriptor_digest(&entry)?)
             .with_context(|| format!("reading the manifest of {}", self.label))

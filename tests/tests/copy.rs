@@ -202,7 +202,14 @@ fn bad_sources_are_one_sentence_and_write_nothing() {
 
     // A blob of the store that rotted: the copy fails when the content ends
     // and leaves neither an archive nor a tag in the registry.
-    pack(&w, "example.test/rotten:v1", &[]);
+    let good = w.dir().join("good.tar");
+    pack(&w, "example.test/rotten:v1", &["-o", p(&good)]);
+    let err = w.fails(&["copy", &format!("oci-archive:{}:nope", p(&good)), &out_arg]);
+    assert!(
+        err.contains(&format!("nope is not in oci-archive:{}", p(&good))),
+        "{err}"
+    );
+    assert!(!out.exists());
     let info = w.inspect("example.test/rotten:v1", &[]);
     let layer = info["layers"][0]["digest"]
         .as_str()
