@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -20,7 +20,7 @@ use k8s_cri::v1::{
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::{Containerd, Registry, RegistryAuth, Wasmbox};
+use crate::{Containerd, Registry, RegistryAuth, Wasmbox, wait_until};
 
 /// The RuntimeClass handler the tests (and `deploy/`) use.
 pub const HANDLER: &str = "wasmtime";
@@ -307,19 +307,14 @@ impl CriNode {
 
     /// Waits until the container has exited; returns its status.
     pub fn wait_exited(&self, id: &str, within: Duration) -> ContainerStatus {
-        let deadline = Instant::now() + within;
-        loop {
+        wait_until(within, &format!("container {id} exiting"), || {
             let status = self.container_status(id);
             if status.state == ContainerState::ContainerExited as i32 {
-                return status;
+                Ok(status)
+            } else {
+                Err(format!("still {:?}", status.state()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} still {:?} after {within:?}",
-                status.state()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        })
     }
 
     /// ContainerStats: (memory working set bytes, CPU core nanoseconds).

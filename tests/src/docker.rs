@@ -9,12 +9,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
 use crate::netns::NetNs;
-use crate::{Containerd, ContainerdOptions, Registry, RegistryAuth, spawn_logged};
+use crate::{Containerd, ContainerdOptions, Registry, RegistryAuth, spawn_logged, wait_until};
 
 /// The runtime name users pass to `docker run --runtime`.
 pub const RUNTIME: &str = wasmbox::format::RUNTIME_TYPE;
@@ -122,29 +122,24 @@ impl DockerEngine {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let out = wait_until(Duration::from_secs(60), "dockerd answering", || {
             if let Ok(Some(status)) = self.dockerd.try_wait() {
                 panic!("dockerd exited ({status}): {}", self.log());
             }
             let out = self.run(&["version", "--format", "{{.Server.Version}}"]);
             if out.status.success() {
-                static ONCE: std::sync::Once = std::sync::Once::new();
-                ONCE.call_once(|| {
-                    eprintln!(
-                        "testing against Docker Engine {}",
-                        String::from_utf8_lossy(&out.stdout).trim()
-                    )
-                });
-                return;
+                Ok(out)
+            } else {
+                Err(self.log())
             }
-            assert!(
-                Instant::now() < deadline,
-                "dockerd did not answer within 60 s: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        });
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            eprintln!(
+                "testing against Docker Engine {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            )
+        });
     }
 
     pub fn log(&self) -> String {

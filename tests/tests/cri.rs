@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wasmbox_tests::cri::CriNode;
-use wasmbox_tests::probe;
+use wasmbox_tests::{probe, wait_until};
 
 /// Pids of this node's shims.
 fn shim_pids(node: &CriNode) -> Vec<u32> {
@@ -202,18 +202,18 @@ fn container_stats_report_memory_and_cpu_of_each_wasm_container() {
         .run_container(&pod, "sleep", &image, &["sleep"], &[])
         .expect("a container");
     // Wait (under any load) until the spinning guest has used 200 ms of CPU.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (spin_memory, spin_cpu) = loop {
-        let (memory, cpu) = node.container_stats(&spin);
-        if cpu > 200_000_000 {
-            break (memory, cpu);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the spinning guest's CPU stays at {cpu} ns"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (spin_memory, spin_cpu) = wait_until(
+        Duration::from_secs(20),
+        "the spinning guest using 200 ms of CPU",
+        || {
+            let (memory, cpu) = node.container_stats(&spin);
+            if cpu > 200_000_000 {
+                Ok((memory, cpu))
+            } else {
+                Err(format!("its CPU stays at {cpu} ns"))
+            }
+        },
+    );
     let (sleep_memory, sleep_cpu) = node.container_stats(&sleep);
     assert!(
         spin_memory > 0 && sleep_memory > 0,
@@ -264,16 +264,18 @@ fn an_http_component_serves_at_the_pod_ip_and_finishes_requests_in_flight_on_sto
         .expect("a container");
 
     let at_pod_ip = format!("{ip}:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while wasmbox_tests::http_status(&at_pod_ip, "/ready") != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "nothing answers at {at_pod_ip}: {:?}\n{}",
-            node.container_status(&id),
-            node.containerd.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        &format!("an answer at {at_pod_ip}"),
+        || match wasmbox_tests::http_status(&at_pod_ip, "/ready") {
+            Some(200) => Ok(()),
+            _ => Err(format!(
+                "{:?}\n{}",
+                node.container_status(&id),
+                node.containerd.log()
+            )),
+        },
+    );
     assert_eq!(
         curl(None, &format!("http://{at_pod_ip}/hello?x=1")),
         (
@@ -331,13 +333,14 @@ fn an_http_component_serves_at_the_pod_ip_and_finishes_requests_in_flight_on_sto
         .run_container(&pod, "stubborn", &image, &[], &[("PORT", &port)])
         .expect("a container");
     let addr = format!("{ip}:{port}");
-    while wasmbox_tests::http_status(&addr, "/ready") != Some(200) {
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(20),
-            "nothing answers at {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        &format!("an answer at {addr}"),
+        || match wasmbox_tests::http_status(&addr, "/ready") {
+            Some(200) => Ok(()),
+            other => Err(format!("status {other:?}")),
+        },
+    );
     let hang_url = format!("http://{addr}/hang");
     let hang = std::thread::spawn(move || curl(None, &hang_url));
     std::thread::sleep(Duration::from_millis(500));
@@ -388,14 +391,14 @@ fn a_guest_that_opens_files_without_end_gets_emfile_and_its_pod_shim_serves_on()
         .expect("the hog");
     // Past its limit (1024 when the spec sets none), far below the shim's
     // own, its opens fail with EMFILE; it then holds what it opened.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let lines = loop {
+    let lines = wait_until(Duration::from_secs(30), "the hog's log", || {
         let lines = node.log_lines("fds", "hog");
-        if !lines.is_empty() || Instant::now() > deadline {
-            break lines;
+        if lines.is_empty() {
+            Err("it is empty".to_string())
+        } else {
+            Ok(lines)
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     assert!(
         lines
             .iter()

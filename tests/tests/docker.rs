@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmbox_tests::docker::{DockerEngine, RUNTIME, workspace_root};
-use wasmbox_tests::{Wasmbox, probe};
+use wasmbox_tests::{Wasmbox, probe, wait_until};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -86,11 +86,9 @@ impl Host {
     }
 
     fn wait_for(&self, what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
-        let deadline = Instant::now() + within;
-        while !ready() {
-            assert!(Instant::now() < deadline, "{what} within {within:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(within, what, || {
+            ready().then_some(()).ok_or_else(|| "not yet".to_string())
+        });
     }
 }
 
@@ -419,22 +417,21 @@ fn twenty_docker_runs_in_parallel_all_succeed_and_leave_nothing() {
 /// Polls `curl URL` inside the engine's network namespace until it answers
 /// 200; returns the body.
 fn curl_in(host: &Host, url: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-fsS", "--max-time", "2", url]);
-        host.docker.netns().enter(&mut cmd);
-        let out = cmd.output().expect("run curl");
-        if out.status.success() {
-            return stdout(&out);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing answers at {url}: {}",
-            stderr(&out)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(15),
+        &format!("an answer at {url}"),
+        || {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-fsS", "--max-time", "2", url]);
+            host.docker.netns().enter(&mut cmd);
+            let out = cmd.output().expect("run curl");
+            if out.status.success() {
+                Ok(stdout(&out))
+            } else {
+                Err(stderr(&out))
+            }
+        },
+    )
 }
 
 #[test]

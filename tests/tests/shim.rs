@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use wasmbox_tests::{Containerd, Wasmbox, guests, probe};
+use wasmbox_tests::{Containerd, Wasmbox, guests, probe, wait_until};
 
 const RUNTIME: &str = "io.containerd.wasmtime.v1";
 
@@ -139,6 +139,18 @@ impl Node {
         }
         false
     }
+}
+
+/// Waits until an HTTP server answers 200 at `addr`.
+fn wait_for_http(addr: &str) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("an answer at {addr}"),
+        || match wasmbox_tests::http_status(addr, "/") {
+            Some(200) => Ok(()),
+            other => Err(format!("status {other:?}")),
+        },
+    );
 }
 
 #[test]
@@ -545,22 +557,17 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
     assert!(node.wait_for_status("own-net", "RUNNING", Duration::from_secs(10)));
     let netns = format!("--net=/proc/{}/ns/net", node.task_pid("own-net"));
     let url = format!("http://127.0.0.1:{port}/inside");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), "an answer inside", || {
         let inside = Command::new("nsenter")
             .args([netns.as_str(), "curl", "-fsS", "--max-time", "2", &url])
             .output()
             .unwrap();
         if stdout(&inside) == "hello from wasm at /inside\n" {
-            break;
+            Ok(())
+        } else {
+            Err(stderr(&inside))
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing answers inside: {}",
-            stderr(&inside)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     assert!(
         wasmbox_tests::http_status(&format!("127.0.0.1:{port}"), "/").is_none(),
         "the container's server answers on the host's loopback"
@@ -573,11 +580,7 @@ fn an_http_component_is_served_in_its_own_network_or_on_the_host_network_when_gr
     opts.extend_from_slice(&["--annotation", &annotation]);
     node.run_detached(&opts, &image, "web", &[]);
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wasmbox_tests::http_status(&addr, "/") != Some(200) {
-        assert!(Instant::now() < deadline, "nothing answers at {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_http(&addr);
     node.containerd
         .ctr(&["task", "kill", "-s", "SIGTERM", "web"]);
     assert!(node.wait_for_status("web", "STOPPED", Duration::from_secs(5)));
@@ -1319,11 +1322,16 @@ fn a_killed_guests_file_operation_in_flight_ends_before_its_exit_is_reported() {
         "in-flight",
         &["/probe.wasm", "write", "/data/file"],
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lease.is_being_broken() {
-        assert!(Instant::now() < deadline, "the guest never opened the file");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "the guest opening the file",
+        || {
+            lease
+                .is_being_broken()
+                .then_some(())
+                .ok_or_else(|| "it has not".to_string())
+        },
+    );
     node.containerd
         .ctr(&["task", "kill", "-s", "SIGKILL", "in-flight"]);
     std::thread::scope(|s| {
@@ -1505,19 +1513,19 @@ fn a_shim_killed_with_sigkill_leaves_a_stopped_deletable_task_and_nothing_mounte
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     // containerd sees the shim go, runs its `delete` (which unmounts and
     // removes the cgroup) and reports the task stopped, or drops it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match node.task_status("victim").as_deref() {
-            None => break,
+    wait_until(
+        Duration::from_secs(10),
+        "the task stopping or going",
+        || match node.task_status("victim").as_deref() {
+            None => Ok(()),
             Some("STOPPED") => {
                 let out = node.containerd.ctr(&["task", "delete", "victim"]);
                 assert!(out.status.success(), "{}", stderr(&out));
-                break;
+                Ok(())
             }
-            Some(other) => assert!(Instant::now() < deadline, "task still {other}"),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            Some(other) => Err(format!("task still {other}")),
+        },
+    );
     let out = node.containerd.ctr(&["containers", "rm", "victim"]);
     assert!(out.status.success(), "{}", stderr(&out));
     node.containerd.assert_clean();
@@ -1545,11 +1553,7 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
         &[],
     );
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wasmbox_tests::http_status(&addr, "/") != Some(200) {
-        assert!(Instant::now() < deadline, "nothing answers at {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_http(&addr);
 
     // 300 connections that never send a byte, and one that never ends its headers.
     let idle: Vec<TcpStream> = (0..300)
