@@ -38,11 +38,11 @@ enum Workload {
         program: Program,
     },
     /// A pod's sandbox: no program; it holds the pod until it is killed.
-    Sandbox,
+    Sandbox(crate::pod::Sandbox),
 }
 
 /// Called on the guest's thread (or the killer's, for a sandbox) when the container stops.
-type OnExit = Box<dyn FnOnce(&Container, &Exit) + Send>;
+pub(crate) type OnExit = Box<dyn FnOnce(&Container, &Exit) + Send>;
 
 /// A container the shim runs.
 pub struct Container {
@@ -53,8 +53,8 @@ pub struct Container {
     pub stdout: String,
     pub stderr: String,
     workload: Workload,
-    /// A running sandbox's exit callback, run by `kill`.
-    sandbox_exit: Mutex<Option<OnExit>>,
+    /// What create mounted; unmounted at delete, or when dropped.
+    mounts: Mutex<crate::mounts::ContainerMounts>,
     /// The pseudo-terminal's slave until the guest takes it, and its master for resizes.
     terminal: Mutex<Option<std::os::fd::OwnedFd>>,
     terminal_master: Option<std::fs::File>,
@@ -82,24 +82,20 @@ impl Container {
     ) -> Result<Container> {
         let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
             .context("reading the container spec config.json")?;
-        let rootfs = bundle.join("rootfs");
         if crate::pod::is_sandbox(&spec) {
-            return Ok(Container::sandbox(id, bundle, rootfs, &spec, stdio));
+            return Ok(Container::sandbox(id, bundle, &spec, stdio));
         }
         // containerd's mounts go to `bundle/rootfs`. With none, the caller
         // mounted the root itself and names it in `root.path`, as runc reads
         // it (Docker's containerd image store sends an absolute path): it is
-        // bound at `bundle/rootfs` too, so that it is nodev,nosuid.
-        if mounts.is_empty() {
-            let root = bundle.join(
-                spec.root()
-                    .as_ref()
-                    .map_or(Path::new("rootfs"), |r| r.path()),
-            );
-            crate::mounts::bind_root(&root, &rootfs)?;
-        } else {
-            crate::mounts::mount_rootfs(mounts, &rootfs)?;
-        }
+        // bound at `bundle/rootfs` too, so that it is nodev,nosuid. Any
+        // error below drops `mounted`, which unmounts everything.
+        let root_path = spec
+            .root()
+            .as_ref()
+            .map_or(Path::new("rootfs"), |r| r.path());
+        let mounted = crate::mounts::ContainerMounts::mount_rootfs(bundle, mounts, root_path)?;
+        let rootfs = mounted.rootfs().to_path_buf();
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -176,15 +172,7 @@ impl Container {
                 }
             }
         })();
-        let (spec, program, pty, output_fifos, cgroup) = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                if let Err(cleanup) = crate::mounts::unmount_all(bundle, &rootfs, true) {
-                    log::warn!(id; "after a failed create: {cleanup:#}");
-                }
-                return Err(e);
-            }
-        };
+        let (spec, program, pty, output_fifos, cgroup) = loaded?;
         let (terminal, terminal_master) = match pty {
             Some(p) => (Some(p.slave), Some(p.master)),
             None => (None, None),
@@ -200,7 +188,7 @@ impl Container {
                 spec: Box::new(spec),
                 program,
             },
-            sandbox_exit: Mutex::new(None),
+            mounts: Mutex::new(mounted),
             terminal: Mutex::new(terminal),
             terminal_master,
             cgroup: Mutex::new(cgroup),
@@ -214,39 +202,24 @@ impl Container {
         })
     }
 
-    /// A pod's sandbox: nothing to mount or load. The shim joins its cgroup
-    /// (the pod's accounting; the pod's containers share this process).
+    /// A pod's sandbox: nothing to mount or load (see [`crate::pod::Sandbox`]).
     fn sandbox(
         id: &str,
         bundle: &Path,
-        rootfs: PathBuf,
         spec: &oci_spec::runtime::Spec,
         stdio: [&str; 3],
     ) -> Container {
-        let cgroup = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().clone())
-            .and_then(|p| {
-                let limits = crate::cgroup::Limits::from_spec(spec);
-                match crate::cgroup::join(&p.to_string_lossy(), limits) {
-                    Ok(membership) => membership,
-                    Err(e) => {
-                        log::warn!(id; "not joining the pod's cgroup: {e:#}");
-                        None
-                    }
-                }
-            });
-        log::info!(id; "pod sandbox");
+        let (sandbox, cgroup) = crate::pod::Sandbox::create(id, spec);
+        let mounts = crate::mounts::ContainerMounts::none(bundle);
         Container {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
-            rootfs,
+            rootfs: mounts.rootfs().to_path_buf(),
             stdin: stdio[0].to_string(),
             stdout: stdio[1].to_string(),
             stderr: stdio[2].to_string(),
-            workload: Workload::Sandbox,
-            sandbox_exit: Mutex::new(None),
+            workload: Workload::Sandbox(sandbox),
+            mounts: Mutex::new(mounts),
             terminal: Mutex::new(None),
             terminal_master: None,
             cgroup: Mutex::new(cgroup),
@@ -272,13 +245,13 @@ impl Container {
     ) -> Result<()> {
         let (run_spec, program) = match &self.workload {
             Workload::Wasm { spec, program } => (spec, program),
-            Workload::Sandbox => {
+            Workload::Sandbox(sandbox) => {
                 let mut inner = self.inner.lock().unwrap();
                 if inner.status != Status::Created {
                     bail!("container {} was already started", self.id);
                 }
                 inner.status = Status::Running;
-                *self.sandbox_exit.lock().unwrap() = Some(Box::new(on_exit));
+                sandbox.hold(Box::new(on_exit));
                 return Ok(());
             }
         };
@@ -368,8 +341,8 @@ impl Container {
             Status::Running => {
                 if let Some(k) = &inner.kill {
                     k.kill(signal as i32);
-                } else {
-                    // A sandbox: it stops at once, whatever the signal.
+                } else if let Workload::Sandbox(sandbox) = &self.workload {
+                    // A sandbox stops at once, whatever the signal.
                     let exit = Exit {
                         status: 128 + signal,
                         at: SystemTime::now(),
@@ -378,7 +351,7 @@ impl Container {
                     inner.exit = Some(exit.clone());
                     drop(inner);
                     self.exited.notify_all();
-                    if let Some(on_exit) = self.sandbox_exit.lock().unwrap().take() {
+                    if let Some(on_exit) = sandbox.release() {
                         on_exit(self, &exit);
                     }
                 }
@@ -416,7 +389,7 @@ impl Container {
                 pids: u64::from(running),
                 unified: crate::cgroup::unified(),
             },
-            Workload::Sandbox => crate::cgroup::Usage {
+            Workload::Sandbox(_) => crate::cgroup::Usage {
                 unified: crate::cgroup::unified(),
                 ..Default::default()
             },
@@ -465,9 +438,7 @@ impl Container {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
-        // A sandbox mounts nothing; a Wasm container always has its rootfs.
-        let rootfs_mounted = matches!(self.workload, Workload::Wasm { .. });
-        crate::mounts::unmount_all(&self.bundle, &self.rootfs, rootfs_mounted)
+        self.mounts.lock().unwrap().unmount()
     }
 }
 

@@ -150,7 +150,7 @@ fn mount_flag(option: &str) -> Option<libc::c_ulong> {
 }
 
 /// Mounts containerd's rootfs mounts at `rootfs`; on error nothing stays mounted.
-pub fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path) -> Result<()> {
+fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path) -> Result<()> {
     std::fs::create_dir_all(rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
     for m in mounts {
         let mut flags = libc::MS_NODEV | libc::MS_NOSUID;
@@ -195,7 +195,7 @@ pub fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path) -> Result<()> {
 
 /// Binds the root the caller mounted itself (`root.path`, as Docker's
 /// containerd image store sends it) at `rootfs`, `nodev,nosuid`.
-pub fn bind_root(root: &Path, rootfs: &Path) -> Result<()> {
+fn bind_root(root: &Path, rootfs: &Path) -> Result<()> {
     std::fs::create_dir_all(rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
     sys_mount(
         Some(&root.to_string_lossy()),
@@ -417,6 +417,72 @@ fn file_mount_point(rootfs: &Path, dest: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What the shim mounted for one container under its bundle: the rootfs
+/// (containerd's mounts, or the caller's root bound nodev,nosuid) and the
+/// guest's volumes. Dropped without [`ContainerMounts::unmount`] (a create
+/// that fails halfway, a container dropped without `delete`), it unmounts
+/// them, so no path leaves a mount behind.
+///
+/// containerd-shim's `mount_rootfs` is not used to mount: it cannot force
+/// `nodev,nosuid` onto every mount; its `umount_recursive` unmounts.
+pub struct ContainerMounts {
+    bundle: PathBuf,
+    rootfs: PathBuf,
+    rootfs_mounted: bool,
+    released: bool,
+}
+
+impl ContainerMounts {
+    /// Mounts the rootfs at `bundle/rootfs`: containerd's `mounts`, or with
+    /// none, the root the caller mounted itself and named in `root_path`
+    /// (relative to the bundle, as runc reads it).
+    pub fn mount_rootfs(bundle: &Path, mounts: &[RootfsMount], root_path: &Path) -> Result<Self> {
+        let rootfs = bundle.join("rootfs");
+        if mounts.is_empty() {
+            bind_root(&bundle.join(root_path), &rootfs)?;
+        } else {
+            mount_rootfs(mounts, &rootfs)?;
+        }
+        Ok(ContainerMounts {
+            bundle: bundle.to_path_buf(),
+            rootfs,
+            rootfs_mounted: true,
+            released: false,
+        })
+    }
+
+    /// A container that mounts nothing (a pod's sandbox).
+    pub fn none(bundle: &Path) -> Self {
+        ContainerMounts {
+            bundle: bundle.to_path_buf(),
+            rootfs: bundle.join("rootfs"),
+            rootfs_mounted: false,
+            released: true,
+        }
+    }
+
+    pub fn rootfs(&self) -> &Path {
+        &self.rootfs
+    }
+
+    /// Unmounts everything now, reporting failure; later calls and the
+    /// drop do nothing.
+    pub fn unmount(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.released, true) {
+            return Ok(());
+        }
+        unmount_all(&self.bundle, &self.rootfs, self.rootfs_mounted)
+    }
+}
+
+impl Drop for ContainerMounts {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            log::warn!("unmounting {}: {e:#}", self.bundle.display());
+        }
+    }
+}
+
 /// Unmounts everything the shim mounted for the container in `bundle`
 /// (`rootfs` too when `rootfs_mounted`) and removes the empty mount points.
 /// A mount point is removed only once empty, never recursively: a volume
@@ -520,6 +586,41 @@ fn restrict(target: &Path, read_only: bool, recursive: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mounted_under(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&*dir.to_string_lossy()))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_dropped_or_unmounted_rootfs_leaves_no_mount() {
+        let source = tempfile::tempdir().unwrap();
+        std::fs::write(source.path().join("f"), "x").unwrap();
+        let bind = || RootfsMount {
+            fs_type: "bind".into(),
+            source: source.path().to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "ro".into()],
+        };
+        for explicit in [false, true] {
+            let bundle = tempfile::tempdir().unwrap();
+            let mut mounted =
+                ContainerMounts::mount_rootfs(bundle.path(), &[bind()], Path::new("rootfs"))
+                    .unwrap();
+            assert!(bundle.path().join("rootfs/f").exists());
+            assert!(!mounted_under(bundle.path()).is_empty());
+            if explicit {
+                mounted.unmount().unwrap();
+                assert!(mounted_under(bundle.path()).is_empty());
+            }
+            drop(mounted);
+            assert!(mounted_under(bundle.path()).is_empty());
+            assert!(!bundle.path().join("rootfs/f").exists());
+        }
+    }
 
     fn spec_with(mounts: serde_json::Value) -> Spec {
         serde_json::from_value(serde_json::json!({
