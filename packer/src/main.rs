@@ -159,10 +159,11 @@ enum Command {
     },
     /// Remove an image from the local store.
     Rm { reference: ImageRef },
-    /// Run an image from the local store, or a module file, with the shim's
-    /// engine but without containerd.
+    /// Run an image (from the local store, or any location `copy` takes), or
+    /// a module file, with the shim's engine but without containerd.
     Run {
-        /// Image reference in the local store, or a .wasm/.wat file.
+        /// A .wasm/.wat file, an image reference in the local store, or
+        /// oci-archive:PATH[:REF], oci:DIR[:REF], docker://REF.
         target: String,
         /// Environment variable for the guest (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE")]
@@ -170,6 +171,9 @@ enum Command {
         /// Host directory for the guest (repeatable).
         #[arg(long = "dir", value_name = "HOST[:GUEST[:ro]]")]
         dirs: Vec<wasmbox::run::DirSpec>,
+        /// For an image read from a registry (`docker://REF`).
+        #[command(flatten)]
+        registry: RegistryFlags,
         /// Arguments after the module (replace the image's Cmd).
         #[arg(last = true)]
         args: Vec<String>,
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
         target,
         env,
         dirs,
+        registry,
         args,
     } = &cli.command
     {
@@ -244,7 +249,12 @@ fn main() -> ExitCode {
             env,
             dirs,
         };
-        return match run_guest(cli.store.as_deref(), &request) {
+        let registry: RegistryOptions = registry.clone().into();
+        let endpoints = Endpoints {
+            store_dir: cli.store.as_deref(),
+            registry: &registry,
+        };
+        return match run_guest(&endpoints, &request) {
             Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
             Err(e) => {
                 eprintln!("wasmbox: error: {e:#}");
@@ -272,9 +282,9 @@ fn main() -> ExitCode {
 }
 
 /// `wasmbox run`: returns the guest's exit status.
-fn run_guest(store_dir: Option<&Path>, request: &wasmbox::run::RunRequest) -> Result<i32> {
+fn run_guest(endpoints: &Endpoints, request: &wasmbox::run::RunRequest) -> Result<i32> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
-    let spec = wasmbox::run::prepare(store_dir, request, scratch.path())?;
+    let spec = wasmbox::run::prepare(endpoints, request, scratch.path())?;
     let engine = wasmbox_engine::Engine::for_spec(&spec)?;
     let program = engine.load(&spec)?;
     let (_kill, not_killed) = wasmbox_engine::KillSwitch::new();

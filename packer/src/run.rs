@@ -1,5 +1,6 @@
-//! `wasmbox run`: an image from the local store (or a module file) → the
-//! engine's [`RunSpec`], without containerd. The image's layers are unpacked
+//! `wasmbox run`: an image (from the local store, or any location `copy`
+//! takes) or a module file → the engine's [`RunSpec`], without containerd.
+//! The image is read through the image model: its layers stream, verified,
 //! into a temporary root filesystem that the guest sees as `/`.
 
 use std::io::Read;
@@ -10,9 +11,8 @@ use oci_spec::image::ImageConfiguration;
 use wasmbox_engine::{Preopen, RunSpec, Stdio};
 
 use crate::format;
-use crate::image::descriptor_digest;
-use crate::reference::ImageRef;
-use crate::store::Store;
+use crate::image::{ImageSource, blocking_reader, descriptor_digest, read_blob, verified};
+use crate::location::{Endpoints, Location};
 
 /// A host directory for the guest (`--dir HOST:GUEST[:ro]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +46,8 @@ impl std::str::FromStr for DirSpec {
 
 /// What to run and how, as typed on the command line.
 pub struct RunRequest<'a> {
-    /// A `.wasm`/`.wat` file, or an image reference in the local store.
+    /// A `.wasm`/`.wat` file, an image reference in the local store, or a
+    /// location as `copy` takes it (`oci-archive:`, `oci:`, `docker://`).
     pub target: &'a str,
     /// Arguments after the module; replace the image's `Cmd` when given.
     pub args: &'a [String],
@@ -56,7 +57,7 @@ pub struct RunRequest<'a> {
 
 /// Builds the [`RunSpec`]; images are unpacked under `scratch`, which must
 /// outlive the run.
-pub fn prepare(store_dir: Option<&Path>, req: &RunRequest, scratch: &Path) -> Result<RunSpec> {
+pub fn prepare(endpoints: &Endpoints, req: &RunRequest, scratch: &Path) -> Result<RunSpec> {
     let file = Path::new(req.target);
     let mut spec = if file.is_file() {
         let mut args = vec![req.target.to_string()];
@@ -67,21 +68,25 @@ pub fn prepare(store_dir: Option<&Path>, req: &RunRequest, scratch: &Path) -> Re
             ..Default::default()
         }
     } else {
-        let name: ImageRef = req
-            .target
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .with_context(|| {
-                format!(
-                    "{} is neither a module file nor an image reference",
-                    req.target
-                )
-            })?;
-        let store = match store_dir {
-            Some(d) => Store::open(d)?,
-            None => Store::open(&Store::default_root()?)?,
+        let location = match req.target.parse().map_err(anyhow::Error::msg) {
+            // A plain reference names an image of the local store.
+            Ok(Location::Registry(r)) if !req.target.starts_with("docker://") => Location::Store(r),
+            Ok(location) => location,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "{} is neither a module file nor an image reference",
+                        req.target
+                    )
+                });
+            }
         };
-        from_image(&store, &name, req.args, scratch)?
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let source = location.open_source(endpoints)?;
+        from_image(&runtime, &source, req.args, scratch)?
     };
     for kv in req.env {
         let (k, v) = kv
@@ -106,11 +111,30 @@ pub fn prepare(store_dir: Option<&Path>, req: &RunRequest, scratch: &Path) -> Re
     Ok(spec)
 }
 
-fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -> Result<RunSpec> {
-    let stored = store.get(name)?;
-    let (manifest, config_bytes) = store.manifest_and_config(&stored)?;
+fn from_image(
+    runtime: &tokio::runtime::Runtime,
+    source: &impl ImageSource,
+    args: &[String],
+    scratch: &Path,
+) -> Result<RunSpec> {
+    let name = source.name();
+    let manifest = runtime.block_on(source.manifest())?;
+    let config_bytes = runtime.block_on(read_blob(source, manifest.config()))?;
     let rootfs = scratch.join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
+    // A layer as a verified, blocking reader: it fails at the end of the
+    // content if the content does not match the digest.
+    let open_layer = |layer| -> Result<_> {
+        let stream = runtime.block_on(source.blob(layer))?;
+        let digest = descriptor_digest(layer)?;
+        let stream = verified(
+            stream,
+            digest,
+            layer.size(),
+            indicatif::ProgressBar::hidden(),
+        );
+        Ok(std::io::BufReader::new(blocking_reader(runtime, stream)))
+    };
 
     // CNCF artifact (or any image whose layers are raw Wasm): the module is the layer.
     if let Some(layer) = manifest
@@ -119,11 +143,11 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
         .find(|l| format::is_wasm_layer(l.media_type().as_ref()))
     {
         let module = rootfs.join(format::ARTIFACT_MODULE_PATH.trim_start_matches('/'));
-        let mut blob = store.open_blob(&descriptor_digest(layer)?)?;
+        let mut blob = open_layer(layer)?;
         let mut file = std::fs::File::create(&module)
             .with_context(|| format!("creating {}", module.display()))?;
         std::io::copy(&mut blob, &mut file)
-            .with_context(|| format!("reading the module of {name} from the store"))?;
+            .with_context(|| format!("reading the module of {name}"))?;
         let mut argv = vec![format::ARTIFACT_MODULE_PATH.to_string()];
         argv.extend(args.iter().cloned());
         return Ok(RunSpec {
@@ -139,12 +163,10 @@ fn from_image(store: &Store, name: &ImageRef, args: &[String], scratch: &Path) -
         if !format::is_tar_layer(&media_type) {
             bail!("{name} has a layer of type {media_type}, which wasmbox run cannot unpack");
         }
-        // Streamed from the store. The blob reader fails at the end of the
-        // file if the content does not match the digest, so after the tar
-        // ends the rest of the blob is read too: a corrupt layer is an error
-        // even where the tar and the compression end early.
+        // After the tar ends, the rest of the blob is read too: a corrupt
+        // layer is an error even where the tar and the compression end early.
         let what = || format!("unpacking layer {} of {name}", layer.digest());
-        let mut blob = std::io::BufReader::new(store.open_blob(&descriptor_digest(layer)?)?);
+        let mut blob = open_layer(layer)?;
         {
             let reader: Box<dyn Read + '_> = if media_type.ends_with("gzip") {
                 Box::new(flate2::read::GzDecoder::new(&mut blob))

@@ -152,12 +152,17 @@ fn a_layout_skopeo_wrote_copies_into_the_store_and_runs() {
     // inspect reads any location, not only the store and registries.
     let info = fresh.inspect(&format!("oci:{}", p(&layout)), &[]);
     assert_eq!(info["digest"], digest);
-    let run = fresh.run(&["run", "example.test/copied/hello:v1"]);
-    assert!(run.status.success(), "{run:?}");
-    assert!(
-        String::from_utf8_lossy(&run.stdout).contains("hello"),
-        "{run:?}"
-    );
+    // wasmbox run reads images through the same model: from the store, and
+    // straight from a layout or a registry.
+    for target in [
+        "example.test/copied/hello:v1".to_string(),
+        format!("oci:{}:latest", p(&layout)),
+        format!("docker://{pushed}"),
+    ] {
+        let run = fresh.run(&["run", &target, "--plain-http"]);
+        assert!(run.status.success(), "run {target}: {run:?}");
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from wasm\n");
+    }
 }
 
 #[test]

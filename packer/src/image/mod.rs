@@ -377,6 +377,40 @@ pub fn stream_reader(reader: impl std::io::Read + Send + 'static) -> BlobStream 
     ))
 }
 
+/// A blocking reader over a blob stream, for readers that are not async
+/// (tar, decompressors): each read that needs a chunk runs the stream on
+/// `runtime`, so it must be called outside of it.
+pub fn blocking_reader(
+    runtime: &tokio::runtime::Runtime,
+    stream: BlobStream,
+) -> impl std::io::Read + '_ {
+    BlockingReader {
+        runtime,
+        stream,
+        chunk: Bytes::new(),
+    }
+}
+
+struct BlockingReader<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    stream: BlobStream,
+    chunk: Bytes,
+}
+
+impl std::io::Read for BlockingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(chunk) => self.chunk = chunk?,
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// A stream of bytes already in memory.
 pub fn stream_bytes(data: Bytes) -> BlobStream {
     const CHUNK: usize = 1 << 20;
