@@ -340,13 +340,30 @@ mod tests {
 
     #[test]
     fn a_spelt_out_reference_also_names_the_image_for_containerd() {
-        assert!(matches!(
-            LayoutName::from_ref_name("localhost:5000/x:1"),
-            LayoutName::Image(_)
-        ));
+        let manifest = oci_spec::image::DescriptorBuilder::default()
+            .media_type(oci_spec::image::MediaType::ImageManifest)
+            .size(2u64)
+            .digest(crate::image::oci_digest(&crate::format::Digest::of(b"{}")).unwrap())
+            .build()
+            .unwrap();
+        let annotations = |name: &str| {
+            LayoutName::from_ref_name(name)
+                .entry(manifest.clone())
+                .annotations()
+                .clone()
+                .unwrap()
+        };
+        let full = annotations("localhost:5000/x:1");
         assert_eq!(
-            LayoutName::from_ref_name("latest"),
-            LayoutName::RefName("latest".into())
+            full[crate::format::ANNOTATION_REF_NAME],
+            "localhost:5000/x:1"
         );
+        assert_eq!(
+            full[crate::format::ANNOTATION_CONTAINERD_IMAGE_NAME],
+            "localhost:5000/x:1"
+        );
+        let tag = annotations("latest");
+        assert_eq!(tag[crate::format::ANNOTATION_REF_NAME], "latest");
+        assert!(!tag.contains_key(crate::format::ANNOTATION_CONTAINERD_IMAGE_NAME));
     }
 }

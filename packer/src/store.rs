@@ -38,8 +38,9 @@ pub enum LayoutName {
     /// A full reference, as the store and `ctr image import` name images:
     /// `io.containerd.image.name`, plus the tag as `org.opencontainers.image.ref.name`.
     Image(ImageRef),
-    /// A bare `org.opencontainers.image.ref.name`, as skopeo's `oci:DIR:REF`
-    /// writes it (`latest`, `v1`).
+    /// `org.opencontainers.image.ref.name`, as skopeo's `oci:DIR:REF` writes
+    /// it (`latest`, `v1`, or a full reference). An entry whose ref name or
+    /// containerd name is this one matches it.
     RefName(String),
     /// No name: as a source, the layout's only image; as a destination, an
     /// unnamed entry.
@@ -47,13 +48,9 @@ pub enum LayoutName {
 }
 
 impl LayoutName {
-    /// The name for `REF` in `oci:DIR:REF`: always the `ref.name`, and also
-    /// the containerd name when `REF` is a full reference spelt in full.
+    /// The name for `REF` in `oci:DIR:REF`.
     pub fn from_ref_name(name: &str) -> LayoutName {
-        match name.parse::<ImageRef>() {
-            Ok(full) if full.as_str() == name => LayoutName::Image(full),
-            _ => LayoutName::RefName(name.to_string()),
-        }
+        LayoutName::RefName(name.to_string())
     }
 
     /// The index entry for `manifest` under this name.
@@ -69,6 +66,13 @@ impl LayoutName {
             }
             LayoutName::RefName(n) => {
                 annotations.insert(format::ANNOTATION_REF_NAME.to_string(), n.clone());
+                // A full reference spelt out names the image for `ctr image import` too.
+                if n.parse::<ImageRef>().is_ok_and(|full| full.as_str() == n) {
+                    annotations.insert(
+                        format::ANNOTATION_CONTAINERD_IMAGE_NAME.to_string(),
+                        n.clone(),
+                    );
+                }
             }
             LayoutName::Unnamed => {}
         }

@@ -118,6 +118,12 @@ fn archive_to_registry_and_registry_to_archive_and_layout() {
     let layout = w.dir().join("layout");
     copy(&w, &target, &format!("oci:{}:v9", p(&layout)));
     assert_eq!(skopeo_digest(&format!("oci:{}:v9", p(&layout))), digest);
+    // A full reference as the name: skopeo finds it by that name, and
+    // wasmbox reads it back by it.
+    let named = format!("oci:{}:example.test/named:v2", p(&layout));
+    copy(&w, &target, &named);
+    assert_eq!(skopeo_digest(&named), digest);
+    assert_eq!(w.inspect(&named, &[])["digest"], digest);
 }
 
 #[test]
