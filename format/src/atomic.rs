@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What failed while replacing a file, and on which path.
 #[derive(Debug, thiserror::Error)]
-#[error("could not {action} {}: {source}", path.display())]
+#[error("could not {action} {}", path.display())]
 pub struct WriteError {
     /// What was being done ("create", "write", "replace", ...).
     pub action: &'static str,
@@ -58,7 +58,7 @@ impl AtomicFile {
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(error("create", &tmp))?;
+            .map_err(error("create a temporary file for", dest))?;
         Ok(AtomicFile {
             dest: dest.to_path_buf(),
             tmp,
@@ -135,6 +135,16 @@ mod tests {
             0o640
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_directory_is_named_with_the_destination() {
+        let err = write_atomic(Path::new("/no/such/dir/f"), b"x", 0o644).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not create a temporary file for /no/such/dir/f"
+        );
+        assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

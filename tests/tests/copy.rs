@@ -221,6 +221,16 @@ fn bad_sources_are_one_sentence_and_write_nothing() {
         "{err}"
     );
     assert!(!out.exists());
+    let err = w.fails(&[
+        "copy",
+        "store:example.test/rotten:v1",
+        "oci-archive:/no/such/dir/x.tar",
+    ]);
+    assert!(
+        err.contains("could not create a temporary file for /no/such/dir/x.tar: No such file")
+            && err.lines().count() == 1,
+        "{err}"
+    );
     let info = w.inspect("example.test/rotten:v1", &[]);
     let layer = info["layers"][0]["digest"]
         .as_str()
