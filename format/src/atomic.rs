@@ -21,12 +21,16 @@ pub struct WriteError {
     pub source: io::Error,
 }
 
-fn error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
-    let path = path.to_path_buf();
-    move |source| WriteError {
-        action,
-        path,
-        source,
+impl WriteError {
+    /// Turns an I/O error of doing `action` to `path` into a `WriteError`
+    /// (for `map_err`).
+    pub fn on(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
+        let path = path.to_path_buf();
+        move |source| WriteError {
+            action,
+            path,
+            source,
+        }
     }
 }
 
@@ -58,7 +62,7 @@ impl AtomicFile {
             .create_new(true)
             .mode(mode)
             .open(&tmp)
-            .map_err(error("create a temporary file for", dest))?;
+            .map_err(WriteError::on("create a temporary file for", dest))?;
         Ok(AtomicFile {
             dest: dest.to_path_buf(),
             tmp,
@@ -85,10 +89,10 @@ impl AtomicFile {
         let file = self.file.take().expect("commit runs once");
         // The umask may have cleared bits of `mode` at creation.
         file.set_permissions(fs::Permissions::from_mode(self.mode))
-            .map_err(error("set permissions of", &self.tmp))?;
-        file.sync_all().map_err(error("sync", &self.tmp))?;
+            .map_err(WriteError::on("set permissions of", &self.tmp))?;
+        file.sync_all().map_err(WriteError::on("sync", &self.tmp))?;
         drop(file);
-        fs::rename(&self.tmp, &self.dest).map_err(error("replace", &self.dest))?;
+        fs::rename(&self.tmp, &self.dest).map_err(WriteError::on("replace", &self.dest))?;
         // Best effort: some file systems refuse to sync a directory.
         if let Ok(d) = fs::File::open(directory_of(&self.dest)) {
             let _ = d.sync_all();
@@ -115,7 +119,9 @@ fn directory_of(path: &Path) -> &Path {
 pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
     let mut file = AtomicFile::create(dest, mode)?;
     let tmp = file.temp_path().to_path_buf();
-    file.file().write_all(bytes).map_err(error("write", &tmp))?;
+    file.file()
+        .write_all(bytes)
+        .map_err(WriteError::on("write", &tmp))?;
     file.commit()
 }
 

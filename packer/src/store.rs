@@ -467,10 +467,6 @@ impl LayoutImage {
             _unpacked: Some(dir),
         })
     }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
 }
 
 impl ImageSource for LayoutImage {

@@ -339,26 +339,12 @@ fn max_position(table: &Table) -> Option<isize> {
     max
 }
 
-/// An I/O failure on a named file.
-#[derive(Debug, thiserror::Error)]
-#[error("could not {action} {}", path.display())]
-pub struct FileError {
-    /// What was being done ("read", "write", ...).
-    pub action: &'static str,
-    /// The file it was done to.
-    pub path: PathBuf,
-    /// The underlying error.
-    #[source]
-    pub source: io::Error,
-}
+/// An I/O failure on a named file: the format crate's, which its atomic
+/// write returns too.
+pub use wasmbox_format::WriteError as FileError;
 
 fn file_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
-    let path = path.to_owned();
-    move |source| FileError {
-        action,
-        path,
-        source,
-    }
+    FileError::on(action, path)
 }
 
 /// Reads a file, treating a missing one as empty: a node without
@@ -422,11 +408,7 @@ fn replace_file(dest: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(file_err("create directory", dir))?;
     }
-    wasmbox_format::write_atomic(dest, bytes, mode).map_err(|e| FileError {
-        action: e.action,
-        path: e.path,
-        source: e.source,
-    })
+    wasmbox_format::write_atomic(dest, bytes, mode)
 }
 
 /// One HTTP request, built without doing I/O so it can be unit-tested.
