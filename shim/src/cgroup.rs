@@ -212,44 +212,7 @@ fn enable_controllers(root: &Path, relative: &str) {
 impl Membership {
     /// Reads the cgroup's counters; a counter that cannot be read is 0.
     pub fn usage(&self) -> Usage {
-        let read = |file: &str| -> Option<String> {
-            self.joined
-                .iter()
-                .map(|dir| dir.join(file))
-                .find(|p| p.exists())
-                .and_then(|p| std::fs::read_to_string(p).ok())
-        };
-        let number = |file: &str| {
-            read(file)
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        if self.unified {
-            let cpu_usec = read("cpu.stat")
-                .and_then(|t| {
-                    t.lines().find_map(|l| {
-                        l.strip_prefix("usage_usec ")
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                    })
-                })
-                .unwrap_or(0);
-            Usage {
-                memory_bytes: number("memory.current"),
-                // "max" (no limit) does not parse, and reads as 0.
-                memory_limit: number("memory.max"),
-                cpu_nanos: cpu_usec * 1000,
-                pids: number("pids.current"),
-                unified: true,
-            }
-        } else {
-            Usage {
-                memory_bytes: number("memory.usage_in_bytes"),
-                memory_limit: number("memory.limit_in_bytes"),
-                cpu_nanos: number("cpuacct.usage"),
-                pids: number("pids.current"),
-                unified: false,
-            }
-        }
+        read_usage(&self.joined, self.unified)
     }
 
     /// Moves the process back where it was and removes the cgroups it created.
@@ -273,6 +236,70 @@ impl Membership {
         }
         Ok(())
     }
+}
+
+/// Reads the counters of a cgroup whose directories (one per hierarchy)
+/// are `dirs`; a counter that cannot be read is 0.
+fn read_usage(dirs: &[PathBuf], unified: bool) -> Usage {
+    let read = |file: &str| -> Option<String> {
+        dirs.iter()
+            .map(|dir| dir.join(file))
+            .find(|p| p.exists())
+            .and_then(|p| std::fs::read_to_string(p).ok())
+    };
+    let number = |file: &str| {
+        read(file)
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if unified {
+        let cpu_usec = read("cpu.stat")
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("usage_usec ")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(0);
+        Usage {
+            memory_bytes: number("memory.current"),
+            // "max" (no limit) does not parse, and reads as 0.
+            memory_limit: number("memory.max"),
+            cpu_nanos: cpu_usec * 1000,
+            pids: number("pids.current"),
+            unified: true,
+        }
+    } else {
+        Usage {
+            memory_bytes: number("memory.usage_in_bytes"),
+            memory_limit: number("memory.limit_in_bytes"),
+            cpu_nanos: number("cpuacct.usage"),
+            pids: number("pids.current"),
+            unified: false,
+        }
+    }
+}
+
+/// The counters of the cgroup at `cgroups_path` (as a spec names it), which
+/// the shim is not a member of: a Linux container's, made by runc.
+pub fn usage_of(cgroups_path: &str) -> Usage {
+    let unified = unified();
+    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
+        return Usage {
+            unified,
+            ..Default::default()
+        };
+    };
+    let relative = absolute.trim_start_matches('/');
+    let dirs: Vec<PathBuf> = if unified {
+        vec![Path::new(CGROUP_ROOT).join(relative)]
+    } else {
+        V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
+            .collect()
+    };
+    read_usage(&dirs, unified)
 }
 
 /// After a shim died (containerd's `shim delete`): removes the container's

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::content::ImageSource;
 use crate::engine::{Engine, KillSwitch, Program, RunSpec, Stdio};
 pub use crate::mounts::RootfsMount;
+use crate::stdio::{OUTPUT_DRAIN, Pty, drain_terminal, wait_until_read};
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,8 @@ enum Workload {
     },
     /// A pod's sandbox: no program; it holds the pod until it is killed.
     Sandbox(crate::pod::Sandbox),
+    /// A native Linux program, which runc runs (`linux.rs`).
+    Linux(crate::linux::LinuxContainer),
 }
 
 /// Called on the guest's thread (or the killer's, for a sandbox) when the container stops.
@@ -96,6 +99,19 @@ impl Container {
             .map_or(Path::new("rootfs"), |r| r.path());
         let mounted = crate::mounts::ContainerMounts::mount_rootfs(bundle, mounts, root_path)?;
         let rootfs = mounted.rootfs().to_path_buf();
+        if crate::linux::is_linux_program(&spec, &rootfs) {
+            // runc mounts it again, as the spec says, without nodev,nosuid.
+            drop(mounted);
+            return Container::create_linux(
+                id,
+                bundle,
+                mounts,
+                &spec,
+                stdio,
+                terminal,
+                &image.namespace,
+            );
+        }
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -144,18 +160,11 @@ impl Container {
                 } else {
                     None
                 };
-                let mut output_fifos = Vec::new();
-                if !terminal {
-                    for path in [stdio[1], stdio[2]].into_iter().filter(|p| !p.is_empty()) {
-                        output_fifos.push(
-                            std::fs::OpenOptions::new()
-                                .read(true)
-                                .write(true)
-                                .open(path)
-                                .with_context(|| format!("opening the output FIFO {path}"))?,
-                        );
-                    }
-                }
+                let output_fifos = if terminal {
+                    Vec::new()
+                } else {
+                    crate::stdio::open_output_fifos(&[stdio[1], stdio[2]])?
+                };
                 Ok::<_, anyhow::Error>((run, program, pty, output_fifos))
             })();
             match loaded {
@@ -202,6 +211,41 @@ impl Container {
         })
     }
 
+    /// A Linux container: its rootfs mounted as given and created with runc.
+    fn create_linux(
+        id: &str,
+        bundle: &Path,
+        mounts: &[RootfsMount],
+        spec: &oci_spec::runtime::Spec,
+        stdio: [&str; 3],
+        terminal: bool,
+        namespace: &str,
+    ) -> Result<Container> {
+        let mounted = crate::mounts::ContainerMounts::mount_linux_rootfs(bundle, mounts)?;
+        let (linux, io) =
+            crate::linux::LinuxContainer::create(namespace, id, bundle, spec, stdio, terminal)?;
+        Ok(Container {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            rootfs: mounted.rootfs().to_path_buf(),
+            stdin: stdio[0].to_string(),
+            stdout: stdio[1].to_string(),
+            stderr: stdio[2].to_string(),
+            workload: Workload::Linux(linux),
+            mounts: Mutex::new(mounted),
+            terminal: Mutex::new(None),
+            terminal_master: io.terminal_master,
+            cgroup: Mutex::new(None),
+            output_fifos: Mutex::new(io.output_fifos),
+            inner: Mutex::new(Inner {
+                status: Status::Created,
+                exit: None,
+                kill: None,
+            }),
+            exited: Condvar::new(),
+        })
+    }
+
     /// A pod's sandbox: nothing to mount or load (see [`crate::pod::Sandbox`]).
     fn sandbox(
         id: &str,
@@ -233,6 +277,32 @@ impl Container {
         }
     }
 
+    /// The pid containerd knows the container by: a Linux container's init
+    /// process, else the shim's own (which runs the Wasm guests and holds
+    /// the pod's namespaces).
+    pub fn pid(&self) -> u32 {
+        match &self.workload {
+            Workload::Linux(linux) => linux.init_pid,
+            _ => std::process::id(),
+        }
+    }
+
+    /// The pids of the container's processes.
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.workload {
+            Workload::Linux(linux) => linux.pids(),
+            _ => vec![std::process::id()],
+        }
+    }
+
+    /// The runc side of a Linux container, for exec; Wasm containers have none.
+    pub fn linux(&self) -> Option<&crate::linux::LinuxContainer> {
+        match &self.workload {
+            Workload::Linux(linux) => Some(linux),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> (Status, Option<Exit>) {
         let inner = self.inner.lock().unwrap();
         (inner.status, inner.exit.clone())
@@ -245,6 +315,30 @@ impl Container {
     ) -> Result<()> {
         let (run_spec, program) = match &self.workload {
             Workload::Wasm { spec, program } => (spec, program),
+            Workload::Linux(linux) => {
+                {
+                    let mut inner = self.inner.lock().unwrap();
+                    if inner.status != Status::Created {
+                        bail!("container {} was already started", self.id);
+                    }
+                    inner.status = Status::Running;
+                }
+                let this = self.clone();
+                let started = linux.start(Box::new(move |code| {
+                    if let Workload::Linux(linux) = &this.workload {
+                        linux.init_exited();
+                    }
+                    if let Some(master) = &this.terminal_master {
+                        drain_terminal(master);
+                    }
+                    this.finish(code, on_exit);
+                }));
+                if let Err(e) = started {
+                    self.inner.lock().unwrap().status = Status::Created;
+                    return Err(e);
+                }
+                return Ok(());
+            }
             Workload::Sandbox(sandbox) => {
                 let mut inner = self.inner.lock().unwrap();
                 if inner.status != Status::Created {
@@ -298,26 +392,7 @@ impl Container {
                     drain_terminal(master);
                 }
                 drop(spec);
-                {
-                    let mut fifos = this.output_fifos.lock().unwrap();
-                    let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
-                    for fifo in fifos.iter() {
-                        wait_until_read(fifo, deadline);
-                    }
-                    fifos.clear();
-                }
-                let exit = Exit {
-                    status: code as u32,
-                    at: SystemTime::now(),
-                };
-                {
-                    let mut inner = this.inner.lock().unwrap();
-                    inner.status = Status::Stopped;
-                    inner.exit = Some(exit.clone());
-                    inner.kill = None;
-                }
-                this.exited.notify_all();
-                on_exit(&this, &exit);
+                this.finish(code as u32, on_exit);
             });
         if let Err(e) = spawned {
             // Back to created: the caller sees the error, and can delete.
@@ -329,13 +404,59 @@ impl Container {
         Ok(())
     }
 
-    /// Sends `signal`; a container that never started stops at once.
-    /// Returns false when the container had already stopped.
-    pub fn kill(&self, signal: u32) -> bool {
+    /// The program ended with `code`: once its output was read, the
+    /// container is stopped and `on_exit` runs.
+    fn finish(&self, code: u32, on_exit: impl FnOnce(&Container, &Exit)) {
+        {
+            let mut fifos = self.output_fifos.lock().unwrap();
+            let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
+            for fifo in fifos.iter() {
+                wait_until_read(fifo, deadline);
+            }
+            fifos.clear();
+        }
+        let exit = Exit {
+            status: code,
+            at: SystemTime::now(),
+        };
+        {
+            let mut inner = self.inner.lock().unwrap();
+            inner.status = Status::Stopped;
+            inner.exit = Some(exit.clone());
+            inner.kill = None;
+        }
+        self.exited.notify_all();
+        on_exit(self, &exit);
+    }
+
+    /// Sends `signal` (to every process of a Linux container with `all`); a
+    /// container that never started stops at once. Returns false when the
+    /// container had already stopped.
+    pub fn kill(&self, signal: u32, all: bool) -> Result<bool> {
+        if let Workload::Linux(linux) = &self.workload {
+            let status = self.inner.lock().unwrap().status;
+            return match status {
+                Status::Stopped => Ok(false),
+                Status::Running => linux.kill(signal, all).map(|()| true),
+                Status::Created => {
+                    // runc's process waits for `start`; it goes at delete.
+                    let _ = linux.kill(signal, all);
+                    let mut inner = self.inner.lock().unwrap();
+                    inner.status = Status::Stopped;
+                    inner.exit = Some(Exit {
+                        status: 128 + signal,
+                        at: SystemTime::now(),
+                    });
+                    drop(inner);
+                    self.exited.notify_all();
+                    Ok(true)
+                }
+            };
+        }
         let mut inner = self.inner.lock().unwrap();
         if ignored_by_default(signal) {
             // As Linux does for a process that did not ask for them.
-            return inner.status != Status::Stopped;
+            return Ok(inner.status != Status::Stopped);
         }
         match inner.status {
             Status::Running => {
@@ -355,7 +476,7 @@ impl Container {
                         on_exit(self, &exit);
                     }
                 }
-                true
+                Ok(true)
             }
             Status::Created => {
                 inner.status = Status::Stopped;
@@ -367,9 +488,9 @@ impl Container {
                 self.output_fifos.lock().unwrap().clear();
                 self.terminal.lock().unwrap().take();
                 self.exited.notify_all();
-                true
+                Ok(true)
             }
-            Status::Stopped => false,
+            Status::Stopped => Ok(false),
         }
     }
 
@@ -389,6 +510,7 @@ impl Container {
                 pids: u64::from(running),
                 unified: crate::cgroup::unified(),
             },
+            Workload::Linux(linux) => linux.usage(),
             Workload::Sandbox(_) => crate::cgroup::Usage {
                 unified: crate::cgroup::unified(),
                 ..Default::default()
@@ -401,24 +523,7 @@ impl Container {
         let Some(master) = &self.terminal_master else {
             bail!("container {} has no terminal", self.id);
         };
-        let size = libc::winsize {
-            ws_row: height as u16,
-            ws_col: width as u16,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; the fd is our open master.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(master),
-                libc::TIOCSWINSZ,
-                &size as *const libc::winsize,
-            )
-        };
-        if rc != 0 {
-            bail!("resizing the terminal: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
+        crate::stdio::resize(master, width, height)
     }
 
     /// Blocks until the guest has stopped.
@@ -432,113 +537,17 @@ impl Container {
         }
     }
 
-    /// Leaves the cgroup and unmounts what `create` mounted.
+    /// Leaves the cgroup (a Linux container: removes it from runc) and
+    /// unmounts what `create` mounted.
     pub fn cleanup(&self) -> Result<()> {
         self.output_fifos.lock().unwrap().clear();
+        if let Workload::Linux(linux) = &self.workload {
+            linux.delete()?;
+        }
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
         self.mounts.lock().unwrap().unmount()
-    }
-}
-
-/// A pseudo-terminal for `-t`: the guest gets the slave; two threads copy the
-/// caller's stdin FIFO into the master and the master into the stdout FIFO.
-struct Pty {
-    master: std::fs::File,
-    slave: std::os::fd::OwnedFd,
-}
-
-/// Waits (up to a second) until the tty-out thread has read everything the
-/// guest wrote: Linux discards a terminal's unread output once its slave side
-/// closes, so the last lines of a fast guest would otherwise be lost.
-fn drain_terminal(master: &std::fs::File) {
-    wait_until_read(
-        master,
-        std::time::Instant::now() + std::time::Duration::from_secs(1),
-    );
-}
-
-/// Waits until nothing written to `file` (a FIFO or terminal) is left
-/// unread, or until `deadline`.
-fn wait_until_read(file: &std::fs::File, deadline: std::time::Instant) {
-    while unread(file) > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-/// Bytes written to `file` (a FIFO or terminal) that no reader has taken yet;
-/// 0 when that cannot be told.
-fn unread(file: &std::fs::File) -> libc::c_int {
-    let mut pending: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through a valid pointer; the fd is ours and open.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            libc::FIONREAD,
-            &mut pending,
-        )
-    };
-    if rc != 0 { 0 } else { pending }
-}
-
-/// How long a stopped guest's exit waits for the readers of its output
-/// FIFOs to take what it wrote before they are closed (a FIFO's data is
-/// lost once no one holds it open). Bounded: a reader that is gone (`ctr
-/// run -d`) must not hold the exit up.
-const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
-
-impl Pty {
-    fn open(stdin: &str, stdout: &str) -> Result<Pty> {
-        use std::os::fd::FromRawFd;
-        let (mut master, mut slave) = (-1, -1);
-        // SAFETY: openpty writes two descriptors into the provided ints; the
-        // name, termios and winsize pointers may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            bail!("creating a terminal: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: openpty succeeded, so both are fresh descriptors we own.
-        let (master, slave) = unsafe {
-            (
-                std::fs::File::from_raw_fd(master),
-                std::os::fd::OwnedFd::from_raw_fd(slave),
-            )
-        };
-        if !stdout.is_empty() {
-            let mut from = master.try_clone()?;
-            let mut to = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(stdout)
-                .with_context(|| format!("opening {stdout}"))?;
-            std::thread::Builder::new()
-                .name("tty-out".into())
-                .spawn(move || {
-                    // Ends with EIO once the guest's side of the terminal is closed.
-                    let _ = std::io::copy(&mut from, &mut to);
-                })?;
-        }
-        if !stdin.is_empty() {
-            let mut to = master.try_clone()?;
-            let path = stdin.to_string();
-            std::thread::Builder::new()
-                .name("tty-in".into())
-                .spawn(move || {
-                    if let Ok(mut from) = std::fs::File::open(&path) {
-                        let _ = std::io::copy(&mut from, &mut to);
-                    }
-                })?;
-        }
-        Ok(Pty { master, slave })
     }
 }
 

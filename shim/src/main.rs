@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use containerd_shim::api::{self, Status as ApiStatus};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
@@ -20,6 +22,7 @@ use containerd_shim::{
 use containerd_shim_wasmtime::container::{Container, Exit, RootfsMount, Status};
 use containerd_shim_wasmtime::content::ImageSource;
 use containerd_shim_wasmtime::error::ShimError;
+use containerd_shim_wasmtime::linux::ExecProcess;
 use log::{error, info, warn};
 
 /// The runtime type containerd knows this shim by.
@@ -69,8 +72,11 @@ fn raise_open_files_limit() {
 fn serve(flags: Flags) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::fd::IntoRawFd;
-    // First, while this is the only thread: every later thread inherits it.
+    // First, while this is the only thread: every later thread inherits
+    // the namespaces and the blocked SIGCHLD the reaper takes.
     containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
+    containerd_shim_wasmtime::reaper::install()
+        .context("becoming the subreaper of runc's containers")?;
     raise_open_files_limit();
     // wasmtime-wasi opens an INFO span per WASI call, and another crate of
     // the workspace turns on tracing's `log` fallback, which would write
@@ -84,6 +90,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let shim = WasmShim {
+        id: flags.id.clone(),
         namespace: flags.namespace.clone(),
         containerd_address: flags.address.clone(),
         exit: Arc::new(ExitSignal::default()),
@@ -164,6 +171,8 @@ fn shim_is_serving(address: &str) -> bool {
 /// The shim process: bootstrap (`start`, `delete`) and the task service.
 #[derive(Clone)]
 struct WasmShim {
+    /// The id the shim was started for (for `delete`, the container to clean up).
+    id: String,
     namespace: String,
     /// containerd's gRPC socket, for images whose module is a layer.
     containerd_address: String,
@@ -175,6 +184,7 @@ impl containerd_shim::Shim for WasmShim {
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         WasmShim {
+            id: args.id.clone(),
             namespace: args.namespace.clone(),
             containerd_address: args.address.clone(),
             exit: Arc::new(ExitSignal::default()),
@@ -190,15 +200,28 @@ impl containerd_shim::Shim for WasmShim {
     /// containerd's cleanup after a shim died: unmount what it left behind.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         if let Ok(bundle) = std::env::current_dir() {
+            let cgroups_path = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+                .ok()
+                .and_then(|spec| spec.linux().as_ref()?.cgroups_path().clone())
+                .map(|p| p.to_string_lossy().into_owned());
+            // A Linux container the dead shim ran: runc removes what is left
+            // of it (processes, cgroup, state); for any other id it has nothing.
+            if bundle.join("init.pid").exists() {
+                let runc = containerd_shim_wasmtime::runc::Runc::new(
+                    &self.namespace,
+                    &bundle,
+                    cgroups_path.as_deref(),
+                );
+                if let Err(e) = runc.delete(&self.id) {
+                    warn!("cleanup of {} in runc: {e:#}", self.id);
+                }
+            }
             let rootfs = bundle.join("rootfs");
             if let Err(e) = containerd_shim_wasmtime::mounts::unmount_all(&bundle, &rootfs, true) {
                 warn!("cleanup of {}: {e:#}", bundle.display());
             }
-            let cgroups_path = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-                .ok()
-                .and_then(|spec| spec.linux().as_ref()?.cgroups_path().clone());
             if let Some(path) = cgroups_path {
-                containerd_shim_wasmtime::cgroup::remove_left_behind(&path.to_string_lossy());
+                containerd_shim_wasmtime::cgroup::remove_left_behind(&path);
             }
         }
         Ok(DeleteResponse {
@@ -277,12 +300,80 @@ impl TaskService {
             .ok_or_else(|| ShimError::NotFound(id.to_string()).into())
     }
 
-    fn no_exec(exec_id: &str) -> TtrpcResult<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(ShimError::Unimplemented("exec is not supported for Wasm containers").into())
-        }
+    /// Starts exec `exec_id` in container `id` with runc.
+    fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StartResponse> {
+        let container = self.get(id)?;
+        let linux = container.linux().ok_or(ShimError::Unimplemented(
+            "exec is not supported for Wasm containers",
+        ))?;
+        let events = self.events.clone();
+        let namespace = self.namespace.clone();
+        let container_id = id.to_string();
+        let exit_id = container_id.clone();
+        let pid = linux
+            .start_exec(exec_id, move |exec: &ExecProcess, exit: &Exit| {
+                let (_, pid, _) = exec.status();
+                events.publish(
+                    &namespace,
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: exit_id,
+                        id: exec.exec_id.clone(),
+                        pid: pid.unwrap_or(0),
+                        exit_status: exit.status,
+                        exited_at: MessageField::some(timestamp(exit.at)),
+                        ..Default::default()
+                    }),
+                );
+            })
+            .map_err(ShimError::FailedPrecondition)?;
+        self.events.publish(
+            &self.namespace,
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id,
+                exec_id: exec_id.to_string(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
+        let exec = self.get_exec(id, exec_id)?;
+        let (_, pid, _) = exec.status();
+        let container = self.get(id)?;
+        let exit = container
+            .linux()
+            .map(|linux| linux.delete_exec(exec_id))
+            .transpose()
+            .map_err(ShimError::FailedPrecondition)?
+            .flatten()
+            .unwrap_or(Exit {
+                status: 0,
+                at: SystemTime::now(),
+            });
+        Ok(api::DeleteResponse {
+            pid: pid.unwrap_or(0),
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        })
+    }
+
+    /// The exec `exec_id` of container `id`; only Linux containers have any.
+    fn get_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<ExecProcess>> {
+        let container = self.get(id)?;
+        let linux = container.linux().ok_or(ShimError::Unimplemented(
+            "exec is not supported for Wasm containers",
+        ))?;
+        linux
+            .exec(exec_id)
+            .map_err(|e| ShimError::NotFound(format!("{e:#}")).into())
     }
 }
 
@@ -325,7 +416,7 @@ impl containerd_shim::Task for TaskService {
             .lock()
             .unwrap()
             .insert(req.id.clone(), Arc::new(container));
-        let pid = std::process::id();
+        let pid = self.get(&req.id)?.pid();
         self.events.publish(
             &self.namespace,
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -355,11 +446,13 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        Self::no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&req.id, &req.exec_id);
+        }
         let container = self.get(&req.id)?;
         let events = self.events.clone();
         let namespace = self.namespace.clone();
-        let pid = std::process::id();
+        let pid = container.pid();
         container
             .start(move |c: &Container, exit: &Exit| {
                 info!(id = c.id.as_str(), exit_status = exit.status; "exited");
@@ -397,18 +490,26 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Self::no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
-        let (status, exit) = container.status();
         let mut resp = api::StateResponse {
             id: container.id.clone(),
             bundle: container.bundle.to_string_lossy().into_owned(),
-            pid: std::process::id(),
-            stdin: container.stdin.clone(),
-            stdout: container.stdout.clone(),
-            stderr: container.stderr.clone(),
             ..Default::default()
         };
+        let (status, pid, exit) = if req.exec_id.is_empty() {
+            resp.stdin = container.stdin.clone();
+            resp.stdout = container.stdout.clone();
+            resp.stderr = container.stderr.clone();
+            let (status, exit) = container.status();
+            (status, container.pid(), exit)
+        } else {
+            let exec = self.get_exec(&req.id, &req.exec_id)?;
+            resp.exec_id = req.exec_id.clone();
+            [resp.stdin, resp.stdout, resp.stderr] = exec.stdio.clone();
+            let (status, pid, exit) = exec.status();
+            (status, pid.unwrap_or(0), exit)
+        };
+        resp.pid = pid;
         resp.set_status(match status {
             Status::Created => ApiStatus::CREATED,
             Status::Running => ApiStatus::RUNNING,
@@ -422,8 +523,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        Self::no_exec(&req.exec_id)?;
-        let exit = self.get(&req.id)?.wait();
+        let exit = if req.exec_id.is_empty() {
+            self.get(&req.id)?.wait()
+        } else {
+            self.get_exec(&req.id, &req.exec_id)?.wait()
+        };
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(timestamp(exit.at)),
@@ -432,9 +536,15 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        Self::no_exec(&req.exec_id)?;
-        info!(id = req.id.as_str(), signal = req.signal; "kill");
-        if !self.get(&req.id)?.kill(req.signal) {
+        info!(id = req.id.as_str(), exec_id = req.exec_id.as_str(), signal = req.signal; "kill");
+        let killed = if req.exec_id.is_empty() {
+            self.get(&req.id)?
+                .kill(req.signal, req.all)
+                .map_err(ShimError::Internal)?
+        } else {
+            self.get_exec(&req.id, &req.exec_id)?.kill(req.signal)
+        };
+        if !killed {
             return Err(
                 ShimError::NotFound(format!("{}: its process already finished", req.id)).into(),
             );
@@ -447,7 +557,9 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        Self::no_exec(&req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(&req.id, &req.exec_id);
+        }
         let container = self.get(&req.id)?;
         let (status, exit) = container.status();
         if status == Status::Running {
@@ -463,7 +575,7 @@ impl containerd_shim::Task for TaskService {
             status: 0,
             at: SystemTime::now(),
         });
-        let pid = std::process::id();
+        let pid = container.pid();
         self.events.publish(
             &self.namespace,
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -485,12 +597,15 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.get(&req.id)?;
+        let pids = self.get(&req.id)?.pids();
         Ok(api::PidsResponse {
-            processes: vec![containerd_shim::protos::types::task::ProcessInfo {
-                pid: std::process::id(),
-                ..Default::default()
-            }],
+            processes: pids
+                .into_iter()
+                .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -561,8 +676,34 @@ impl containerd_shim::Task for TaskService {
         })
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Err(ShimError::Unimplemented("exec is not supported for Wasm containers").into())
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let container = self.get(&req.id)?;
+        let linux = container.linux().ok_or(ShimError::Unimplemented(
+            "exec is not supported for Wasm containers",
+        ))?;
+        let process = req
+            .spec
+            .as_ref()
+            .map(|any| any.value.as_slice())
+            .unwrap_or_default();
+        linux
+            .add_exec(
+                &req.exec_id,
+                process,
+                [&req.stdin, &req.stdout, &req.stderr],
+                req.terminal,
+            )
+            .map_err(ShimError::from_create)?;
+        self.events.publish(
+            &self.namespace,
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
@@ -576,10 +717,13 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        Self::no_exec(&req.exec_id)?;
-        self.get(&req.id)?
-            .resize(req.width, req.height)
-            .map_err(ShimError::FailedPrecondition)?;
+        if req.exec_id.is_empty() {
+            self.get(&req.id)?.resize(req.width, req.height)
+        } else {
+            self.get_exec(&req.id, &req.exec_id)?
+                .resize(req.width, req.height)
+        }
+        .map_err(ShimError::FailedPrecondition)?;
         Ok(api::Empty::new())
     }
 

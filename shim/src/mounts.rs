@@ -149,11 +149,17 @@ fn mount_flag(option: &str) -> Option<libc::c_ulong> {
     })
 }
 
-/// Mounts containerd's rootfs mounts at `rootfs`; on error nothing stays mounted.
-fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path) -> Result<()> {
+/// Mounts containerd's rootfs mounts at `rootfs`, `nodev,nosuid` when
+/// `restricted` (a Wasm guest's) or else exactly as given (a Linux
+/// container's, as runc's shim mounts them); on error nothing stays mounted.
+fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path, restricted: bool) -> Result<()> {
     std::fs::create_dir_all(rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
     for m in mounts {
-        let mut flags = libc::MS_NODEV | libc::MS_NOSUID;
+        let mut flags = if restricted {
+            libc::MS_NODEV | libc::MS_NOSUID
+        } else {
+            0
+        };
         let mut data = Vec::new();
         for option in &m.options {
             match (option.as_str(), mount_flag(option)) {
@@ -175,7 +181,7 @@ fn mount_rootfs(mounts: &[RootfsMount], rootfs: &Path) -> Result<()> {
             &data.join(","),
         )
         .and_then(|()| {
-            if flags & libc::MS_BIND != 0 {
+            if restricted && flags & libc::MS_BIND != 0 {
                 restrict(
                     rootfs,
                     flags & libc::MS_RDONLY != 0,
@@ -441,8 +447,25 @@ impl ContainerMounts {
         if mounts.is_empty() {
             bind_root(&bundle.join(root_path), &rootfs)?;
         } else {
-            mount_rootfs(mounts, &rootfs)?;
+            mount_rootfs(mounts, &rootfs, true)?;
         }
+        Ok(ContainerMounts {
+            bundle: bundle.to_path_buf(),
+            rootfs,
+            rootfs_mounted: true,
+            released: false,
+        })
+    }
+
+    /// A Linux container's rootfs: containerd's `mounts` at `bundle/rootfs`
+    /// exactly as given, or nothing when there are none (the caller mounted
+    /// the root itself, and runc finds it at the spec's `root.path`).
+    pub fn mount_linux_rootfs(bundle: &Path, mounts: &[RootfsMount]) -> Result<Self> {
+        if mounts.is_empty() {
+            return Ok(Self::none(bundle));
+        }
+        let rootfs = bundle.join("rootfs");
+        mount_rootfs(mounts, &rootfs, false)?;
         Ok(ContainerMounts {
             bundle: bundle.to_path_buf(),
             rootfs,

@@ -24,6 +24,10 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 /// Set once this shim process made the fresh network namespace its single
 /// container asked for.
 static OWN_NAMESPACE: AtomicBool = AtomicBool::new(false);
+/// Set once this shim process, a pod's, made the pod's own IPC (and UTS)
+/// namespace, which the pod's Linux containers join through the shim's pid.
+static POD_IPC: AtomicBool = AtomicBool::new(false);
+static POD_UTS: AtomicBool = AtomicBool::new(false);
 
 /// The `network` namespace entry of a spec: `None` without one (host
 /// network), `Some(None)` for a new namespace, `Some(Some(path))` to join.
@@ -57,7 +61,15 @@ pub fn enter_container_network(bundle: &Path) -> Result<()> {
         // It joins the pod's shim, which entered the pod's namespace.
         return Ok(());
     }
-    match network_namespace(&spec) {
+    if crate::pod::is_sandbox(&spec) {
+        enter_network(&spec)?;
+        return make_pod_ipc_and_uts(&spec);
+    }
+    enter_network(&spec)
+}
+
+fn enter_network(spec: &Spec) -> Result<()> {
+    match network_namespace(spec) {
         None => Ok(()),
         Some(Some(path)) => join(path),
         Some(None) => {
@@ -71,6 +83,54 @@ pub fn enter_container_network(bundle: &Path) -> Result<()> {
             OWN_NAMESPACE.store(true, Ordering::Relaxed);
             Ok(())
         }
+    }
+}
+
+/// A pod's sandbox asks for new IPC and UTS namespaces (what the pause
+/// process of a runc pod holds): the shim makes them, with the pod's
+/// hostname, so that the pod's Linux containers, whose specs name the
+/// sandbox task's (the shim's) namespaces, share the pod's and not the node's.
+fn make_pod_ipc_and_uts(spec: &Spec) -> Result<()> {
+    let wants_new = |typ: LinuxNamespaceType| {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|list| list.iter().any(|n| n.typ() == typ && n.path().is_none()))
+    };
+    let (ipc, uts) = (
+        wants_new(LinuxNamespaceType::Ipc),
+        wants_new(LinuxNamespaceType::Uts),
+    );
+    let flags = if ipc { libc::CLONE_NEWIPC } else { 0 } | if uts { libc::CLONE_NEWUTS } else { 0 };
+    if flags == 0 {
+        return Ok(());
+    }
+    // SAFETY: unshare(2) with flag constants; it changes only the calling
+    // thread's namespaces (inherited by the threads it starts later).
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("creating the pod's IPC and UTS namespaces");
+    }
+    POD_IPC.store(ipc, Ordering::Relaxed);
+    POD_UTS.store(uts, Ordering::Relaxed);
+    if let Some(hostname) = spec.hostname().as_deref().filter(|h| uts && !h.is_empty()) {
+        // SAFETY: sethostname reads `len` bytes of a live slice.
+        if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("setting the pod's hostname {hostname}"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the shim process holds the pod's namespace of `kind` (as named
+/// in `/proc/PID/ns/KIND`), for a pod's Linux container to join.
+pub fn holds_pod_namespace(kind: &str) -> bool {
+    match kind {
+        "net" => true,
+        "ipc" => POD_IPC.load(Ordering::Relaxed),
+        "uts" => POD_UTS.load(Ordering::Relaxed),
+        _ => false,
     }
 }
 

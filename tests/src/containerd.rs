@@ -289,6 +289,10 @@ impl Containerd {
                     .filter(|l| l.contains(&*self.dir.path().to_string_lossy()))
                     .map(str::to_string)
                     .collect();
+                let runc_state: Vec<_> =
+                    std::fs::read_dir(self.dir.path().join("state/wasmtime-runc").join(namespace))
+                        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                        .unwrap_or_default();
                 let task_dirs: Vec<_> = std::fs::read_dir(
                     self.dir
                         .path()
@@ -301,11 +305,12 @@ impl Containerd {
                     && shims.is_empty()
                     && mounts.is_empty()
                     && task_dirs.is_empty()
+                    && runc_state.is_empty()
                 {
                     return Ok(());
                 }
                 Err(format!(
-                    "left behind: containers {containers:?}, shim pids {shims:?}, mounts {mounts:?}, task dirs {task_dirs:?}"
+                    "left behind: containers {containers:?}, shim pids {shims:?}, mounts {mounts:?}, task dirs {task_dirs:?}, runc containers {runc_state:?}"
                 ))
             },
         )

@@ -12,10 +12,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, KeyValue,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -187,16 +187,7 @@ impl CriNode {
         ];
         args.extend_from_slice(pack_args);
         self.w.ok(&args);
-        let mut images = self.images.clone();
-        self.runtime
-            .block_on(images.pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }))
-            .unwrap_or_else(|e| panic!("CRI PullImage {image}: {}", e.message()));
+        self.pull(&image);
         image
     }
 
@@ -248,26 +239,23 @@ impl CriNode {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<String, tonic::Status> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            envs: env
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            log_path: format!("{name}/0.log"),
-            ..Default::default()
-        };
+        let mut config = container_config(name, image, args);
+        config.envs = env
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect();
+        self.create_container_with(pod, config)
+    }
+
+    /// CreateContainer of a full `config` (see [`container_config`]).
+    pub fn create_container_with(
+        &self,
+        pod: &Pod,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
         let mut rt = self.rt.clone();
         self.runtime.block_on(async {
             let id = rt
@@ -281,6 +269,56 @@ impl CriNode {
                 .container_id;
             Ok(id)
         })
+    }
+
+    /// The busybox image of [`crate::linux_image`], pushed as `busybox:v1`
+    /// and pulled through the CRI.
+    pub fn linux_image(&self) -> String {
+        let image = format!("{}/busybox:v1", self.registry.addr);
+        let layout = crate::linux_image::busybox_layout(&self.dir.path().join("busybox"));
+        self.w.ok(&[
+            "copy",
+            &format!("oci:{}:v1", layout.display()),
+            &image,
+            "--plain-http",
+        ]);
+        self.pull(&image);
+        image
+    }
+
+    fn pull(&self, image: &str) {
+        let mut images = self.images.clone();
+        self.runtime
+            .block_on(images.pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .unwrap_or_else(|e| panic!("CRI PullImage {image}: {}", e.message()));
+    }
+
+    /// ExecSync (`kubectl exec` without a terminal): exit code, stdout, stderr.
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<(i32, String, String), tonic::Status> {
+        let mut rt = self.rt.clone();
+        let resp = self
+            .runtime
+            .block_on(rt.exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                timeout: 30,
+            }))?
+            .into_inner();
+        Ok((
+            resp.exit_code,
+            String::from_utf8_lossy(&resp.stdout).into_owned(),
+            String::from_utf8_lossy(&resp.stderr).into_owned(),
+        ))
     }
 
     pub fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
@@ -303,6 +341,27 @@ impl CriNode {
             .into_inner()
             .status
             .expect("a status")
+    }
+
+    /// The pid of the container's process (from the verbose status), for
+    /// a Linux container its own process's.
+    pub fn container_pid(&self, id: &str) -> u32 {
+        let mut rt = self.rt.clone();
+        let status = self
+            .runtime
+            .block_on(rt.container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: true,
+            }))
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {}", e.message()))
+            .into_inner();
+        status
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+            .and_then(|info| info["pid"].as_u64())
+            .unwrap_or_else(|| panic!("no pid in the status of {id}: {:?}", status.info))
+            as u32
     }
 
     /// Waits until the container has exited; returns its status.
@@ -475,6 +534,24 @@ impl Drop for CriNode {
             .args(["link", "delete", &self.bridge])
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// The config of container `name` running `args` of `image`, logging to
+/// `NAME/0.log` in the pod's log directory; add mounts, envs, … to it.
+pub fn container_config(name: &str, image: &str, args: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
     }
 }
 

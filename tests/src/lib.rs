@@ -3,7 +3,8 @@
 //! the freshly built binaries against them. Everything started here stops
 //! and is cleaned up on `Drop`. One file per part: [`registry`] (and its
 //! [`token_server`]), [`containerd`] (and [`containerd_api`]), [`cri`],
-//! [`docker`], [`netns`], [`cli`] (the `wasmbox` CLI) and [`guests`].
+//! [`docker`], [`netns`], [`cli`] (the `wasmbox` CLI), [`guests`] and
+//! [`linux_image`] (a native busybox image for mixed pods).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +18,7 @@ pub mod containerd_api;
 pub mod cri;
 pub mod docker;
 pub mod guests;
+pub mod linux_image;
 pub mod netns;
 pub mod registry;
 pub mod token_server;

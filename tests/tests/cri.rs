@@ -3,10 +3,11 @@
 //! CreateContainer, StartContainer, …), with containerd configured by the
 //! snippet in `deploy/containerd/` and pods on a real CNI bridge network.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wasmbox_tests::cri::CriNode;
+use wasmbox_tests::cri::{CriNode, container_config};
 use wasmbox_tests::{probe, wait_until};
 
 /// Pids of this node's shims.
@@ -480,4 +481,234 @@ fn a_wasm_layer_image_retagged_between_create_and_start_runs_what_the_container_
     }
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
+}
+
+/// A CRI mount of host directory `host` (an `emptyDir`, as the kubelet
+/// makes one) at `path`.
+fn empty_dir(host: &Path, path: &str) -> k8s_cri::v1::Mount {
+    k8s_cri::v1::Mount {
+        container_path: path.to_string(),
+        host_path: host.to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_share_both_ways() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let probe_image = node.image("probe", probe());
+    let pod = node.run_pod("mixed-init").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let volume = tempfile::tempdir().unwrap();
+
+    // The init container runs to completion first, as the kubelet runs it.
+    let mut init = container_config(
+        "init",
+        &busybox,
+        &[
+            "sh",
+            "-c",
+            "echo from the init container > /data/greeting; hostname",
+        ],
+    );
+    init.mounts = vec![empty_dir(volume.path(), "/data")];
+    let init = node
+        .create_container_with(&pod, init)
+        .expect("CreateContainer init");
+    node.start_container(&init).expect("StartContainer init");
+    let status = node.wait_exited(&init, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    assert_eq!(
+        node.log_lines("mixed-init", "init"),
+        vec![("stdout".to_string(), "mixed-init".to_string())],
+        "the Linux container has the pod's hostname (the pod's UTS namespace)"
+    );
+
+    // The Wasm container reads what it wrote and writes a file back.
+    let mut reader = container_config("reader", &probe_image, &["cat", "/data/greeting"]);
+    reader.mounts = vec![empty_dir(volume.path(), "/data")];
+    let reader = node
+        .create_container_with(&pod, reader)
+        .expect("CreateContainer reader");
+    node.start_container(&reader)
+        .expect("StartContainer reader");
+    assert_eq!(
+        node.wait_exited(&reader, Duration::from_secs(30)).exit_code,
+        0
+    );
+    assert_eq!(
+        node.log_lines("mixed-init", "reader"),
+        vec![("stdout".to_string(), "from the init container".to_string())]
+    );
+    let mut writer = container_config("writer", &probe_image, &["write", "/data/reply"]);
+    writer.mounts = vec![empty_dir(volume.path(), "/data")];
+    let writer = node
+        .create_container_with(&pod, writer)
+        .expect("CreateContainer writer");
+    node.start_container(&writer)
+        .expect("StartContainer writer");
+    assert_eq!(
+        node.wait_exited(&writer, Duration::from_secs(30)).exit_code,
+        0
+    );
+
+    // A Linux container reads the Wasm container's file; its exit code and
+    // both of its streams reach the CRI.
+    let mut last = container_config(
+        "last",
+        &busybox,
+        &["sh", "-c", "cat /data/reply; echo leaving >&2; exit 7"],
+    );
+    last.mounts = vec![empty_dir(volume.path(), "/data")];
+    let last = node
+        .create_container_with(&pod, last)
+        .expect("CreateContainer last");
+    node.start_container(&last).expect("StartContainer last");
+    let status = node.wait_exited(&last, Duration::from_secs(30));
+    assert_eq!(status.exit_code, 7);
+    assert_eq!(status.reason, "Error");
+    assert_eq!(
+        node.log_lines("mixed-init", "last"),
+        vec![
+            ("stdout".to_string(), "written".to_string()),
+            ("stderr".to_string(), "leaving".to_string())
+        ]
+    );
+
+    for id in [&init, &reader, &writer, &last] {
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
+
+#[test]
+fn a_linux_sidecar_reaches_the_wasm_http_server_over_localhost_and_takes_exec() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let hello = node.image("http-hello", wasmbox_tests::http_hello());
+    let pod = node.run_pod("mesh").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let port = wasmbox_tests::free_port().to_string();
+    let web = node
+        .run_container(&pod, "web", &hello, &[], &[("PORT", &port)])
+        .expect("the Wasm server");
+    let fetch = format!(
+        "until wget -q -O - http://127.0.0.1:{port}/from-sidecar; do sleep 0.2; done; exec sleep 1000"
+    );
+    let sidecar = node
+        .run_container(&pod, "sidecar", &busybox, &["sh", "-c", &fetch], &[])
+        .expect("the Linux sidecar");
+    let lines = wait_until(Duration::from_secs(30), "the sidecar's answer", || {
+        let lines = node.log_lines("mesh", "sidecar");
+        if lines
+            .iter()
+            .any(|(_, l)| l == "hello from wasm at /from-sidecar")
+        {
+            Ok(lines)
+        } else {
+            Err(format!("its log is {lines:?}"))
+        }
+    });
+    assert!(lines.iter().all(|(s, _)| s == "stdout"), "{lines:?}");
+
+    // kubectl exec into the sidecar: output, exit code, the pod's network.
+    let (code, out, err) = node
+        .exec_sync(
+            &sidecar,
+            &[
+                "sh",
+                "-c",
+                &format!("wget -q -O - http://localhost:{port}/exec; echo oops >&2; exit 3"),
+            ],
+        )
+        .expect("ExecSync");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "hello from wasm at /exec\n", "oops\n")
+    );
+    let refused = node
+        .exec_sync(&web, &["/http-hello.wasm"])
+        .expect_err("exec into a Wasm container");
+    assert!(
+        refused
+            .message()
+            .contains("not supported for Wasm containers"),
+        "{}",
+        refused.message()
+    );
+
+    // Stats come from the sidecar's own cgroup.
+    let (memory, _) = node.container_stats(&sidecar);
+    assert!(memory > 0, "the sidecar's memory");
+
+    // The kubelet's stop: each within its grace period (the sidecar's
+    // shell, its pid 1, ignores SIGTERM and is killed when it ends).
+    for id in [&sidecar, &web] {
+        let started = Instant::now();
+        node.stop_container(id, 2).expect("StopContainer");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "StopContainer took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            node.container_status(id).state(),
+            k8s_cri::v1::ContainerState::ContainerExited
+        );
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
+
+#[test]
+fn twenty_mixed_pods_created_and_removed_leave_nothing_behind() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let probe_image = node.image("probe", probe());
+    let mut netns = Vec::new();
+    let mut pids = Vec::new();
+    let mut linux_ids = Vec::new();
+    for i in 0..20 {
+        let name = format!("mixed{i}");
+        let pod = node.run_pod(&name).expect("RunPodSandbox");
+        netns.push(node.pod_network(&pod).1);
+        let wasm = node
+            .run_container(&pod, "wasm", &probe_image, &["sleep"], &[])
+            .expect("a Wasm container");
+        let linux = node
+            .run_container(&pod, "linux", &busybox, &["sleep", "1000"], &[])
+            .expect("a Linux container");
+        pids.push(node.container_pid(&linux));
+        linux_ids.push(linux.clone());
+        for id in [&linux, &wasm] {
+            node.stop_container(id, 0).expect("StopContainer");
+            node.remove_container(id);
+        }
+        node.remove_pod(&pod);
+    }
+    node.assert_clean(&netns);
+    let alive: Vec<_> = pids
+        .iter()
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "Linux container processes left: {alive:?}"
+    );
+    // runc made each one's cgroup (`/k8s.io/ID`, no pod cgroup parent here).
+    let hierarchies: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup")])
+        .collect();
+    let cgroups_left: Vec<_> = hierarchies
+        .iter()
+        .flat_map(|h| linux_ids.iter().map(move |id| h.join("k8s.io").join(id)))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(cgroups_left.is_empty(), "cgroups left: {cgroups_left:?}");
 }

@@ -2113,3 +2113,147 @@ fn kill_stops_a_spinning_guest_on_winch_code_within_a_second() {
     let (_, others) = cache_files(&node);
     assert!(others.is_empty(), "lock or temp files left: {others:?}");
 }
+
+/// The busybox image of `wasmbox_tests::linux_image`, imported into
+/// containerd as `example.test/busybox:v1`.
+fn busybox_image(node: &Node) -> String {
+    let layout = wasmbox_tests::linux_image::busybox_layout(&node.w.dir().join("busybox"));
+    let image = "example.test/busybox:v1";
+    let archive = node.w.dir().join("busybox.tar");
+    node.w.ok(&[
+        "copy",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("oci-archive:{}:{image}", archive.display()),
+    ]);
+    node.containerd.import(&archive);
+    image.to_string()
+}
+
+#[test]
+fn a_linux_image_runs_under_the_wasm_runtime_as_under_runc() {
+    let node = Node::new();
+    let image = busybox_image(&node);
+    let script = "echo hello from linux; echo to stderr >&2; id -u; exit 7";
+    let run = |runtime: &str, id: &str| {
+        node.containerd.ctr_with_stdin(
+            &[
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                &image,
+                id,
+                "sh",
+                "-c",
+                script,
+            ],
+            b"",
+        )
+    };
+    let ours = run(RUNTIME, "linux-wasmtime");
+    // runc's shim sometimes loses a fast program's output under `ctr run
+    // --rm` (README: "Output lost by ctr run --rm"): its first complete run
+    // is the reference.
+    let theirs = (0..10)
+        .map(|i| run("io.containerd.runc.v2", &format!("linux-runc-{i}")))
+        .find(|o| !stdout(o).is_empty())
+        .expect("runc printed nothing in ten runs");
+    assert_eq!(stdout(&ours), "hello from linux\n0\n", "{}", stderr(&ours));
+    assert_eq!(stdout(&ours), stdout(&theirs), "runc: {}", stderr(&theirs));
+    assert!(stderr(&ours).contains("to stderr"), "{}", stderr(&ours));
+    assert_eq!(ours.status.code(), Some(7));
+    assert_eq!(ours.status.code(), theirs.status.code());
+    // What is piped into `ctr run` reaches the program, then end-of-file.
+    let piped = node.containerd.ctr_with_stdin(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            &image,
+            "stdin",
+            "sh",
+            "-c",
+            "cat; echo done",
+        ],
+        b"piped in\n",
+    );
+    assert_eq!(stdout(&piped), "piped in\ndone\n", "{}", stderr(&piped));
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn exec_kill_and_metrics_reach_a_linux_container_and_delete_leaves_nothing() {
+    let node = Node::new();
+    let image = busybox_image(&node);
+    node.run_detached(&[], &image, "sidecar", &["sleep", "1000"]);
+    assert!(node.wait_for_status("sidecar", "RUNNING", Duration::from_secs(10)));
+    // The task's pid is the container's own process, not the shim's.
+    let pid = node.task_pid("sidecar");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(cmdline, b"sleep\x001000\x00");
+
+    let exec = node.containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "sidecar",
+        "sh",
+        "-c",
+        "echo exec says hi; ls /proc/1/cmdline; exit 3",
+    ]);
+    assert_eq!(
+        stdout(&exec),
+        "exec says hi\n/proc/1/cmdline\n",
+        "{}",
+        stderr(&exec)
+    );
+    assert_eq!(exec.status.code(), Some(3));
+
+    let metrics = node.containerd.ctr(&["task", "metrics", "sidecar"]);
+    assert!(metrics.status.success(), "{}", stderr(&metrics));
+    assert!(stdout(&metrics).contains("memory"), "{}", stdout(&metrics));
+
+    let cgroup_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup_of(pid).contains("/default/sidecar"),
+        "runc put the process in its spec's cgroup: {}",
+        cgroup_of(pid)
+    );
+
+    node.kill_and_remove("sidecar");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the container's process is gone"
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_linux_container_gets_a_terminal_like_ctr_run_t() {
+    wasmbox_tests::require_tool("script");
+    let node = Node::new();
+    let image = busybox_image(&node);
+    let command = format!(
+        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty sh -c 'test -t 0 && test -t 1 && echo on a terminal'",
+        node.containerd.address.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let keyboard = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    drop(keyboard);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("on a terminal\r"),
+        "terminal line endings: {:?}",
+        stdout(&out)
+    );
+    node.containerd.assert_clean();
+}

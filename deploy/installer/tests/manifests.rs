@@ -272,3 +272,54 @@ fn dockerfile_matches_installer_defaults() {
     assert!(dockerfile.contains("FROM rust:1.95-bookworm AS build"));
     assert!(dockerfile.contains("FROM debian:bookworm-slim"));
 }
+
+/// The mixed pod: a Wasm server and Linux init and sidecar containers that
+/// reach it on the pod's loopback and share its volume.
+#[test]
+fn http_hello_sidecar_example() {
+    let objects = load();
+    let deployment = objects
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("http-hello-sidecar"))
+        .unwrap();
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("wasmtime"));
+    let [wasm, sidecar] = pod.containers.as_slice() else {
+        panic!("expected the Wasm server and one sidecar");
+    };
+    let [init] = pod.init_containers.as_deref().unwrap() else {
+        panic!("expected one init container");
+    };
+    assert!(wasm.image.as_deref().unwrap().contains("http-hello"));
+    for linux in [sidecar, init] {
+        assert!(linux.image.as_deref().unwrap().starts_with("busybox:"));
+    }
+    let port = wasm.ports.as_ref().unwrap()[0].container_port;
+    let script = sidecar.command.as_ref().unwrap().join(" ");
+    assert!(
+        script.contains(&format!("http://127.0.0.1:{port}/")),
+        "{script}"
+    );
+    let volumes: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    for container in [wasm, sidecar, init] {
+        for mount in container.volume_mounts.iter().flatten() {
+            assert!(volumes.contains(&mount.name.as_str()), "{}", mount.name);
+        }
+    }
+    let service = objects
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("http-hello-sidecar"))
+        .unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.ports.as_ref().unwrap()[0].target_port,
+        Some(IntOrString::Int(port))
+    );
+}

@@ -1,0 +1,211 @@
+//! A thin wrapper over the `runc` command line, invoked as containerd's
+//! own runc shim invokes it. Each run is waited for through the
+//! [`crate::reaper`] (never `Command::wait`), and runc's errors are read
+//! from its JSON log, whose last error is what runc printed before it failed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// The runc binary: `runc` on the shim's PATH (containerd's), as the
+/// runc shim finds it, unless `WASMBOX_RUNC` names another. Resolved here,
+/// so that a missing runc is one clear error rather than a failed exec.
+fn binary() -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(named) = std::env::var_os("WASMBOX_RUNC") {
+        let path = PathBuf::from(named);
+        if !executable(&path) {
+            bail!(
+                "WASMBOX_RUNC names {}, which is not an executable file",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join("runc"))
+        .find(|p| executable(p))
+        .context("runc is not on the shim's PATH, and Linux containers run with runc")
+}
+
+/// runc's state for one containerd namespace: `wasmtime-runc/<ns>` in the
+/// state directory of the containerd that made `bundle`
+/// (`STATE/io.containerd.runtime.v2.task/<ns>/<id>`), so
+/// `/run/containerd/wasmtime-runc/<ns>` by default. It is apart from
+/// containerd's own runc shim's (`/run/containerd/runc/<ns>`), so neither
+/// sees the other's containers, and each containerd of a node has its own.
+pub fn state_root(bundle: &Path, namespace: &str) -> PathBuf {
+    let state = bundle
+        .ancestors()
+        .nth(3)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("/run/containerd"));
+    state.join("wasmtime-runc").join(namespace)
+}
+
+/// runc for one container: its state root, its bundle's log and whether
+/// its cgroup path is systemd's `slice:prefix:name`.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub root: PathBuf,
+    pub log: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+/// Standard streams for one runc run: the process's own, when runc passes
+/// them through to the container's process.
+#[derive(Default)]
+pub struct RuncIo {
+    pub stdin: Option<std::fs::File>,
+    pub stdout: Option<std::fs::File>,
+    pub stderr: Option<std::fs::File>,
+}
+
+impl Runc {
+    pub fn new(namespace: &str, bundle: &Path, cgroups_path: Option<&str>) -> Runc {
+        Runc {
+            root: state_root(bundle, namespace),
+            log: bundle.join("runc-log.json"),
+            systemd_cgroup: cgroups_path.is_some_and(|p| !p.starts_with('/') && p.contains(':')),
+        }
+    }
+
+    /// `runc create`: the container's process exists, stopped before the
+    /// user's program, until [`Runc::start`].
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: RuncIo,
+    ) -> Result<()> {
+        let mut args = vec![
+            "create".into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
+        if let Some(socket) = console_socket {
+            args.push("--console-socket".into());
+            args.push(socket.display().to_string());
+        }
+        args.push(id.to_string());
+        self.run(&args, io).context("runc create")
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        self.run(&["start".into(), id.into()], RuncIo::default())
+            .context("runc start")
+    }
+
+    /// Sends `signal` to the container's process (to all of its processes
+    /// with `all`).
+    pub fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let mut args = vec!["kill".to_string()];
+        if all {
+            args.push("--all".into());
+        }
+        args.push(id.into());
+        args.push(signal.to_string());
+        self.run(&args, RuncIo::default()).context("runc kill")
+    }
+
+    /// Removes the container, stopping what is left of it: its cgroup and
+    /// runc's state go with it.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        self.run(
+            &["delete".into(), "--force".into(), id.into()],
+            RuncIo::default(),
+        )
+        .context("runc delete")
+    }
+
+    /// `runc exec --detach`: starts `process` (a JSON runtime-spec process)
+    /// in the container; its pid is written to `pid_file`.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        io: RuncIo,
+    ) -> Result<()> {
+        let mut args = vec![
+            "exec".into(),
+            "--process".into(),
+            process.display().to_string(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
+        if let Some(socket) = console_socket {
+            args.push("--console-socket".into());
+            args.push(socket.display().to_string());
+        }
+        args.push(id.to_string());
+        self.run(&args, io).context("runc exec")
+    }
+
+    fn run(&self, args: &[String], io: RuncIo) -> Result<()> {
+        let mut cmd = Command::new(binary()?);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json");
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        let stdio = |f: Option<std::fs::File>| f.map_or_else(Stdio::null, Stdio::from);
+        cmd.args(args)
+            .stdin(stdio(io.stdin))
+            .stdout(stdio(io.stdout))
+            .stderr(stdio(io.stderr));
+        let since = crate::reaper::mark();
+        let mut child = cmd.spawn().context("starting runc")?;
+        let code = if crate::reaper::installed() {
+            // The reaper collects it; the handle must not wait.
+            let pid = child.id();
+            drop(child);
+            crate::reaper::wait(pid, since)
+        } else {
+            let status = child.wait().context("waiting for runc")?;
+            status.code().unwrap_or(1) as u32
+        };
+        if code != 0 {
+            match last_error(&self.log) {
+                Some(message) => bail!("{message}"),
+                None => bail!("runc exited with {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last error runc logged (its log is JSON lines of `level` and `msg`).
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        (entry["level"] == "error")
+            .then(|| entry["msg"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+/// Reads the pid runc wrote to `pid_file`.
+pub fn read_pid(pid_file: &Path) -> Result<u32> {
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("reading the pid file {}", pid_file.display()))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", pid_file.display()))
+}
