@@ -13,9 +13,11 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest, ContainerStatus,
     ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec, KeyValue,
-    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -202,6 +204,13 @@ impl CriNode {
             }),
             hostname: name.to_string(),
             log_directory: self.log_dir(name).to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(own_process_namespace()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let mut rt = self.rt.clone();
@@ -551,6 +560,22 @@ pub fn container_config(name: &str, image: &str, args: &[&str]) -> ContainerConf
         }),
         args: args.iter().map(|a| a.to_string()).collect(),
         log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(own_process_namespace()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What the kubelet asks for unless a pod sets `shareProcessNamespace`:
+/// the pod's network and IPC namespaces, a process namespace of its own.
+pub fn own_process_namespace() -> NamespaceOption {
+    NamespaceOption {
+        pid: NamespaceMode::Container as i32,
         ..Default::default()
     }
 }

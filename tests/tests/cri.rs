@@ -712,3 +712,40 @@ fn twenty_mixed_pods_created_and_removed_leave_nothing_behind() {
         .collect();
     assert!(cgroups_left.is_empty(), "cgroups left: {cgroups_left:?}");
 }
+
+#[test]
+fn a_linux_container_sharing_the_pods_process_namespace_is_refused_with_the_reason() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let pod = node.run_pod("shared-pid").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    // shareProcessNamespace: the kubelet asks for the pod's pid namespace.
+    let mut config = container_config("shares", &busybox, &["true"]);
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+            namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node
+        .create_container_with(&pod, config)
+        .expect("CreateContainer");
+    // The CRI creates the task (so calls the shim) at StartContainer.
+    let refused = node
+        .start_container(&id)
+        .expect_err("a Linux container in the pod's process namespace");
+    assert!(
+        refused
+            .message()
+            .contains("shareProcessNamespace is not supported"),
+        "{}",
+        refused.message()
+    );
+    node.remove_container(&id);
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
