@@ -10,7 +10,7 @@
 # skipped when the machine has less than 12 MB of available memory per
 # container), IDLE_WINDOW (s, 10), HTTP_REQUESTS (20000), TASKS (per loop, 40),
 # PROFILE (release), SECTIONS (a subset of "start python throughput http
-# density packer" to measure again; the other rows are kept from the last run).
+# density packer mixed" to measure again; the other rows are kept from the last run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -23,7 +23,7 @@ http_requests=${HTTP_REQUESTS:-20000}
 tasks=${TASKS:-40}
 work=$PWD/.bench
 results=$PWD/bench/results
-sections=${SECTIONS:-start python throughput http density packer}
+sections=${SECTIONS:-start python throughput http density packer mixed}
 want() { [[ " $sections " == *" $1 "* ]]; }
 rm -rf "$work" && mkdir -p "$work" "$results"
 previous=$work/previous.tsv
@@ -198,11 +198,27 @@ trap - EXIT
 # --- the packer ---------------------------------------------------------------
 if want packer; then RUNS=${PACK_RUNS:-5} benches/pack_push.sh >&2; fi
 
+# --- mixed pods -------------------------------------------------------------------
+# CreateContainer + StartContainer of a Wasm container through the CRI, in a
+# Wasm-only pod and in a pod with a running Linux sidecar (its own
+# containerd, CNI network and registry: the CRI test harness).
+if want mixed; then
+  echo "mixed pods: Wasm container start through the CRI, $runs runs each, interleaved" >&2
+  cargo run --quiet --release -p wasmbox-tests --example mixed_pod_startup -- "$runs" >"$work/mixed.txt"
+  only=$(awk -F'\t' '$1 == "wasm-only" {print $2}' "$work/mixed.txt")
+  only_median=$(awk -F'\t' '$1 == "wasm-only" {print $3}' "$work/mixed.txt")
+  mixed=$(awk -F'\t' '$1 == "mixed" {print $2}' "$work/mixed.txt")
+  mixed_median=$(awk -F'\t' '$1 == "mixed" {print $3}' "$work/mixed.txt")
+  r=$(ratio "$mixed_median" "$only_median")
+  row mixed "Wasm container start, Wasm-only pod" "$only" "" "" "" ""
+  row mixed "Wasm container start, pod with a Linux sidecar" "$mixed" "$only_median ms" "$r" "not slower (≤ 1.10×)" "$(at_most "$r" 1.10)"
+fi
+
 # The rows in section order: this run's, and the last run's for the sections
 # not measured again (idle rows come with density's).
 {
   printf 'section\tmeasurement\tours\tbaseline\tratio\tgoal\tverdict\n'
-  for section in start python throughput http density idle packer; do
+  for section in start python throughput http density idle packer mixed; do
     measured=$section
     [ "$section" = idle ] && measured=density
     if want "$measured"; then from=$RESULTS; else from=$previous; fi

@@ -130,8 +130,10 @@ fn check_namespaces(spec: &Spec) -> Result<()> {
 /// exit (from the reaper) or the callback (from `start`).
 #[derive(Default)]
 struct ExitLatch {
-    state: Mutex<(Option<ExitCode>, Option<Box<dyn FnOnce(ExitCode) + Send>>)>,
+    state: Mutex<(Option<ExitCode>, Option<ExitCallback>)>,
 }
+
+type ExitCallback = Box<dyn FnOnce(ExitCode) + Send>;
 
 impl ExitLatch {
     fn exited(&self, code: ExitCode) {
@@ -148,7 +150,7 @@ impl ExitLatch {
         callback(code);
     }
 
-    fn then(&self, callback: Box<dyn FnOnce(ExitCode) + Send>) {
+    fn then(&self, callback: ExitCallback) {
         let code = {
             let mut state = self.state.lock().unwrap();
             match state.0.take() {
@@ -308,7 +310,7 @@ impl LinuxContainer {
 
     /// `runc start`; `on_exit` runs on a thread of its own once the init
     /// process has exited and every exec'd process of the container is gone.
-    pub fn start(&self, on_exit: Box<dyn FnOnce(ExitCode) + Send>) -> Result<()> {
+    pub fn start(&self, on_exit: ExitCallback) -> Result<()> {
         self.runc.start(&self.id)?;
         self.init_exit.then(Box::new(move |code| {
             let spawned = std::thread::Builder::new()

@@ -97,7 +97,8 @@ impl Runc {
             args.push(socket.display().to_string());
         }
         args.push(id.to_string());
-        self.run(&args, io).context("runc create")
+        // runc's own message says "runc create failed: …".
+        self.run(&args, io)
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -150,7 +151,8 @@ impl Runc {
             args.push(socket.display().to_string());
         }
         args.push(id.to_string());
-        self.run(&args, io).context("runc exec")
+        // runc's own message says what failed.
+        self.run(&args, io)
     }
 
     fn run(&self, args: &[String], io: RuncIo) -> Result<()> {

@@ -280,12 +280,12 @@ impl ConsoleSocket {
         // SAFETY: CMSG_FIRSTHDR reads the header recvmsg filled in; it
         // returns null or a pointer into `control`.
         let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        // SAFETY: a non-null cmsg points at a complete header in `control`.
-        if cmsg.is_null()
-            || unsafe {
-                (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-            }
-        {
+        let is_rights = !cmsg.is_null() && {
+            // SAFETY: a non-null cmsg points at a complete header in `control`.
+            let header = unsafe { &*cmsg };
+            header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS
+        };
+        if !is_rights {
             bail!("runc's message on the console socket holds no terminal");
         }
         // SAFETY: an SCM_RIGHTS message carries at least one int, written by

@@ -715,9 +715,10 @@ fn bad_images_fail_at_create_with_a_clear_error_and_leave_nothing() {
     let cases: [Case; 3] = [
         (
             "not-wasm",
-            vec![("/app.sh", b"#!/bin/sh\necho hi\n")],
-            "/app.sh",
-            "/app.sh is not a WebAssembly module",
+            // Neither Wasm nor a native program (ELF or `#!`, run with runc).
+            vec![("/app.txt", b"echo hi\n")],
+            "/app.txt",
+            "/app.txt is not a WebAssembly module",
         ),
         (
             "missing",
