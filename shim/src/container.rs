@@ -437,11 +437,14 @@ impl Container {
             let status = self.inner.lock().unwrap().status;
             return match status {
                 Status::Stopped => Ok(false),
-                Status::Running => linux.kill(signal, all).map(|()| true),
+                Status::Running => linux.kill(signal, all),
                 Status::Created => {
                     // runc's process waits for `start`; it goes at delete.
                     let _ = linux.kill(signal, all);
                     let mut inner = self.inner.lock().unwrap();
+                    if inner.status != Status::Created {
+                        return Ok(true);
+                    }
                     inner.status = Status::Stopped;
                     inner.exit = Some(Exit {
                         status: 128 + signal,
@@ -543,6 +546,18 @@ impl Container {
         self.output_fifos.lock().unwrap().clear();
         if let Workload::Linux(linux) = &self.workload {
             linux.delete()?;
+            // Never started: `runc delete --force` killed its process, and
+            // a waiter learns so.
+            let mut inner = self.inner.lock().unwrap();
+            if inner.status == Status::Created {
+                inner.status = Status::Stopped;
+                inner.exit = Some(Exit {
+                    status: 128 + libc::SIGKILL as u32,
+                    at: SystemTime::now(),
+                });
+                drop(inner);
+                self.exited.notify_all();
+            }
         }
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;

@@ -26,6 +26,9 @@ use crate::error::InvalidSpec;
 use crate::reaper::ExitCode;
 use crate::runc::{Runc, RuncIo};
 
+/// The exit status of an exec that never ran (containerd's runc shim's).
+const FAILED_START_EXIT: ExitCode = 255;
+
 /// The PATH runc and containerd assume when the spec sets none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -249,6 +252,9 @@ pub struct LinuxContainer {
     pub init_pid: u32,
     cgroups_path: Option<String>,
     init_exit: Arc<ExitLatch>,
+    /// Set by the reaper the moment the init process is collected: from
+    /// then on a kill finds nothing to signal.
+    init_reaped: Arc<std::sync::atomic::AtomicBool>,
     /// The init process's stdin relay, let go of when it exits.
     init_stdin: Mutex<Option<crate::stdio::InputRelay>>,
     execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
@@ -290,8 +296,12 @@ impl LinuxContainer {
             }
         };
         let init_exit = Arc::new(ExitLatch::default());
-        let latch = init_exit.clone();
-        crate::reaper::on_exit(init_pid, since, move |code| latch.exited(code));
+        let init_reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (latch, reaped) = (init_exit.clone(), init_reaped.clone());
+        crate::reaper::on_exit(init_pid, since, move |code| {
+            reaped.store(true, std::sync::atomic::Ordering::SeqCst);
+            latch.exited(code);
+        });
         log::info!(id, pid = init_pid; "created a Linux container with runc");
         Ok((
             LinuxContainer {
@@ -301,6 +311,7 @@ impl LinuxContainer {
                 init_pid,
                 cgroups_path,
                 init_exit,
+                init_reaped,
                 init_stdin: Mutex::new(io.stdin.take()),
                 execs: Mutex::new(HashMap::new()),
             },
@@ -342,8 +353,18 @@ impl LinuxContainer {
         }
     }
 
-    pub fn kill(&self, signal: u32, all: bool) -> Result<()> {
-        self.runc.kill(&self.id, signal, all)
+    /// Signals the init process (every process with `all`); false when it
+    /// has exited already (its exit may still be on its way to containerd).
+    pub fn kill(&self, signal: u32, all: bool) -> Result<bool> {
+        let exited = || self.init_reaped.load(std::sync::atomic::Ordering::SeqCst);
+        if exited() {
+            return Ok(false);
+        }
+        match self.runc.kill(&self.id, signal, all) {
+            Ok(()) => Ok(true),
+            Err(_) if exited() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the container from runc (stopping what is left of it, its
@@ -454,7 +475,15 @@ impl LinuxContainer {
         })
         .and_then(|io| Ok((io, crate::runc::read_pid(&exec.pid_file)?)));
         let _ = std::fs::remove_file(&exec.process_file);
-        let (io, pid) = started?;
+        let (io, pid) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // It never ran: a waiter (the CRI waits before it starts)
+                // gets an exit instead of waiting forever.
+                exec.stop(FAILED_START_EXIT);
+                return Err(e);
+            }
+        };
         {
             let mut state = exec.state.lock().unwrap();
             state.status = Status::Running;
@@ -474,13 +503,10 @@ impl LinuxContainer {
                         status: code,
                         at: SystemTime::now(),
                     };
-                    {
-                        let mut state = process.state.lock().unwrap();
-                        state.status = Status::Stopped;
-                        state.exit = Some(exit.clone());
-                    }
-                    process.changed.notify_all();
+                    // Published first: the init's exit, which waits for the
+                    // execs to stop, then comes after every exec's.
                     on_exit(&process, &exit);
+                    process.stop(code);
                 });
             if let Err(e) = spawned {
                 log::error!("handling an exec's exit: {e}");
@@ -496,8 +522,9 @@ impl LinuxContainer {
         if state.status == Status::Running {
             bail!("exec {exec_id} is running; kill it first");
         }
-        let exit = state.exit.clone();
         drop(state);
+        exec.stop(FAILED_START_EXIT);
+        let exit = exec.status().2;
         exec.remove_files();
         self.execs.lock().unwrap().remove(exec_id);
         Ok(exit)
@@ -529,6 +556,21 @@ impl ExecProcess {
     pub fn status(&self) -> (Status, Option<u32>, Option<Exit>) {
         let state = self.state.lock().unwrap();
         (state.status, state.pid, state.exit.clone())
+    }
+
+    /// Marks the process stopped with `code` (unless it already is) and
+    /// wakes its waiters.
+    fn stop(&self, code: ExitCode) {
+        let mut state = self.state.lock().unwrap();
+        if state.exit.is_none() {
+            state.status = Status::Stopped;
+            state.exit = Some(Exit {
+                status: code,
+                at: SystemTime::now(),
+            });
+        }
+        drop(state);
+        self.changed.notify_all();
     }
 
     pub fn wait(&self) -> Exit {

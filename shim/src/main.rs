@@ -37,8 +37,15 @@ fn main() {
         let result = match flags.action.as_str() {
             "start" => start_and_print_address(flags).map_err(anyhow::Error::from),
             "" => serve(flags),
-            // `delete` (cleanup after a dead shim) is the crate's.
-            _ => return containerd_shim::run::<WasmShim>(RUNTIME_ID, None),
+            // `delete` (cleanup after a dead shim) is the crate's; its
+            // reaper would take the exit of the runc it runs from us.
+            _ => {
+                let config = Config {
+                    no_reaper: true,
+                    ..Default::default()
+                };
+                return containerd_shim::run::<WasmShim>(RUNTIME_ID, Some(config));
+            }
         };
         if let Err(e) = result {
             eprintln!("{RUNTIME_ID}: {e:#}");
@@ -47,24 +54,6 @@ fn main() {
         return;
     }
     containerd_shim::run::<WasmShim>(RUNTIME_ID, None)
-}
-
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: a pod's
-/// guests share the shim's descriptors, each capped at its own spec's
-/// limit (1024 by default), so the process needs room for all of them.
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write one valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 /// The shim server: the task service on the socket containerd chose, under
@@ -77,7 +66,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
     containerd_shim_wasmtime::reaper::install()
         .context("becoming the subreaper of runc's containers")?;
-    raise_open_files_limit();
+    containerd_shim_wasmtime::runc::raise_open_files_limit();
     // wasmtime-wasi opens an INFO span per WASI call, and another crate of
     // the workspace turns on tracing's `log` fallback, which would write
     // each as a line of containerd's log: a subscriber that takes nothing
@@ -263,6 +252,33 @@ impl Events {
     }
 }
 
+/// Holds a process's exit event back until its start event is out: a
+/// program that ends at once must not be reported stopped before started
+/// (containerd's runc shim holds exits back the same way).
+#[derive(Clone)]
+struct StartGate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl StartGate {
+    fn new() -> StartGate {
+        StartGate(Arc::new((Mutex::new(false), std::sync::Condvar::new())))
+    }
+
+    fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    /// Waits until the gate is open (bounded: a start that never returns
+    /// must not hold an exit forever).
+    fn wait(&self) {
+        let open = self.0.0.lock().unwrap();
+        let _ = self
+            .0
+            .1
+            .wait_timeout_while(open, std::time::Duration::from_secs(5), |open| !*open);
+    }
+}
+
 /// The ttrpc Task API for every container of this shim.
 struct TaskService {
     namespace: String,
@@ -310,9 +326,12 @@ impl TaskService {
         let namespace = self.namespace.clone();
         let container_id = id.to_string();
         let exit_id = container_id.clone();
-        let pid = linux
+        let started = StartGate::new();
+        let gate = started.clone();
+        let result = linux
             .start_exec(exec_id, move |exec: &ExecProcess, exit: &Exit| {
                 let (_, pid, _) = exec.status();
+                gate.wait();
                 events.publish(
                     &namespace,
                     topics::TASK_EXIT_EVENT_TOPIC,
@@ -326,17 +345,21 @@ impl TaskService {
                     }),
                 );
             })
-            .map_err(ShimError::FailedPrecondition)?;
-        self.events.publish(
-            &self.namespace,
-            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
-                container_id,
-                exec_id: exec_id.to_string(),
-                pid,
-                ..Default::default()
-            }),
-        );
+            .map_err(ShimError::FailedPrecondition);
+        if let Ok(pid) = result {
+            self.events.publish(
+                &self.namespace,
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id,
+                    exec_id: exec_id.to_string(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        }
+        started.open();
+        let pid = result?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -453,9 +476,12 @@ impl containerd_shim::Task for TaskService {
         let events = self.events.clone();
         let namespace = self.namespace.clone();
         let pid = container.pid();
-        container
+        let started = StartGate::new();
+        let gate = started.clone();
+        let result = container
             .start(move |c: &Container, exit: &Exit| {
                 info!(id = c.id.as_str(), exit_status = exit.status; "exited");
+                gate.wait();
                 events.publish(
                     &namespace,
                     topics::TASK_EXIT_EVENT_TOPIC,
@@ -469,16 +495,20 @@ impl containerd_shim::Task for TaskService {
                     }),
                 );
             })
-            .map_err(ShimError::FailedPrecondition)?;
-        self.events.publish(
-            &self.namespace,
-            topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
-                container_id: req.id.clone(),
-                pid,
-                ..Default::default()
-            }),
-        );
+            .map_err(ShimError::FailedPrecondition);
+        if result.is_ok() {
+            self.events.publish(
+                &self.namespace,
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        }
+        started.open();
+        result?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -735,12 +765,15 @@ impl containerd_shim::Task for TaskService {
     fn connect(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ConnectRequest,
+        req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
         let pid = std::process::id();
+        // containerd takes the task's pid from here: a Linux container's
+        // is its own process's.
+        let task_pid = self.get(&req.id).map_or(pid, |c| c.pid());
         Ok(api::ConnectResponse {
             shim_pid: pid,
-            task_pid: pid,
+            task_pid,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })

@@ -63,6 +63,10 @@ pub fn install() -> std::io::Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // An inherited SIG_IGN would make the kernel reap children itself, and
+    // every wait here would wait for an exit that never comes.
+    // SAFETY: signal(2) with a constant signal and disposition.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let set = sigchld_set();
     // SAFETY: `set` is an initialised sigset_t; the old mask is not asked for.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -140,7 +144,11 @@ fn deliver(pid: u32, code: ExitCode) {
     };
     r.reaped.notify_all();
     if let Some(callback) = callback {
-        callback(code);
+        // A callback's panic must not end the one thread that reaps.
+        let run = std::panic::AssertUnwindSafe(|| callback(code));
+        if std::panic::catch_unwind(run).is_err() {
+            log::error!("the exit handler of pid {pid} panicked");
+        }
     }
 }
 

@@ -33,6 +33,34 @@ fn binary() -> Result<PathBuf> {
         .context("runc is not on the shim's PATH, and Linux containers run with runc")
 }
 
+/// The soft `RLIMIT_NOFILE` the shim was started with, given back to runc
+/// and so to the containers, as containerd's runc shim does: the shim
+/// raises its own for the Wasm guests it holds.
+static ORIGINAL_OPEN_FILES: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit: a pod's
+/// guests share the shim's descriptors, each capped at its own spec's
+/// limit (1024 by default), so the process needs room for all of them.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            let _ = ORIGINAL_OPEN_FILES.set(limit);
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+            }
+        }
+    }
+}
+
 /// runc's state for one containerd namespace: `wasmtime-runc/<ns>` in the
 /// state directory of the containerd that made `bundle`
 /// (`STATE/io.containerd.runtime.v2.task/<ns>/<id>`), so
@@ -171,6 +199,17 @@ impl Runc {
             .stdin(stdio(io.stdin))
             .stdout(stdio(io.stdout))
             .stderr(stdio(io.stderr));
+        if let Some(&original) = ORIGINAL_OPEN_FILES.get() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and
+            // calls only setrlimit, which is async-signal-safe, on a copy.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &original);
+                    Ok(())
+                });
+            }
+        }
         let since = crate::reaper::mark();
         let mut child = cmd.spawn().context("starting runc")?;
         let code = if crate::reaper::installed() {

@@ -68,6 +68,11 @@ impl Pty {
         if rc != 0 {
             bail!("creating a terminal: {}", std::io::Error::last_os_error());
         }
+        for fd in [master, slave] {
+            // SAFETY: fcntl with integer arguments on a descriptor openpty
+            // just made: close-on-exec, so no runc or container inherits it.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
         // SAFETY: openpty succeeded, so both are fresh descriptors we own.
         let (master, slave) = unsafe {
             (
@@ -141,6 +146,8 @@ pub(crate) fn open_output_fifos(paths: &[&str]) -> Result<Vec<std::fs::File>> {
 pub(crate) struct InputRelay {
     fifo: String,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The thread's open of the FIFO has returned.
+    opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl InputRelay {
@@ -160,15 +167,18 @@ impl InputRelay {
             )
         };
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (path, stop) = (fifo.to_string(), done.clone());
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (path, stop, open) = (fifo.to_string(), done.clone(), opened.clone());
         std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || {
                 // Blocks until the caller opens its end (or the drop below).
-                let Ok(mut from) = std::fs::File::open(&path) else {
+                let from = std::fs::File::open(&path);
+                open.store(true, std::sync::atomic::Ordering::SeqCst);
+                let Ok(mut from) = from else {
                     return;
                 };
-                if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     // Ends at the caller's end-of-file, or when the process
                     // is gone (EPIPE: SIGPIPE is ignored in the shim).
                     let _ = std::io::copy(&mut from, &mut write);
@@ -179,6 +189,7 @@ impl InputRelay {
             InputRelay {
                 fifo: fifo.to_string(),
                 done,
+                opened,
             },
             read,
         ))
@@ -188,14 +199,19 @@ impl InputRelay {
 impl Drop for InputRelay {
     fn drop(&mut self) {
         use std::os::unix::fs::OpenOptionsExt;
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::SeqCst;
+        self.done.store(true, SeqCst);
         // A writer that opens and closes at once releases a reader waiting
-        // in open, which then sees end-of-file; with no reader waiting the
-        // open fails (ENXIO), which is as good.
-        let _ = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&self.fifo);
+        // in open. The open fails (ENXIO) while no reader waits yet, so it
+        // is tried again until the thread's open returned (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !self.opened.load(SeqCst) && std::time::Instant::now() < deadline {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.fifo);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 

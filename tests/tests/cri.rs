@@ -568,11 +568,14 @@ fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_shar
     let status = node.wait_exited(&last, Duration::from_secs(30));
     assert_eq!(status.exit_code, 7);
     assert_eq!(status.reason, "Error");
+    // Two FIFOs, read apart: the streams' lines come in either order.
+    let mut lines = node.log_lines("mixed-init", "last");
+    lines.sort();
     assert_eq!(
-        node.log_lines("mixed-init", "last"),
+        lines,
         vec![
-            ("stdout".to_string(), "written".to_string()),
-            ("stderr".to_string(), "leaving".to_string())
+            ("stderr".to_string(), "leaving".to_string()),
+            ("stdout".to_string(), "written".to_string())
         ]
     );
 
@@ -628,6 +631,12 @@ fn a_linux_sidecar_reaches_the_wasm_http_server_over_localhost_and_takes_exec() 
         (code, out.as_str(), err.as_str()),
         (3, "hello from wasm at /exec\n", "oops\n")
     );
+    // A program that is not there: a clear error, and the exec ends.
+    let missing = node.exec_sync(&sidecar, &["no-such-program"]);
+    match &missing {
+        Err(e) => assert!(e.message().contains("no-such-program"), "{}", e.message()),
+        Ok((code, _, err)) => assert!(*code != 0 && err.contains("no-such-program"), "{missing:?}"),
+    }
     let refused = node
         .exec_sync(&web, &["/http-hello.wasm"])
         .expect_err("exec into a Wasm container");
