@@ -24,7 +24,7 @@ use oci_spec::runtime::Spec;
 use crate::container::{Exit, Status};
 use crate::error::InvalidSpec;
 use crate::reaper::ExitCode;
-use crate::runc::{Runc, RuncIo};
+use crate::runc::{ProcessFiles, Runc, RuncIo};
 
 /// The exit status of an exec that never ran (containerd's runc shim's).
 const FAILED_START_EXIT: ExitCode = 255;
@@ -284,7 +284,11 @@ impl LinuxContainer {
         let pid_file = bundle.join("init.pid");
         let since = crate::reaper::mark();
         let created = with_stdio(stdio, terminal, |console, io| {
-            runc.create(id, bundle, &pid_file, console, io)
+            let files = ProcessFiles {
+                pid_file: &pid_file,
+                console_socket: console,
+            };
+            runc.create(id, bundle, files, io)
         })
         .and_then(|io| Ok((io, crate::runc::read_pid(&pid_file)?)));
         let (mut io, init_pid) = match created {
@@ -470,8 +474,11 @@ impl LinuxContainer {
             exec.stdio[2].as_str(),
         ];
         let started = with_stdio(stdio, exec.terminal, |console, io| {
-            self.runc
-                .exec(&self.id, &exec.process_file, &exec.pid_file, console, io)
+            let files = ProcessFiles {
+                pid_file: &exec.pid_file,
+                console_socket: console,
+            };
+            self.runc.exec(&self.id, &exec.process_file, files, io)
         })
         .and_then(|io| Ok((io, crate::runc::read_pid(&exec.pid_file)?)));
         let _ = std::fs::remove_file(&exec.process_file);

@@ -85,6 +85,28 @@ pub struct Runc {
     pub systemd_cgroup: bool,
 }
 
+/// Where runc writes the pid of the process it creates, and the console
+/// socket it sends the process's terminal to (with `-t`).
+pub struct ProcessFiles<'a> {
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+}
+
+impl ProcessFiles<'_> {
+    /// `command` then these files' flags, then the container id.
+    fn args(&self, command: &[String], id: &str) -> Vec<String> {
+        let mut args = command.to_vec();
+        args.push("--pid-file".into());
+        args.push(self.pid_file.display().to_string());
+        if let Some(socket) = self.console_socket {
+            args.push("--console-socket".into());
+            args.push(socket.display().to_string());
+        }
+        args.push(id.to_string());
+        args
+    }
+}
+
 /// Standard streams for one runc run: the process's own, when runc passes
 /// them through to the container's process.
 #[derive(Default)]
@@ -104,29 +126,15 @@ impl Runc {
     }
 
     /// `runc create`: the container's process exists, stopped before the
-    /// user's program, until [`Runc::start`].
-    pub fn create(
-        &self,
-        id: &str,
-        bundle: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        io: RuncIo,
-    ) -> Result<()> {
-        let mut args = vec![
-            "create".into(),
+    /// user's program, until [`Runc::start`]. runc's own error message says
+    /// "runc create failed: …".
+    pub fn create(&self, id: &str, bundle: &Path, process: ProcessFiles, io: RuncIo) -> Result<()> {
+        let args = [
+            "create".to_string(),
             "--bundle".into(),
             bundle.display().to_string(),
-            "--pid-file".into(),
-            pid_file.display().to_string(),
         ];
-        if let Some(socket) = console_socket {
-            args.push("--console-socket".into());
-            args.push(socket.display().to_string());
-        }
-        args.push(id.to_string());
-        // runc's own message says "runc create failed: …".
-        self.run(&args, io)
+        self.run(&process.args(&args, id), io)
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -157,30 +165,15 @@ impl Runc {
     }
 
     /// `runc exec --detach`: starts `process` (a JSON runtime-spec process)
-    /// in the container; its pid is written to `pid_file`.
-    pub fn exec(
-        &self,
-        id: &str,
-        process: &Path,
-        pid_file: &Path,
-        console_socket: Option<&Path>,
-        io: RuncIo,
-    ) -> Result<()> {
-        let mut args = vec![
-            "exec".into(),
+    /// in the container.
+    pub fn exec(&self, id: &str, process: &Path, files: ProcessFiles, io: RuncIo) -> Result<()> {
+        let args = [
+            "exec".to_string(),
             "--process".into(),
             process.display().to_string(),
             "--detach".into(),
-            "--pid-file".into(),
-            pid_file.display().to_string(),
         ];
-        if let Some(socket) = console_socket {
-            args.push("--console-socket".into());
-            args.push(socket.display().to_string());
-        }
-        args.push(id.to_string());
-        // runc's own message says what failed.
-        self.run(&args, io)
+        self.run(&files.args(&args, id), io)
     }
 
     fn run(&self, args: &[String], io: RuncIo) -> Result<()> {

@@ -239,6 +239,17 @@ impl CriNode {
         Ok(id)
     }
 
+    /// CreateContainer of a full `config`, then StartContainer; returns the id.
+    pub fn run_container_with(
+        &self,
+        pod: &Pod,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let id = self.create_container_with(pod, config)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
+
     /// CreateContainer alone; returns the container id.
     pub fn create_container(
         &self,

@@ -514,9 +514,8 @@ fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_shar
     );
     init.mounts = vec![empty_dir(volume.path(), "/data")];
     let init = node
-        .create_container_with(&pod, init)
-        .expect("CreateContainer init");
-    node.start_container(&init).expect("StartContainer init");
+        .run_container_with(&pod, init)
+        .expect("the init container");
     let status = node.wait_exited(&init, Duration::from_secs(30));
     assert_eq!(status.exit_code, 0, "{status:?}");
     assert_eq!(
@@ -529,10 +528,8 @@ fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_shar
     let mut reader = container_config("reader", &probe_image, &["cat", "/data/greeting"]);
     reader.mounts = vec![empty_dir(volume.path(), "/data")];
     let reader = node
-        .create_container_with(&pod, reader)
-        .expect("CreateContainer reader");
-    node.start_container(&reader)
-        .expect("StartContainer reader");
+        .run_container_with(&pod, reader)
+        .expect("the reader container");
     assert_eq!(
         node.wait_exited(&reader, Duration::from_secs(30)).exit_code,
         0
@@ -544,10 +541,8 @@ fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_shar
     let mut writer = container_config("writer", &probe_image, &["write", "/data/reply"]);
     writer.mounts = vec![empty_dir(volume.path(), "/data")];
     let writer = node
-        .create_container_with(&pod, writer)
-        .expect("CreateContainer writer");
-    node.start_container(&writer)
-        .expect("StartContainer writer");
+        .run_container_with(&pod, writer)
+        .expect("the writer container");
     assert_eq!(
         node.wait_exited(&writer, Duration::from_secs(30)).exit_code,
         0
@@ -562,9 +557,8 @@ fn a_linux_init_container_fills_an_empty_dir_that_wasm_and_linux_containers_shar
     );
     last.mounts = vec![empty_dir(volume.path(), "/data")];
     let last = node
-        .create_container_with(&pod, last)
-        .expect("CreateContainer last");
-    node.start_container(&last).expect("StartContainer last");
+        .run_container_with(&pod, last)
+        .expect("the last container");
     let status = node.wait_exited(&last, Duration::from_secs(30));
     assert_eq!(status.exit_code, 7);
     assert_eq!(status.reason, "Error");

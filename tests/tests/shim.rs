@@ -806,17 +806,15 @@ fn twenty_containers_in_parallel_all_exit_cleanly() {
     node.containerd.assert_clean();
 }
 
-#[test]
-fn a_terminal_works_like_ctr_run_t() {
-    wasmbox_tests::require_tool("script");
-    let node = Node::new();
-    let image = node.wat_image("hello", guests::HELLO_WAT);
+/// Asserts that `ctr run -t` of `image` with `args` (shell words) exits 0
+/// and prints `expected` (with the terminal's line endings). `script` gives
+/// ctr the terminal it insists on; its stdin stays open until the run is
+/// over, as a person's keyboard would.
+fn prints_in_a_terminal(node: &Node, image: &str, args: &str, expected: &str) {
     let command = format!(
-        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty",
+        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty {args}",
         node.containerd.address.display()
     );
-    // `script` gives ctr the terminal it insists on; its stdin stays open
-    // until the run is over, as a person's keyboard would.
     let mut child = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .stdin(std::process::Stdio::piped())
@@ -829,10 +827,18 @@ fn a_terminal_works_like_ctr_run_t() {
     drop(keyboard);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).contains("hello from wasm\r"),
+        stdout(&out).contains(expected),
         "terminal line endings: {:?}",
         stdout(&out)
     );
+}
+
+#[test]
+fn a_terminal_works_like_ctr_run_t() {
+    wasmbox_tests::require_tool("script");
+    let node = Node::new();
+    let image = node.wat_image("hello", guests::HELLO_WAT);
+    prints_in_a_terminal(&node, &image, "", "hello from wasm\r");
     node.containerd.assert_clean();
 }
 
@@ -2236,25 +2242,7 @@ fn a_linux_container_gets_a_terminal_like_ctr_run_t() {
     wasmbox_tests::require_tool("script");
     let node = Node::new();
     let image = busybox_image(&node);
-    let command = format!(
-        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty sh -c 'test -t 0 && test -t 1 && echo on a terminal'",
-        node.containerd.address.display()
-    );
-    let mut child = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let keyboard = child.stdin.take();
-    let out = child.wait_with_output().unwrap();
-    drop(keyboard);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(
-        stdout(&out).contains("on a terminal\r"),
-        "terminal line endings: {:?}",
-        stdout(&out)
-    );
+    let args = "sh -c 'test -t 0 && test -t 1 && echo on a terminal'";
+    prints_in_a_terminal(&node, &image, args, "on a terminal\r");
     node.containerd.assert_clean();
 }
