@@ -302,6 +302,98 @@ pub fn usage_of(cgroups_path: &str) -> Usage {
     read_usage(&dirs, unified)
 }
 
+/// Watches the memory cgroup at `cgroups_path` (a Linux container's, made
+/// by runc) and calls `on_oom` each time the kernel's OOM killer acts in it,
+/// on a thread of its own that ends when the cgroup is removed: cgroup v1
+/// through an eventfd on `memory.oom_control`, v2 through inotify on
+/// `memory.events` (its `oom_kill` count).
+pub fn watch_oom(cgroups_path: &str, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    let Some(absolute) = cgroupfs_path(cgroups_path)? else {
+        return Ok(());
+    };
+    let relative = absolute.trim_start_matches('/');
+    if unified() {
+        watch_oom_v2(&Path::new(CGROUP_ROOT).join(relative), on_oom)
+    } else {
+        watch_oom_v1(
+            &Path::new(CGROUP_ROOT).join("memory").join(relative),
+            on_oom,
+        )
+    }
+}
+
+fn watch_oom_v1(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let control = std::fs::File::open(dir.join("memory.oom_control"))
+        .with_context(|| format!("opening {}/memory.oom_control", dir.display()))?;
+    // SAFETY: eventfd(2) with integer arguments; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("making an eventfd");
+    }
+    // SAFETY: eventfd returned a new descriptor that only we own.
+    let mut events = unsafe { std::fs::File::from_raw_fd(fd) };
+    std::fs::write(
+        dir.join("cgroup.event_control"),
+        format!("{} {}", events.as_raw_fd(), control.as_raw_fd()),
+    )
+    .with_context(|| format!("registering for OOM events in {}", dir.display()))?;
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("oom-watch".into())
+        .spawn(move || {
+            let _control = control;
+            let mut count = [0u8; 8];
+            // The eventfd also fires when the cgroup is removed.
+            while events.read_exact(&mut count).is_ok() && dir.exists() {
+                on_oom();
+            }
+        })?;
+    Ok(())
+}
+
+fn watch_oom_v2(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let events_file = dir.join("memory.events");
+    let path = std::ffi::CString::new(events_file.as_os_str().as_encoded_bytes())
+        .context("a cgroup path contains NUL")?;
+    // SAFETY: inotify_init1 with a flag; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("making an inotify descriptor");
+    }
+    // SAFETY: inotify_init1 returned a new descriptor that only we own.
+    let mut inotify = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: a valid descriptor and a NUL-terminated path alive for the call.
+    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MODIFY) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("watching {}", events_file.display()));
+    }
+    let oom_kills = move || -> Option<u64> {
+        let text = std::fs::read_to_string(&events_file).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    };
+    let mut seen = oom_kills().unwrap_or(0);
+    std::thread::Builder::new()
+        .name("oom-watch".into())
+        .spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // Each read returns at a change; the cgroup's removal ends it
+            // (IN_IGNORED, then the file is gone).
+            while inotify.read(&mut buffer).is_ok_and(|n| n > 0) {
+                let Some(now) = oom_kills() else { return };
+                if now > seen {
+                    seen = now;
+                    on_oom();
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// After a shim died (containerd's `shim delete`): removes the container's
 /// cgroup in every hierarchy. Only the dead shim was in it; a cgroup still
 /// in use refuses rmdir and stays.

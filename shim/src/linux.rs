@@ -357,6 +357,15 @@ impl LinuxContainer {
         }
     }
 
+    /// Calls `on_oom` whenever the OOM killer acts in the container's
+    /// cgroup, until the cgroup is removed.
+    pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+        match &self.cgroups_path {
+            Some(path) => crate::cgroup::watch_oom(path, on_oom),
+            None => Ok(()),
+        }
+    }
+
     /// Signals the init process (every process with `all`); false when it
     /// has exited already (its exit may still be on its way to containerd).
     pub fn kill(&self, signal: u32, all: bool) -> Result<bool> {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use containerd_shim::api::{self, Status as ApiStatus};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
@@ -435,6 +435,25 @@ impl containerd_shim::Task for TaskService {
             error!(id = req.id.as_str(); "create failed: {e:#}");
             ShimError::from_create(e)
         })?;
+        if let Some(linux) = container.linux() {
+            // The kubelet reports OOMKilled from this event.
+            let (events, namespace, id) =
+                (self.events.clone(), self.namespace.clone(), req.id.clone());
+            let watched = linux.watch_oom(move || {
+                info!(id = id.as_str(); "OOM killer acted in the container's cgroup");
+                events.publish(
+                    &namespace,
+                    topics::TASK_OOM_EVENT_TOPIC,
+                    Box::new(TaskOOM {
+                        container_id: id.clone(),
+                        ..Default::default()
+                    }),
+                );
+            });
+            if let Err(e) = watched {
+                warn!(id = req.id.as_str(); "no OOM events: {e:#}");
+            }
+        }
         self.containers
             .lock()
             .unwrap()

@@ -752,3 +752,28 @@ fn a_linux_container_sharing_the_pods_process_namespace_is_refused_with_the_reas
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
 }
+
+#[test]
+fn a_linux_container_over_its_memory_limit_is_reported_oom_killed() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let pod = node.run_pod("oom").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    // The shell doubles a string until the OOM killer ends it.
+    let mut config = container_config(
+        "hog",
+        &busybox,
+        &["sh", "-c", "a=x; while true; do a=\"$a$a\"; done"],
+    );
+    config.linux.as_mut().unwrap().resources = Some(k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let hog = node.run_container_with(&pod, config).expect("the hog");
+    let status = node.wait_exited(&hog, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    node.remove_container(&hog);
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
