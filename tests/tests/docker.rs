@@ -1016,3 +1016,66 @@ fn a_container_runs_the_image_it_was_created_from_when_its_tag_moves_before_dock
     host.docker.ok(&["rm", &id]);
     host.docker.assert_clean();
 }
+
+#[test]
+fn a_linux_image_under_the_wasm_runtime_runs_with_runc_on_dockers_network_and_takes_exec() {
+    let Some(host) = Host::start() else { return };
+    build_busybox_image(&host, "wasmbox-test/busybox:local");
+    let web = host.push("http-hello", wasmbox_tests::http_hello(), &[]);
+    let d = &host.docker;
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--runtime",
+        RUNTIME,
+        "--platform",
+        "wasi/wasm",
+        &web,
+    ]);
+    let ip = host.inspect("web", "{{.NetworkSettings.IPAddress}}");
+    // A Linux program under the Wasm runtime, on Docker's bridge: it
+    // reaches the Wasm server by its address, and its exit code is Docker's.
+    let fetch = format!(
+        "until wget -q -O - http://{ip}:8080/from-linux; do sleep 0.2; done; exit 5"
+    );
+    let out = d.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "wasmbox-test/busybox:local",
+        "sh",
+        "-c",
+        &fetch,
+    ]);
+    assert_eq!(
+        (stdout(&out).as_str(), out.status.code()),
+        ("hello from wasm at /from-linux\n", Some(5)),
+        "{}",
+        stderr(&out)
+    );
+
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "side",
+        "--runtime",
+        RUNTIME,
+        "wasmbox-test/busybox:local",
+        "sleep",
+        "1000",
+    ]);
+    let exec = d.run(&["exec", "side", "sh", "-c", "echo in the sidecar; exit 4"]);
+    assert_eq!(
+        (stdout(&exec).as_str(), exec.status.code()),
+        ("in the sidecar\n", Some(4)),
+        "{}",
+        stderr(&exec)
+    );
+    d.ok(&["rm", "-f", "side"]);
+    d.ok(&["rm", "-f", "web"]);
+    host.docker.assert_clean();
+}
