@@ -302,6 +302,28 @@ pub fn usage_of(cgroups_path: &str) -> Usage {
     read_usage(&dirs, unified)
 }
 
+/// The processes in the cgroup at `cgroups_path` (a Linux container's):
+/// its `cgroup.procs` in the unified hierarchy or the pids (else memory)
+/// hierarchy of cgroup v1. Empty when it cannot be read.
+pub fn procs_of(cgroups_path: &str) -> Vec<u32> {
+    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
+        return Vec::new();
+    };
+    let relative = absolute.trim_start_matches('/');
+    let dirs: Vec<PathBuf> = if unified() {
+        vec![Path::new(CGROUP_ROOT).join(relative)]
+    } else {
+        ["pids", "memory"]
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
+            .collect()
+    };
+    dirs.iter()
+        .find_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Watches the memory cgroup at `cgroups_path` (a Linux container's, made
 /// by runc) and calls `on_oom` each time the kernel's OOM killer acts in it,
 /// on a thread of its own that ends when the cgroup is removed: cgroup v1

@@ -357,6 +357,19 @@ impl LinuxContainer {
         }
     }
 
+    /// New limits for the container's cgroup (`UpdateContainerResources`,
+    /// `docker update`): `resources` is the JSON runtime-spec
+    /// `LinuxResources` containerd sends, which runc applies as given.
+    pub fn update(&self, resources: &[u8]) -> Result<()> {
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources)
+            .map_err(|e| InvalidSpec(anyhow::anyhow!("the resources to update: {e}")))?;
+        let file = self.bundle.join("update-resources.json");
+        wasmbox_format::write_atomic(&file, resources, 0o600)?;
+        let updated = self.runc.update(&self.id, &file);
+        let _ = std::fs::remove_file(&file);
+        updated
+    }
+
     /// Calls `on_oom` whenever the OOM killer acts in the container's
     /// cgroup, until the cgroup is removed.
     pub fn watch_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
@@ -403,8 +416,15 @@ impl LinuxContainer {
         }
     }
 
-    /// The pids of the container's init and exec'd processes that run.
+    /// The pids of the container's processes: every process in its cgroup
+    /// (as runc's shim lists them), else its init and exec'd processes.
     pub fn pids(&self) -> Vec<u32> {
+        if let Some(path) = &self.cgroups_path {
+            let procs = crate::cgroup::procs_of(path);
+            if !procs.is_empty() {
+                return procs;
+            }
+        }
         let mut pids = vec![self.init_pid];
         for exec in self.execs.lock().unwrap().values() {
             let state = exec.state.lock().unwrap();

@@ -777,7 +777,14 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        self.get(&req.id)?;
+        let container = self.get(&req.id)?;
+        // A Wasm guest's limits are fixed at create; runc applies a Linux
+        // container's.
+        if let (Some(linux), Some(resources)) = (container.linux(), req.resources.as_ref()) {
+            linux
+                .update(&resources.value)
+                .map_err(ShimError::from_create)?;
+        }
         Ok(api::Empty::new())
     }
 

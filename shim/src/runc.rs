@@ -154,6 +154,18 @@ impl Runc {
         self.run(&args, RuncIo::default()).context("runc kill")
     }
 
+    /// Applies new limits (`resources`: a JSON runtime-spec
+    /// `LinuxResources`) to the running container's cgroup.
+    pub fn update(&self, id: &str, resources: &Path) -> Result<()> {
+        let args = [
+            "update".to_string(),
+            "--resources".into(),
+            resources.display().to_string(),
+            id.into(),
+        ];
+        self.run(&args, RuncIo::default()).context("runc update")
+    }
+
     /// Removes the container, stopping what is left of it: its cgroup and
     /// runc's state go with it.
     pub fn delete(&self, id: &str) -> Result<()> {

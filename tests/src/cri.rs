@@ -319,6 +319,24 @@ impl CriNode {
             .unwrap_or_else(|e| panic!("CRI PullImage {image}: {}", e.message()));
     }
 
+    /// UpdateContainerResources (an in-place pod resize).
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        resources: k8s_cri::v1::LinuxContainerResources,
+    ) -> Result<(), tonic::Status> {
+        let mut rt = self.rt.clone();
+        self.runtime
+            .block_on(
+                rt.update_container_resources(k8s_cri::v1::UpdateContainerResourcesRequest {
+                    container_id: id.to_string(),
+                    linux: Some(resources),
+                    ..Default::default()
+                }),
+            )
+            .map(|_| ())
+    }
+
     /// ExecSync (`kubectl exec` without a terminal): exit code, stdout, stderr.
     pub fn exec_sync(
         &self,

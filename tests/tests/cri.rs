@@ -777,3 +777,52 @@ fn a_linux_container_over_its_memory_limit_is_reported_oom_killed() {
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
 }
+
+/// The memory limit of process `pid`'s cgroup, in bytes (cgroup v1 or v2).
+fn memory_limit_of(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let (root, path, file) = match cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+    {
+        Some(path) => ("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"),
+        None => {
+            let path = cgroups
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("a cgroup")
+                .to_string();
+            ("/sys/fs/cgroup", path, "memory.max")
+        }
+    };
+    std::fs::read_to_string(format!("{root}{path}/{file}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_linux_containers_limits_are_set_from_its_spec_and_updated_in_place() {
+    let node = CriNode::start();
+    let busybox = node.linux_image();
+    let pod = node.run_pod("resize").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let limit = |bytes: i64| k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: bytes,
+        ..Default::default()
+    };
+    let mut config = container_config("sized", &busybox, &["sleep", "1000"]);
+    config.linux.as_mut().unwrap().resources = Some(limit(32 << 20));
+    let sized = node
+        .run_container_with(&pod, config)
+        .expect("the container");
+    let pid = node.container_pid(&sized);
+    assert_eq!(memory_limit_of(pid), (32 << 20).to_string());
+    node.update_container_resources(&sized, limit(64 << 20))
+        .expect("UpdateContainerResources");
+    assert_eq!(memory_limit_of(pid), (64 << 20).to_string());
+    node.stop_container(&sized, 0).expect("StopContainer");
+    node.remove_container(&sized);
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}

@@ -1037,9 +1037,8 @@ fn a_linux_image_under_the_wasm_runtime_runs_with_runc_on_dockers_network_and_ta
     let ip = host.inspect("web", "{{.NetworkSettings.IPAddress}}");
     // A Linux program under the Wasm runtime, on Docker's bridge: it
     // reaches the Wasm server by its address, and its exit code is Docker's.
-    let fetch = format!(
-        "until wget -q -O - http://{ip}:8080/from-linux; do sleep 0.2; done; exit 5"
-    );
+    let fetch =
+        format!("until wget -q -O - http://{ip}:8080/from-linux; do sleep 0.2; done; exit 5");
     let out = d.run(&[
         "run",
         "--rm",

@@ -2193,12 +2193,33 @@ fn a_linux_image_runs_under_the_wasm_runtime_as_under_runc() {
 fn exec_kill_and_metrics_reach_a_linux_container_and_delete_leaves_nothing() {
     let node = Node::new();
     let image = busybox_image(&node);
-    node.run_detached(&[], &image, "sidecar", &["sleep", "1000"]);
+    node.run_detached(
+        &[],
+        &image,
+        "sidecar",
+        &["sh", "-c", "sleep 1001 & exec sleep 1000"],
+    );
     assert!(node.wait_for_status("sidecar", "RUNNING", Duration::from_secs(10)));
     // The task's pid is the container's own process, not the shim's.
     let pid = node.task_pid("sidecar");
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = wait_until(Duration::from_secs(10), "the shell's exec", || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline == b"sleep\x001000\x00" {
+            Ok(cmdline)
+        } else {
+            Err(format!("its command line is {cmdline:?}"))
+        }
+    });
     assert_eq!(cmdline, b"sleep\x001000\x00");
+    // `ctr task ps` lists every process in the container's cgroup.
+    let ps = stdout(&node.containerd.ctr(&["task", "ps", "sidecar"]));
+    let listed: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed.len(), 2, "{ps}");
+    assert!(listed.contains(&pid.to_string().as_str()), "{ps}");
 
     let exec = node.containerd.ctr(&[
         "task",
