@@ -806,15 +806,12 @@ fn twenty_containers_in_parallel_all_exit_cleanly() {
     node.containerd.assert_clean();
 }
 
-/// Asserts that `ctr run -t` of `image` with `args` (shell words) exits 0
-/// and prints `expected` (with the terminal's line endings). `script` gives
-/// ctr the terminal it insists on; its stdin stays open until the run is
-/// over, as a person's keyboard would.
-fn prints_in_a_terminal(node: &Node, image: &str, args: &str, expected: &str) {
-    let command = format!(
-        "ctr -a {} run -t --rm --runtime {RUNTIME} {image} tty {args}",
-        node.containerd.address.display()
-    );
+/// Asserts that `ctr CTR_ARGS` (shell words; `run -t …`, `task exec -t …`)
+/// exits 0 and prints `expected` (with the terminal's line endings).
+/// `script` gives ctr the terminal it insists on; its stdin stays open
+/// until the run is over, as a person's keyboard would.
+fn prints_in_a_terminal(node: &Node, ctr_args: &str, expected: &str) {
+    let command = format!("ctr -a {} {ctr_args}", node.containerd.address.display());
     let mut child = Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .stdin(std::process::Stdio::piped())
@@ -838,7 +835,8 @@ fn a_terminal_works_like_ctr_run_t() {
     wasmbox_tests::require_tool("script");
     let node = Node::new();
     let image = node.wat_image("hello", guests::HELLO_WAT);
-    prints_in_a_terminal(&node, &image, "", "hello from wasm\r");
+    let run = format!("run -t --rm --runtime {RUNTIME} {image} tty");
+    prints_in_a_terminal(&node, &run, "hello from wasm\r");
     node.containerd.assert_clean();
 }
 
@@ -2259,11 +2257,18 @@ fn exec_kill_and_metrics_reach_a_linux_container_and_delete_leaves_nothing() {
 }
 
 #[test]
-fn a_linux_container_gets_a_terminal_like_ctr_run_t() {
+fn a_linux_container_and_its_execs_get_a_terminal_with_t() {
     wasmbox_tests::require_tool("script");
     let node = Node::new();
     let image = busybox_image(&node);
-    let args = "sh -c 'test -t 0 && test -t 1 && echo on a terminal'";
-    prints_in_a_terminal(&node, &image, args, "on a terminal\r");
+    let on_a_terminal = "sh -c 'test -t 0 && test -t 1 && echo on a terminal'";
+    let run = format!("run -t --rm --runtime {RUNTIME} {image} tty {on_a_terminal}");
+    prints_in_a_terminal(&node, &run, "on a terminal\r");
+    // `kubectl exec -it`: an exec'd process gets a terminal of its own.
+    node.run_detached(&[], &image, "side", &["sleep", "1000"]);
+    assert!(node.wait_for_status("side", "RUNNING", Duration::from_secs(10)));
+    let exec = format!("task exec -t --exec-id t1 side {on_a_terminal}");
+    prints_in_a_terminal(&node, &exec, "on a terminal\r");
+    node.kill_and_remove("side");
     node.containerd.assert_clean();
 }
