@@ -466,7 +466,9 @@ impl Container {
                 if let Some(k) = &inner.kill {
                     k.kill(signal as i32);
                 } else if let Workload::Sandbox(sandbox) = &self.workload {
-                    // A sandbox stops at once, whatever the signal.
+                    // A sandbox stops at once, whatever the signal, and
+                    // with it the pod's process namespace, if one was made.
+                    crate::pod::end_pod_pid_namespace();
                     let exit = Exit {
                         status: 128 + signal,
                         at: SystemTime::now(),

@@ -102,14 +102,16 @@ fn open_in_root(root: &std::fs::File, path: &Path) -> std::io::Result<std::fs::F
     Ok(file)
 }
 
-/// Refuses a spec that names a namespace of the shim's own process it
-/// does not hold for the pod: the containers of a pod join the namespaces
-/// of the sandbox task, whose pid is the shim's, and the shim keeps the
-/// pod's network, IPC and UTS namespaces (`network.rs`) but runs in the
-/// node's process namespace. Joining that would show the container every
-/// process of the node, so a pod that shares one process namespace
-/// (`shareProcessNamespace`) cannot hold Linux containers.
-fn check_namespaces(spec: &Spec) -> Result<()> {
+/// Maps the namespaces of the shim's own process that `spec` names to
+/// the pod's. The containers of a pod join the namespaces of the sandbox
+/// task, whose pid is the shim's: the shim keeps the pod's network, IPC and
+/// UTS namespaces itself (`network.rs`), but runs in the node's process
+/// namespace, so a pod that shares one process namespace
+/// (`shareProcessNamespace`) gets one of its own from
+/// [`crate::pod::pod_pid_namespace`], and the spec in the bundle is
+/// rewritten to name it (joining the shim's would show the container every
+/// process of the node). Any other namespace of the shim is refused.
+fn map_pod_namespaces(spec: &Spec, bundle: &Path) -> Result<()> {
     let own = format!("/proc/{}/ns/", std::process::id());
     let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
     for ns in namespaces.into_iter().flatten() {
@@ -117,15 +119,40 @@ fn check_namespaces(spec: &Spec) -> Result<()> {
         let Some(kind) = path.to_str().and_then(|p| p.strip_prefix(&own)) else {
             continue;
         };
-        if !crate::network::holds_pod_namespace(kind) {
+        if crate::network::holds_pod_namespace(kind) {
+            continue;
+        }
+        if kind != "pid" {
             return Err(InvalidSpec(anyhow::anyhow!(
                 "the container joins the pod's {kind} namespace, which a Linux container in a \
-                 wasmtime pod cannot share (the pod's sandbox is the shim, which keeps only the \
-                 pod's network, IPC and UTS namespaces; shareProcessNamespace is not supported)"
+                 wasmtime pod cannot share (the pod's sandbox is the shim, which keeps the \
+                 pod's network, IPC, UTS and process namespaces only)"
             ))
             .into());
         }
+        let pod_pid = crate::pod::pod_pid_namespace()
+            .context("making the pod's process namespace (shareProcessNamespace)")?;
+        rewrite_namespace_path(bundle, "pid", &pod_pid)?;
     }
+    Ok(())
+}
+
+/// Sets the path of the `kind` namespace in the bundle's config.json,
+/// keeping every other byte of meaning (edited as JSON, not through a type
+/// that could drop fields it does not know).
+fn rewrite_namespace_path(bundle: &Path, kind: &str, path: &Path) -> Result<()> {
+    let file = bundle.join("config.json");
+    let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let entry = config
+        .pointer_mut("/linux/namespaces")
+        .and_then(|n| n.as_array_mut())
+        .and_then(|list| list.iter_mut().find(|n| n["type"] == kind))
+        .with_context(|| format!("{} has no {kind} namespace", file.display()))?;
+    entry["path"] = serde_json::Value::String(path.display().to_string());
+    let bytes = serde_json::to_vec(&config)?;
+    wasmbox_format::write_atomic(&file, &bytes, 0o644)?;
     Ok(())
 }
 
@@ -272,7 +299,7 @@ impl LinuxContainer {
         stdio: [&str; 3],
         terminal: bool,
     ) -> Result<(LinuxContainer, ProcessIo)> {
-        check_namespaces(spec)?;
+        map_pod_namespaces(spec, bundle)?;
         let cgroups_path = spec
             .linux()
             .as_ref()

@@ -44,6 +44,67 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// The process holding the pod's process namespace, once a container of a
+/// pod that shares one (`shareProcessNamespace`) asked for it: `unshare
+/// --pid --kill-child sleep infinity`, whose child is the namespace's first
+/// process, as the pause process is in a runc pod. Killed with the sandbox.
+static POD_PID_NAMESPACE: Mutex<Option<u32>> = Mutex::new(None);
+
+/// The pod's own process namespace (`/proc/PID/ns/pid` of its first
+/// process), made at the first call.
+pub fn pod_pid_namespace() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let mut holder = POD_PID_NAMESPACE.lock().unwrap();
+    let unshare_pid = match *holder {
+        Some(pid) => pid,
+        None => {
+            let since = crate::reaper::mark();
+            let child = std::process::Command::new("unshare")
+                .args(["--pid", "--kill-child", "--", "sleep", "infinity"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("running unshare (util-linux)")?;
+            let pid = child.id();
+            *holder = Some(pid);
+            // The reaper collects it when it ends; its pid is then forgotten.
+            crate::reaper::on_exit(pid, since, move |_| {
+                let mut holder = POD_PID_NAMESPACE.lock().unwrap();
+                if *holder == Some(pid) {
+                    *holder = None;
+                }
+            });
+            pid
+        }
+    };
+    // Its child, the namespace's first process, may take a moment to fork.
+    let children = format!("/proc/{unshare_pid}/task/{unshare_pid}/children");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let first = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(first) = first {
+            return Ok(std::path::PathBuf::from(format!("/proc/{first}/ns/pid")));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("unshare (pid {unshare_pid}) started no process in a new namespace");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Ends the pod's process namespace, and with it every process left in it.
+pub(crate) fn end_pod_pid_namespace() {
+    if let Some(pid) = POD_PID_NAMESPACE.lock().unwrap().take() {
+        // SAFETY: kill(2) with integers only, touching no memory. The pid
+        // is still the holder's: the reaper forgets it (under the lock
+        // taken above) as soon as it collects the holder.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
 /// A pod's sandbox ("pause") container: it runs no program and holds the
 /// pod until it is killed. With no guest thread to report its exit, it keeps
 /// the exit callback `start` gives it until `kill` takes it.

@@ -717,40 +717,71 @@ fn twenty_mixed_pods_created_and_removed_leave_nothing_behind() {
 }
 
 #[test]
-fn a_linux_container_sharing_the_pods_process_namespace_is_refused_with_the_reason() {
+fn linux_containers_of_a_pod_sharing_its_process_namespace_see_each_other_and_not_the_node() {
     let node = CriNode::start();
     let busybox = node.linux_image();
     let pod = node.run_pod("shared-pid").expect("RunPodSandbox");
     let (_, netns) = node.pod_network(&pod);
     // shareProcessNamespace: the kubelet asks for the pod's pid namespace.
-    let mut config = container_config("shares", &busybox, &["true"]);
-    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
-            namespace_options: Some(k8s_cri::v1::NamespaceOption {
-                pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+    let shared = |name: &str, args: &[&str]| {
+        let mut config = container_config(name, &busybox, args);
+        config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+            security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+                namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                    pid: k8s_cri::v1::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let id = node
-        .create_container_with(&pod, config)
-        .expect("CreateContainer");
-    // The CRI creates the task (so calls the shim) at StartContainer.
-    let refused = node
-        .start_container(&id)
-        .expect_err("a Linux container in the pod's process namespace");
-    assert!(
-        refused
-            .message()
-            .contains("shareProcessNamespace is not supported"),
-        "{}",
-        refused.message()
+        });
+        node.run_container_with(&pod, config)
+            .expect("a container in the pod's process namespace")
+    };
+    let sleeper = shared("sleeper", &["sleep", "1000"]);
+    let sleeper_pid = node.container_pid(&sleeper);
+    let looker = shared(
+        "looker",
+        &[
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done",
+        ],
     );
-    node.remove_container(&id);
+    assert_eq!(
+        node.wait_exited(&looker, Duration::from_secs(30)).exit_code,
+        0
+    );
+    let seen: Vec<String> = node
+        .log_lines("shared-pid", "looker")
+        .into_iter()
+        .map(|(_, line)| line)
+        .collect();
+    assert!(
+        seen.iter()
+            .any(|l| l.replace('\0', " ").trim() == "sleep 1000"),
+        "the other container's process is visible: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains("containerd")),
+        "no process of the node is visible: {seen:?}"
+    );
+    node.stop_container(&sleeper, 0).expect("StopContainer");
+    for id in [&sleeper, &looker] {
+        node.remove_container(id);
+    }
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
+    assert!(
+        !Path::new(&format!("/proc/{sleeper_pid}")).exists(),
+        "the sleeper is gone"
+    );
+    // The process that held the pod's namespace went with the pod.
+    let holders = Command::new("pgrep")
+        .args(["-f", "unshare --pid --kill-child -- sleep infinity"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&holders.stdout), "", "holders left");
 }
 
 #[test]
