@@ -432,7 +432,7 @@ impl Container {
     /// Sends `signal` (to every process of a Linux container with `all`); a
     /// container that never started stops at once. Returns false when the
     /// container had already stopped.
-    pub fn kill(&self, signal: u32, all: bool) -> Result<bool> {
+    pub fn kill(self: &std::sync::Arc<Self>, signal: u32, all: bool) -> Result<bool> {
         if let Workload::Linux(linux) = &self.workload {
             let status = self.inner.lock().unwrap().status;
             return match status {
@@ -478,7 +478,17 @@ impl Container {
                     drop(inner);
                     self.exited.notify_all();
                     if let Some(on_exit) = sandbox.release() {
-                        on_exit(self, &exit);
+                        // On a thread of its own: the kill's answer goes out
+                        // first. containerd answers the exit event with
+                        // Delete and Shutdown, and a shim that ended before
+                        // answering would fail the kill ("ttrpc: closed").
+                        let this = self.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("sandbox-exit".into())
+                            .spawn(move || on_exit(&this, &exit));
+                        if let Err(e) = spawned {
+                            log::error!("reporting the sandbox's exit: {e}");
+                        }
                     }
                 }
                 Ok(true)
