@@ -1,8 +1,9 @@
 //! Linux containers in the Wasm runtime: a pod's sidecars and init
 //! containers, and any Linux image run under `io.containerd.wasmtime.v1`.
-//! They run with `runc`, from their spec exactly as containerd wrote it, as
-//! containerd's own runc shim runs them; only Wasm programs run inside the
-//! shim.
+//! They run with `runc`, from their spec as containerd wrote it, as
+//! containerd's own runc shim runs them (the one change: a pod's process
+//! namespace, which the shim cannot be, is named by its holder; see
+//! `map_pod_namespaces`); only Wasm programs run inside the shim.
 //!
 //! **Which containers are Linux**: the program the spec starts (`args[0]`,
 //! looked up on the spec's `PATH` inside the root filesystem, symlinks
