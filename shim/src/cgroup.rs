@@ -280,45 +280,46 @@ fn read_usage(dirs: &[PathBuf], unified: bool) -> Usage {
     }
 }
 
+/// The directories of the cgroup at `cgroups_path` (as a spec names it):
+/// the one of the unified hierarchy, or on cgroup v1 its directory in each
+/// of `v1_controllers`, in that order. `None` for a relative or bad path,
+/// or one naming the root itself.
+fn dirs_of(cgroups_path: &str, v1_controllers: &[&str]) -> Option<Vec<PathBuf>> {
+    let absolute = cgroupfs_path(cgroups_path).ok()??;
+    let relative = absolute.trim_start_matches('/');
+    if relative.is_empty() {
+        return None;
+    }
+    Some(if unified() {
+        vec![Path::new(CGROUP_ROOT).join(relative)]
+    } else {
+        v1_controllers
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
+            .collect()
+    })
+}
+
 /// The counters of the cgroup at `cgroups_path` (as a spec names it), which
 /// the shim is not a member of: a Linux container's, made by runc.
 pub fn usage_of(cgroups_path: &str) -> Usage {
     let unified = unified();
-    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
-        return Usage {
+    match dirs_of(cgroups_path, &V1_CONTROLLERS) {
+        Some(dirs) => read_usage(&dirs, unified),
+        None => Usage {
             unified,
             ..Default::default()
-        };
-    };
-    let relative = absolute.trim_start_matches('/');
-    let dirs: Vec<PathBuf> = if unified {
-        vec![Path::new(CGROUP_ROOT).join(relative)]
-    } else {
-        V1_CONTROLLERS
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
-            .collect()
-    };
-    read_usage(&dirs, unified)
+        },
+    }
 }
 
 /// The processes in the cgroup at `cgroups_path` (a Linux container's):
 /// its `cgroup.procs` in the unified hierarchy or the pids (else memory)
 /// hierarchy of cgroup v1. Empty when it cannot be read.
 pub fn procs_of(cgroups_path: &str) -> Vec<u32> {
-    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
-        return Vec::new();
-    };
-    let relative = absolute.trim_start_matches('/');
-    let dirs: Vec<PathBuf> = if unified() {
-        vec![Path::new(CGROUP_ROOT).join(relative)]
-    } else {
-        ["pids", "memory"]
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
-            .collect()
-    };
-    dirs.iter()
+    dirs_of(cgroups_path, &["pids", "memory"])
+        .into_iter()
+        .flatten()
         .find_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
         .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
@@ -330,17 +331,13 @@ pub fn procs_of(cgroups_path: &str) -> Vec<u32> {
 /// through an eventfd on `memory.oom_control`, v2 through inotify on
 /// `memory.events` (its `oom_kill` count).
 pub fn watch_oom(cgroups_path: &str, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-    let Some(absolute) = cgroupfs_path(cgroups_path)? else {
+    let Some(dir) = dirs_of(cgroups_path, &["memory"]).and_then(|d| d.into_iter().next()) else {
         return Ok(());
     };
-    let relative = absolute.trim_start_matches('/');
     if unified() {
-        watch_oom_v2(&Path::new(CGROUP_ROOT).join(relative), on_oom)
+        watch_oom_v2(&dir, on_oom)
     } else {
-        watch_oom_v1(
-            &Path::new(CGROUP_ROOT).join("memory").join(relative),
-            on_oom,
-        )
+        watch_oom_v1(&dir, on_oom)
     }
 }
 
@@ -420,23 +417,8 @@ fn watch_oom_v2(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
 /// cgroup in every hierarchy. Only the dead shim was in it; a cgroup still
 /// in use refuses rmdir and stays.
 pub fn remove_left_behind(cgroups_path: &str) {
-    let Ok(Some(absolute)) = cgroupfs_path(cgroups_path) else {
-        return;
-    };
-    let relative = absolute.trim_start_matches('/');
-    if relative.is_empty() {
-        return;
-    }
-    let roots: Vec<PathBuf> = if unified() {
-        vec![PathBuf::from(CGROUP_ROOT)]
-    } else {
-        V1_CONTROLLERS
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c))
-            .collect()
-    };
-    for root in roots {
-        let _ = std::fs::remove_dir(root.join(relative));
+    for dir in dirs_of(cgroups_path, &V1_CONTROLLERS).into_iter().flatten() {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

@@ -441,17 +441,7 @@ impl Container {
                 Status::Created => {
                     // runc's process waits for `start`; it goes at delete.
                     let _ = linux.kill(signal, all);
-                    let mut inner = self.inner.lock().unwrap();
-                    if inner.status != Status::Created {
-                        return Ok(true);
-                    }
-                    inner.status = Status::Stopped;
-                    inner.exit = Some(Exit {
-                        status: 128 + signal,
-                        at: SystemTime::now(),
-                    });
-                    drop(inner);
-                    self.exited.notify_all();
+                    self.stop_unstarted(signal);
                     Ok(true)
                 }
             };
@@ -494,19 +484,30 @@ impl Container {
                 Ok(true)
             }
             Status::Created => {
-                inner.status = Status::Stopped;
-                inner.exit = Some(Exit {
-                    status: 128 + signal,
-                    at: SystemTime::now(),
-                });
                 drop(inner);
-                self.output_fifos.lock().unwrap().clear();
-                self.terminal.lock().unwrap().take();
-                self.exited.notify_all();
+                self.stop_unstarted(signal);
                 Ok(true)
             }
             Status::Stopped => Ok(false),
         }
+    }
+
+    /// A container that never started stops as if `signal` had ended it:
+    /// its output FIFOs and terminal are let go, and waiters learn its exit.
+    fn stop_unstarted(&self, signal: u32) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.status != Status::Created {
+            return;
+        }
+        inner.status = Status::Stopped;
+        inner.exit = Some(Exit {
+            status: 128 + signal,
+            at: SystemTime::now(),
+        });
+        drop(inner);
+        self.output_fifos.lock().unwrap().clear();
+        self.terminal.lock().unwrap().take();
+        self.exited.notify_all();
     }
 
     /// What the container uses: its cgroup's counters when the shim joined
@@ -558,18 +559,8 @@ impl Container {
         self.output_fifos.lock().unwrap().clear();
         if let Workload::Linux(linux) = &self.workload {
             linux.delete()?;
-            // Never started: `runc delete --force` killed its process, and
-            // a waiter learns so.
-            let mut inner = self.inner.lock().unwrap();
-            if inner.status == Status::Created {
-                inner.status = Status::Stopped;
-                inner.exit = Some(Exit {
-                    status: 128 + libc::SIGKILL as u32,
-                    at: SystemTime::now(),
-                });
-                drop(inner);
-                self.exited.notify_all();
-            }
+            // Never started: `runc delete --force` killed its process.
+            self.stop_unstarted(libc::SIGKILL as u32);
         }
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;

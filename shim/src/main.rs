@@ -252,6 +252,15 @@ impl Events {
     }
 }
 
+/// The runc side of a container, for exec: Wasm containers have none.
+fn linux_of(
+    container: &Container,
+) -> TtrpcResult<&containerd_shim_wasmtime::linux::LinuxContainer> {
+    container
+        .linux()
+        .ok_or_else(|| ShimError::Unimplemented("exec is not supported for Wasm containers").into())
+}
+
 /// Holds a process's exit event back until its start event is out: a
 /// program that ends at once must not be reported stopped before started
 /// (containerd's runc shim holds exits back the same way).
@@ -319,9 +328,7 @@ impl TaskService {
     /// Starts exec `exec_id` in container `id` with runc.
     fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StartResponse> {
         let container = self.get(id)?;
-        let linux = container.linux().ok_or(ShimError::Unimplemented(
-            "exec is not supported for Wasm containers",
-        ))?;
+        let linux = linux_of(&container)?;
         let events = self.events.clone();
         let namespace = self.namespace.clone();
         let container_id = id.to_string();
@@ -391,9 +398,7 @@ impl TaskService {
     /// The exec `exec_id` of container `id`; only Linux containers have any.
     fn get_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<ExecProcess>> {
         let container = self.get(id)?;
-        let linux = container.linux().ok_or(ShimError::Unimplemented(
-            "exec is not supported for Wasm containers",
-        ))?;
+        let linux = linux_of(&container)?;
         linux
             .exec(exec_id)
             .map_err(|e| ShimError::NotFound(format!("{e:#}")).into())
@@ -727,9 +732,7 @@ impl containerd_shim::Task for TaskService {
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         let container = self.get(&req.id)?;
-        let linux = container.linux().ok_or(ShimError::Unimplemented(
-            "exec is not supported for Wasm containers",
-        ))?;
+        let linux = linux_of(&container)?;
         let process = req
             .spec
             .as_ref()
