@@ -32,6 +32,29 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const PORT_ENV: &str = "PORT";
 /// What one request's guest may print to stdout or stderr; more is cut.
 const REQUEST_OUTPUT_LIMIT: usize = 1 << 20;
+/// What a request's store holds on the host besides its linear memories
+/// and tables (WASI and HTTP state, resource table, the touched part of
+/// its fiber stack): a measured bound, rounded up.
+const REQUEST_HOST_STATE: u64 = 512 << 10;
+/// What a request takes from its container's memory budget before its
+/// instance is made, and gives back when its store goes: the host memory
+/// the guest can make it use (its two output buffers, filled up to their
+/// cap, and its store), which a memory limit must cover as well as its
+/// linear memory.
+pub const REQUEST_HOST_BYTES: u64 = 2 * REQUEST_OUTPUT_LIMIT as u64 + REQUEST_HOST_STATE;
+/// Bytes of a freed pool slot that stay resident (zeroed, not returned):
+/// the first pages of each of a request's linear memories and tables, and
+/// of its fiber stack.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 1 << 20;
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
+/// What one request's slot keeps resident after it ends: two memories and
+/// two tables (a component and its adapter), and a stack. A container holds
+/// this from its budget for each request it ever ran at the same time,
+/// since that many slots stay warm (see `Server::hold_warm_slots`).
+pub const SLOT_KEPT_RESIDENT: u64 = (2 * LINEAR_MEMORY_KEEP_RESIDENT
+    + 2 * TABLE_KEEP_RESIDENT
+    + ASYNC_STACK_KEEP_RESIDENT) as u64;
 /// Connections one container holds open; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests one container runs at a time unless the spec says otherwise
@@ -102,9 +125,9 @@ pub(crate) fn instance_pool() -> wasmtime::InstanceAllocationStrategy {
         // A slot's first pages are zeroed by memset when freed, not
         // returned with madvise: no page faults on the next request, and
         // no TLB shootdown across the cores (as `wasmtime serve` does).
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10)
-        .async_stack_keep_resident(64 << 10);
+        .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+        .table_keep_resident(TABLE_KEEP_RESIDENT)
+        .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT);
     wasmtime::InstanceAllocationStrategy::Pooling(pool)
 }
 
@@ -249,6 +272,27 @@ struct Server {
     failed: AtomicU64,
     /// Requests in flight, bounded by the spec's concurrency.
     requests: Arc<Semaphore>,
+    /// How many requests run now, and the most that ever ran at once with
+    /// the budget taken for their warm slots (given back when the server
+    /// ends).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    warm_slots: std::sync::Mutex<(usize, MeteredLimits)>,
+}
+
+/// A request that did not fit the container's memory limit: answered 503.
+#[derive(Debug, thiserror::Error)]
+#[error("the container's memory limit has no room for another request ({needed} bytes)")]
+struct OverMemoryLimit {
+    needed: u64,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves until killed. SIGKILL ends at once (137); any other signal stops
@@ -273,6 +317,8 @@ pub(crate) async fn serve(
         served: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         requests: Arc::new(Semaphore::new(concurrency)),
+        in_flight: Default::default(),
+        warm_slots: std::sync::Mutex::new((0, MeteredLimits::new(spec))),
     });
     // The listener and the output streams are the shim's; the requests'
     // file access is the container's user's.
@@ -363,13 +409,22 @@ impl Server {
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 log::warn!("wasi:http request {what} failed: {e:#}");
-                let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                    b"internal server error\n",
-                ))
-                .map_err(|never| match never {})
-                .boxed_unsync();
+                let (status, text): (_, &'static [u8]) = if e.is::<OverMemoryLimit>() {
+                    (
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        b"service unavailable: the container is at its memory limit\n",
+                    )
+                } else {
+                    (
+                        hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                        b"internal server error\n",
+                    )
+                };
+                let body = http_body_util::Full::new(bytes::Bytes::from_static(text))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
                 let mut response = hyper::Response::new(body);
-                *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                *response.status_mut() = status;
                 response
             }
         }
@@ -385,6 +440,14 @@ impl Server {
             .acquire_owned()
             .await
             .context("the server is stopping")?;
+        let in_flight = self.enter()?;
+        let mut limits = MeteredLimits::new(&self.spec);
+        if !limits.take(REQUEST_HOST_BYTES) {
+            return Err(OverMemoryLimit {
+                needed: REQUEST_HOST_BYTES,
+            }
+            .into());
+        }
         let request = request.map(|body| {
             http_body_util::Limited::new(body, MAX_REQUEST_BODY).map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
@@ -404,7 +467,7 @@ impl Server {
                 wasi: wasi.build(),
                 http: WasiHttpCtx::new(),
                 table: crate::resource_table(self.spec.open_files_limit),
-                limits: MeteredLimits::new(&self.spec),
+                limits,
                 hooks: OutgoingRequests {
                     allowed: self.spec.network,
                 },
@@ -447,6 +510,7 @@ impl Server {
             };
             drop(slot);
             drop(store);
+            drop(in_flight);
             for (pipe, sink) in [(stdout, out_sink), (stderr, err_sink)] {
                 let bytes = pipe.contents();
                 if let (false, Some(sink)) = (bytes.is_empty(), sink) {
@@ -471,6 +535,28 @@ impl Server {
                 Err(e) => Err(anyhow::Error::from(e).context("the guest's task failed")),
             },
         }
+    }
+}
+
+impl Server {
+    /// Counts a request in; when more run at once than ever before, one
+    /// more pool slot will stay warm after them, and its resident pages
+    /// are taken from the container's budget first (for as long as the
+    /// server runs). Refused when they do not fit.
+    fn enter(&self) -> Result<InFlight> {
+        let guard = InFlight(self.in_flight.clone());
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut warm = self.warm_slots.lock().unwrap();
+        while warm.0 < now {
+            if !warm.1.take(SLOT_KEPT_RESIDENT) {
+                return Err(OverMemoryLimit {
+                    needed: SLOT_KEPT_RESIDENT,
+                }
+                .into());
+            }
+            warm.0 += 1;
+        }
+        Ok(guard)
     }
 }
 

@@ -29,7 +29,7 @@ pub mod tiering;
 use features::{Features, config};
 pub use features::{known_features, parse_features};
 pub use identity::Identity;
-pub use meter::GuestMeter;
+pub use meter::{GuestMeter, SharedBudget};
 use meter::MeteredLimits;
 pub use stdio::Stdio;
 use stdio::{wasi_builder, wasi_without_stdio};
@@ -76,6 +76,9 @@ pub struct RunSpec {
     pub http_port: Option<u16>,
     /// What the guest uses while it runs; shared by every clone of the spec.
     pub meter: Arc<GuestMeter>,
+    /// The budget this guest shares with the others of its process, on top
+    /// of `memory_limit`: the shim's cgroup limit less the shim's own memory.
+    pub shared_budget: Option<Arc<SharedBudget>>,
 }
 
 /// `KEY=VALUE` strings (OCI `process.env`, image `Env`) as pairs; entries
@@ -837,6 +840,14 @@ mod tests {
     use super::*;
 
     fn run_wat(wat: &str, memory_limit: Option<usize>) -> i32 {
+        run_wat_sharing(wat, memory_limit, None)
+    }
+
+    fn run_wat_sharing(
+        wat: &str,
+        memory_limit: Option<usize>,
+        shared_budget: Option<Arc<SharedBudget>>,
+    ) -> i32 {
         let dir = tempfile::tempdir().unwrap();
         let module = dir.path().join("m.wat");
         std::fs::write(&module, wat).unwrap();
@@ -844,6 +855,7 @@ mod tests {
             module,
             args: vec!["m.wat".into()],
             memory_limit,
+            shared_budget,
             ..Default::default()
         };
         let engine = Engine::global().unwrap();
@@ -926,6 +938,19 @@ mod tests {
         assert_eq!(run_wat(&sixteen_memories(), None), 16);
         // 16 × 64 KiB to start, then 4 MiB per growth: 7 fit in 32 MiB.
         assert_eq!(run_wat(&sixteen_memories(), Some(32 << 20)), 7);
+    }
+
+    #[test]
+    fn growth_must_fit_the_shared_budget_too_and_is_given_back_at_the_end() {
+        let shared = Arc::new(SharedBudget::default());
+        shared.set_limit(Some(20 << 20));
+        // The container's own limit allows 7 growths; the shared 20 MiB, 3.
+        let grew = run_wat_sharing(&sixteen_memories(), Some(32 << 20), Some(shared.clone()));
+        assert_eq!(grew, 3);
+        assert_eq!(shared.used(), 0, "the guest's memory was given back");
+        shared.set_limit(None);
+        let grew = run_wat_sharing(&sixteen_memories(), Some(32 << 20), Some(shared.clone()));
+        assert_eq!(grew, 7);
     }
 
     #[test]

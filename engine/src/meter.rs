@@ -72,13 +72,56 @@ fn thread_cpu_nanos(tid: i32) -> Option<u64> {
 /// funcref or externref slot).
 const TABLE_ELEMENT_BYTES: u64 = 8;
 
+/// Memory that several guests draw on together: what a shim may give all
+/// its guests before the cgroup it is charged to reaches its limit, the
+/// shim's own memory set aside (the shim sets it; see
+/// `RunSpec::shared_budget`). Without a limit it only counts.
+#[derive(Debug, Default)]
+pub struct SharedBudget {
+    /// The limit in bytes; 0 when there is none.
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+impl SharedBudget {
+    /// Sets (or, with `None`, lifts) the limit. Guests that already hold
+    /// more keep it; they only cannot grow.
+    pub fn set_limit(&self, bytes: Option<u64>) {
+        self.limit
+            .store(bytes.map_or(0, |b| b.max(1)), Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        Some(self.limit.load(Ordering::Relaxed)).filter(|l| *l > 0)
+    }
+
+    /// Bytes the guests hold from this budget now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes `bytes` from `counter` unless that passes `limit`.
+fn take_from(counter: &AtomicU64, limit: Option<u64>, bytes: u64) -> bool {
+    let before = counter.fetch_add(bytes, Ordering::Relaxed);
+    if limit.is_some_and(|limit| before + bytes > limit) {
+        counter.fetch_sub(bytes, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
 /// A store's limiter: every memory and table it grows is counted into the
 /// guest's meter, which all of the container's stores share, and growth
 /// past the container's one budget is refused (the guest sees `memory.grow`
-/// return -1, and `malloc` NULL).
+/// return -1, and `malloc` NULL). Growth must also fit the shared budget of
+/// the shim's cgroup, when the spec names one. What else the guest makes
+/// the host allocate for it (a request's output buffers) is taken with
+/// [`MeteredLimits::take`] and counted the same way.
 pub(crate) struct MeteredLimits {
     limit: Option<u64>,
     meter: Arc<GuestMeter>,
+    shared: Option<Arc<SharedBudget>>,
     /// Bytes this store added to the meter, taken off again when it drops.
     added: u64,
 }
@@ -89,14 +132,20 @@ impl MeteredLimits {
         MeteredLimits {
             limit: spec.memory_limit.map(|l| l as u64),
             meter: spec.meter.clone(),
+            shared: spec.shared_budget.clone(),
             added: 0,
         }
     }
 
-    /// Takes `bytes` from the container's budget, or refuses.
-    fn take(&mut self, bytes: u64) -> bool {
-        let before = self.meter.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if self.limit.is_some_and(|limit| before + bytes > limit) {
+    /// Takes `bytes` from the container's budget and the shared one, or
+    /// refuses (and takes nothing).
+    pub(crate) fn take(&mut self, bytes: u64) -> bool {
+        if !take_from(&self.meter.memory_bytes, self.limit, bytes) {
+            return false;
+        }
+        if let Some(shared) = &self.shared
+            && !take_from(&shared.used, shared.limit(), bytes)
+        {
             self.meter.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
@@ -110,6 +159,9 @@ impl Drop for MeteredLimits {
         self.meter
             .memory_bytes
             .fetch_sub(self.added, Ordering::Relaxed);
+        if let Some(shared) = &self.shared {
+            shared.used.fetch_sub(self.added, Ordering::Relaxed);
+        }
     }
 }
 

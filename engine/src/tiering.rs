@@ -26,6 +26,11 @@ const DEFAULT_MIN_BYTES: u64 = 2 << 20;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PENDING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+/// Whether tier-ups wait for [`finish`] instead of running beside the guest.
+static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// Tier-ups waiting for [`finish`].
+type TierUp = Box<dyn FnOnce() + Send>;
+static WAITING: Mutex<Vec<TierUp>> = Mutex::new(Vec::new());
 
 /// Lets this process start big modules on Winch code and compile them with
 /// Cranelift in the background; it must call [`finish`] before it exits.
@@ -33,9 +38,23 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
-/// Waits for the background compiles still running, so that each stores
-/// its artifact and removes its lock file.
+/// Makes later tier-ups wait until [`finish`]: a process whose memory is
+/// limited (the shim in a container's memory cgroup) must not spend its
+/// guest's memory on a Cranelift compile while the guest runs. At `finish`
+/// the shim has left the container's cgroup.
+pub fn defer_until_finish() {
+    DEFERRED.store(true, Ordering::Relaxed);
+}
+
+/// Runs the deferred tier-ups, then waits for the background compiles
+/// still running, so that each stores its artifact and removes its lock
+/// file.
 pub fn finish() {
+    DEFERRED.store(false, Ordering::Relaxed);
+    let waiting = std::mem::take(&mut *WAITING.lock().unwrap_or_else(|e| e.into_inner()));
+    for tier_up in waiting {
+        tier_up();
+    }
     let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
     if !pending.is_empty() {
         log::info!(
@@ -81,6 +100,16 @@ pub(crate) fn tier_up_in_background(
     digest: wasmbox_format::Digest,
     path: PathBuf,
 ) {
+    if DEFERRED.load(Ordering::Relaxed) {
+        let tier_up = move || {
+            tier_up_in_background(cache, optimized, bytes, baseline_entry, digest, path)
+        };
+        WAITING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(tier_up));
+        return;
+    }
     let what = path.display().to_string();
     let spawned = std::thread::Builder::new()
         .name("tier-up".into())

@@ -7,8 +7,10 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// Whether this process is in a container's cgroup (see [`join`]).
-static JOINED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+/// Whether this process is in a container's cgroup (see [`join`]), and
+/// the directory of its memory cgroup there (`None` without a memory
+/// controller).
+static JOINED: std::sync::Mutex<Option<Option<PathBuf>>> = std::sync::Mutex::new(None);
 /// cgroup v1 hierarchies the shim joins (the ones that account resources).
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
 
@@ -111,7 +113,7 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
         return Ok(None);
     };
     let mut joined = JOINED.lock().unwrap();
-    if *joined {
+    if joined.is_some() {
         return Ok(None);
     }
     let relative = absolute.trim_start_matches('/');
@@ -190,7 +192,16 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
             );
         }
     }
-    *joined = true;
+    let memory_dir = if unified {
+        membership.joined.first().cloned()
+    } else {
+        membership
+            .joined
+            .iter()
+            .find(|dir| dir.join("memory.limit_in_bytes").exists())
+            .cloned()
+    };
+    *joined = Some(memory_dir);
     Ok(Some(membership))
 }
 
@@ -217,7 +228,7 @@ impl Membership {
 
     /// Moves the process back where it was and removes the cgroups it created.
     pub fn leave(self) -> Result<()> {
-        *JOINED.lock().unwrap() = false;
+        *JOINED.lock().unwrap() = None;
         self.back_out()
     }
 
@@ -278,6 +289,73 @@ fn read_usage(dirs: &[PathBuf], unified: bool) -> Usage {
             unified: false,
         }
     }
+}
+
+/// The memory limit of a memory cgroup and what is charged to it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryCharge {
+    /// The limit in bytes, `None` when there is none.
+    pub limit: Option<u64>,
+    /// Bytes charged that the kernel cannot simply drop: usage less the
+    /// inactive file cache (the kubelet's "working set").
+    pub working_set: u64,
+}
+
+/// The memory cgroup this process joined (see [`join`]): its limit and
+/// charge. `None` when it joined none, or it has no memory controller.
+pub fn joined_memory() -> Option<MemoryCharge> {
+    let dir = JOINED.lock().unwrap().clone()??;
+    memory_charge(&dir, unified())
+}
+
+/// Reads the limit and working set of the memory cgroup at `dir`.
+fn memory_charge(dir: &Path, unified: bool) -> Option<MemoryCharge> {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+    let (limit_file, usage_file, inactive_key) = if unified {
+        ("memory.max", "memory.current", "inactive_file ")
+    } else {
+        (
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "total_inactive_file ",
+        )
+    };
+    let usage: u64 = read(usage_file)?.trim().parse().ok()?;
+    // v2 writes "max"; v1 a huge page-rounded number for "no limit".
+    let limit = read(limit_file)
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .filter(|l| *l < 1 << 62);
+    let inactive_file = read("memory.stat")
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(inactive_key)?.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    Some(MemoryCharge {
+        limit,
+        working_set: usage.saturating_sub(inactive_file),
+    })
+}
+
+/// How many times the kernel's OOM killer acted in the memory cgroup at
+/// `cgroups_path` (`oom_kill` of v1's `memory.oom_control`, kernel 4.13+,
+/// or of v2's `memory.events`); 0 when it cannot be read.
+pub fn oom_kills_in(cgroups_path: &str) -> u64 {
+    let Some(dir) = dirs_of(cgroups_path, &["memory"]).and_then(|d| d.into_iter().next()) else {
+        return 0;
+    };
+    let file = if unified() {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
+    std::fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The directories of the cgroup at `cgroups_path` (as a spec names it):

@@ -155,6 +155,17 @@ impl Container {
                     "loading"
                 );
                 let program = Engine::for_spec(&run)?.load(&run)?;
+                // After the load, whose memory is the shim's from now on.
+                run.shared_budget = Some(crate::memory::shared_budget());
+                if let Some(sized) = crate::memory::size_shared_budget()? {
+                    log::info!(
+                        id,
+                        cgroup_limit = sized.cgroup_limit,
+                        shim_bytes = sized.shim_bytes,
+                        guest_budget = sized.guest_budget;
+                        "the guests' memory budget"
+                    );
+                }
                 let pty = if terminal {
                     Some(Pty::open(stdio[0], stdio[1])?)
                 } else {

@@ -64,6 +64,19 @@ int main(int argc, char **argv) {
     puts("<eof>");
     return 0;
   }
+  if (strcmp(mode, "hog") == 0) {
+    // Takes 1 MiB at a time, writing every byte (so the pages are really
+    // there), until malloc fails; then says how far it got and exits 0.
+    // volatile, and a byte of each block read back: otherwise the compiler
+    // may drop allocations nobody reads, and with them the whole loop.
+    size_t mib = 0, sum = 0;
+    for (char *volatile p; (p = malloc(1 << 20)) != NULL; mib++) {
+      memset(p, 1, 1 << 20);
+      sum += (size_t)p[(1 << 20) - 1];
+    }
+    printf("allocated_mib=%zu\n", sum == mib ? mib : 0);
+    return 0;
+  }
   if (strcmp(mode, "alloc") == 0 && argc > 2) {
     size_t mb = (size_t)atoi(argv[2]);
     // volatile: without it the compiler drops an allocation nobody reads.

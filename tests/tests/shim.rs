@@ -2272,3 +2272,53 @@ fn a_linux_container_and_its_execs_get_a_terminal_with_t() {
     node.kill_and_remove("side");
     node.containerd.assert_clean();
 }
+
+/// `allocated_mib=N` from the probe's `hog` mode.
+fn allocated_mib(out: &Output) -> u64 {
+    stdout(out)
+        .trim()
+        .strip_prefix("allocated_mib=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no allocated_mib=N (exit {:?}): {}{}",
+                out.status.code(),
+                stdout(out),
+                stderr(out)
+            )
+        })
+}
+
+#[test]
+fn a_guest_filling_its_memory_to_the_limit_sees_malloc_fail_and_exits_0() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    for mib in [64u64, 128] {
+        let limit = (mib << 20).to_string();
+        let id = format!("hog-{mib}");
+        let out = node.probe(&["--memory-limit", &limit], &image, &id, &["hog"]);
+        let got = allocated_mib(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(got <= mib && got >= mib / 2, "{mib} MiB limit: got {got} MiB");
+    }
+    node.containerd.assert_clean();
+}
+
+#[test]
+#[ignore]
+fn zz_measure_shim_overhead() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    for mb in ["0", "32"] {
+        let id = format!("m{mb}");
+        node.run_detached(&["--memory-limit", "268435456"], &image, &id, &["/probe.wasm", "alloc", mb]);
+        assert!(node.wait_for_status(&id, "STOPPED", Duration::from_secs(10)));
+        let dir = format!("/sys/fs/cgroup/memory/default/{id}");
+        let max = std::fs::read_to_string(format!("{dir}/memory.max_usage_in_bytes")).unwrap();
+        let usage = std::fs::read_to_string(format!("{dir}/memory.usage_in_bytes")).unwrap();
+        let stat = std::fs::read_to_string(format!("{dir}/memory.stat")).unwrap();
+        eprintln!("== alloc {mb}: max {} usage {}\n{}", max.trim(), usage.trim(), stat.lines().take(18).collect::<Vec<_>>().join("\n"));
+        node.containerd.ctr(&["task", "delete", &id]);
+        node.containerd.ctr(&["containers", "rm", &id]);
+    }
+}
