@@ -809,6 +809,49 @@ fn a_linux_container_over_its_memory_limit_is_reported_oom_killed() {
     node.assert_clean(&[netns]);
 }
 
+#[test]
+fn a_wasm_hog_at_its_limit_sees_malloc_fail_while_its_wasm_and_linux_neighbours_run_on() {
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let busybox = node.linux_image();
+    let pod = node.run_pod("hogs").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let sibling = node
+        .run_container(&pod, "sibling", &image, &["sleep"], &[])
+        .expect("the sleeping Wasm sibling");
+    let sidecar = node
+        .run_container(&pod, "sidecar", &busybox, &["sleep", "1000"], &[])
+        .expect("the Linux sidecar");
+    let mut config = container_config("hog", &image, &["hog"]);
+    config.linux.as_mut().unwrap().resources = Some(k8s_cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    });
+    let hog = node.run_container_with(&pod, config).expect("the hog");
+    let status = node.wait_exited(&hog, Duration::from_secs(60));
+    // A failed allocation: the guest's own exit, not 137 and OOMKilled.
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+    let lines = node.log_lines("hogs", "hog");
+    let mib: u64 = lines
+        .iter()
+        .find_map(|(_, l)| l.strip_prefix("allocated_mib=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no allocated_mib=N in {lines:?}"));
+    assert!((32..=64).contains(&mib), "reached {mib} MiB under 64 MiB");
+    for neighbour in [&sibling, &sidecar] {
+        assert_eq!(
+            node.container_status(neighbour).state(),
+            k8s_cri::v1::ContainerState::ContainerRunning,
+            "{neighbour}"
+        );
+    }
+    for id in [&hog, &sibling, &sidecar] {
+        node.stop_container(id, 2).expect("StopContainer");
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
+
 /// The memory limit of process `pid`'s cgroup, in bytes (cgroup v1 or v2).
 fn memory_limit_of(pid: u32) -> String {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

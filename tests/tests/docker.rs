@@ -398,6 +398,38 @@ fn memory_pids_and_cpu_flags_limit_the_container() {
 }
 
 #[test]
+fn a_guest_filling_its_memory_under_docker_memory_sees_malloc_fail_not_an_oom_kill() {
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    host.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "hog",
+        "--memory",
+        "64m",
+        "--runtime",
+        RUNTIME,
+        "--platform",
+        "wasi/wasm",
+        &image,
+        "hog",
+    ]);
+    assert_eq!(host.docker.ok(&["wait", "hog"]).trim(), "0");
+    let logs = host.docker.ok(&["logs", "hog"]);
+    let mib: u64 = logs
+        .trim()
+        .strip_prefix("allocated_mib=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no allocated_mib=N in {logs:?}"));
+    assert!((32..=64).contains(&mib), "reached {mib} MiB under 64m");
+    // A kernel OOM kill would read `true` here, with exit code 137.
+    assert_eq!(host.inspect("hog", "{{.State.OOMKilled}}"), "false");
+    host.docker.ok(&["rm", "hog"]);
+    host.docker.assert_clean();
+}
+
+#[test]
 fn twenty_docker_runs_in_parallel_all_succeed_and_leave_nothing() {
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
