@@ -5,7 +5,10 @@
 ;; GET /PATH answers `hello from wasm at /PATH` and prints the path on stdout;
 ;; /slow answers after 2 seconds (a request in flight during shutdown),
 ;; /hang after 60 (one that outlasts a grace period);
-;; /trap traps (the server answers 500 and counts a failure).
+;; /trap traps (the server answers 500 and counts a failure);
+;; /grow takes 16 MiB more memory, writes all of it and holds it for a
+;; second before it answers (under a memory limit, the requests that do
+;; not fit trap and get 500 while the others are served).
 (module
   (import "wasi:http/types@0.2.12" "[constructor]fields" (func $fields_new (result i32)))
   (import "wasi:http/types@0.2.12" "[constructor]outgoing-response" (func $response_new (param i32) (result i32)))
@@ -31,6 +34,7 @@
   (data (i32.const 64) "/slow")
   (data (i32.const 80) "/trap")
   (data (i32.const 96) "/hang")
+  (data (i32.const 112) "/grow")
 
   (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
     (local $p i32)
@@ -60,6 +64,17 @@
     (call $block (local.get $pollable))
     (call $pollable_drop (local.get $pollable)))
 
+  ;; PAGES more pages of memory, every byte written; a trap when refused.
+  (func $grow_and_fill (param $pages i32)
+    (local $old i32)
+    (local.set $old (memory.grow (local.get $pages)))
+    (if (i32.eq (local.get $old) (i32.const -1))
+      (then unreachable))
+    (memory.fill
+      (i32.mul (local.get $old) (i32.const 65536))
+      (i32.const 1)
+      (i32.mul (local.get $pages) (i32.const 65536))))
+
   (func (export "wasi:http/incoming-handler@0.2.12#handle") (param $request i32) (param $outparam i32)
     (local $path i32) (local $len i32) (local $response i32) (local $body i32)
     (local $stream i32) (local $stdout i32)
@@ -82,6 +97,10 @@
       (then (call $sleep (i64.const 2000000000))))
     (if (call $is (local.get $path) (local.get $len) (i32.const 96))
       (then (call $sleep (i64.const 60000000000))))
+    (if (call $is (local.get $path) (local.get $len) (i32.const 112))
+      (then
+        (call $grow_and_fill (i32.const 256))
+        (call $sleep (i64.const 1000000000))))
 
     ;; result<outgoing-body> / result<output-stream> at 560: tag, handle.
     (local.set $response (call $response_new (call $fields_new)))

@@ -1608,6 +1608,51 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
 }
 
 #[test]
+fn http_requests_that_allocate_past_the_limit_fail_alone_and_the_server_goes_on() {
+    let node = Node::new();
+    let image = node.image("http-grow", wasmbox_tests::http_hello(), &[]);
+    let port = wasmbox_tests::free_port();
+    let annotation = format!("dev.wasmbox.http.port={port}");
+    node.run_detached(
+        &[
+            "--net-host",
+            "--annotation",
+            "dev.wasmbox.wasi.network=host",
+            "--annotation",
+            &annotation,
+            "--memory-limit",
+            "67108864",
+        ],
+        &image,
+        "grow",
+        &[],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    wait_for_http(&addr);
+    // Twelve at once, each holding 16 MiB for a second: 192 MiB wanted.
+    let statuses: Vec<Option<u16>> = std::thread::scope(|scope| {
+        let asks: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| wasmbox_tests::http_status(&addr, "/grow")))
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    let served = statuses.iter().filter(|s| **s == Some(200)).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| matches!(s, Some(500 | 503)))
+        .count();
+    assert!(
+        served >= 1 && served <= 3 && served + refused == 12,
+        "{statuses:?}"
+    );
+    // Each failed alone: the memory came back, and the shim lives on.
+    assert_eq!(wasmbox_tests::http_status(&addr, "/grow"), Some(200));
+    assert_eq!(node.task_status("grow").as_deref(), Some("RUNNING"));
+    node.kill_and_remove("grow");
+    node.containerd.assert_clean();
+}
+
+#[test]
 fn a_guest_that_opens_more_files_than_its_nofile_limit_gets_emfile() {
     let node = Node::new();
     let image = node.image("openloop", probe(), &[]);
