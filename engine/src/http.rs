@@ -52,9 +52,8 @@ const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
 /// two tables (a component and its adapter), and a stack. A container holds
 /// this from its budget for each request it ever ran at the same time,
 /// since that many slots stay warm (see `Server::hold_warm_slots`).
-pub const SLOT_KEPT_RESIDENT: u64 = (2 * LINEAR_MEMORY_KEEP_RESIDENT
-    + 2 * TABLE_KEEP_RESIDENT
-    + ASYNC_STACK_KEEP_RESIDENT) as u64;
+pub const SLOT_KEPT_RESIDENT: u64 =
+    (2 * LINEAR_MEMORY_KEEP_RESIDENT + 2 * TABLE_KEEP_RESIDENT + ASYNC_STACK_KEEP_RESIDENT) as u64;
 /// Connections one container holds open; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests one container runs at a time unless the spec says otherwise

@@ -29,8 +29,8 @@ pub mod tiering;
 use features::{Features, config};
 pub use features::{known_features, parse_features};
 pub use identity::Identity;
-pub use meter::{GuestMeter, SharedBudget};
 use meter::MeteredLimits;
+pub use meter::{GuestMeter, SharedBudget};
 pub use stdio::Stdio;
 use stdio::{wasi_builder, wasi_without_stdio};
 

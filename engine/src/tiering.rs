@@ -101,9 +101,8 @@ pub(crate) fn tier_up_in_background(
     path: PathBuf,
 ) {
     if DEFERRED.load(Ordering::Relaxed) {
-        let tier_up = move || {
-            tier_up_in_background(cache, optimized, bytes, baseline_entry, digest, path)
-        };
+        let tier_up =
+            move || tier_up_in_background(cache, optimized, bytes, baseline_entry, digest, path);
         WAITING
             .lock()
             .unwrap_or_else(|e| e.into_inner())

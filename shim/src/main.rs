@@ -210,6 +210,24 @@ impl containerd_shim::Shim for WasmShim {
                 warn!("cleanup of {}: {e:#}", bundle.display());
             }
             if let Some(path) = cgroups_path {
+                // The kernel's OOM killer ended the shim that ran this Wasm
+                // container in its cgroup (the backstop behind the guests'
+                // budget): say so, as runc's shim would have, so the CRI
+                // reports OOMKilled and Docker `OOMKilled: true`.
+                if !bundle.join("init.pid").exists()
+                    && containerd_shim_wasmtime::cgroup::oom_kills_in(&path) > 0
+                {
+                    warn!("{}: the kernel's OOM killer ended the shim", self.id);
+                    let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+                    Events::new(address).publish(
+                        &self.namespace,
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id: self.id.clone(),
+                            ..Default::default()
+                        }),
+                    );
+                }
                 containerd_shim_wasmtime::cgroup::remove_left_behind(&path);
             }
         }

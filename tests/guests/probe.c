@@ -48,6 +48,16 @@ int main(int argc, char **argv) {
     fclose(f);
     return 0;
   }
+  if (strcmp(mode, "fill") == 0 && argc > 2) {
+    // Writes 1 MiB blocks into the file until a write fails; prints how many.
+    static char block[1 << 20];
+    memset(block, 1, sizeof block);
+    FILE *f = fopen(argv[2], "w");
+    size_t mib = 0;
+    while (f && fwrite(block, 1, sizeof block, f) == sizeof block && fflush(f) == 0) mib++;
+    printf("wrote_mib=%zu\n", mib);
+    return 0;
+  }
   if (strcmp(mode, "write") == 0 && argc > 2) {
     FILE *f = fopen(argv[2], "w");
     if (!f || fputs("written\n", f) < 0 || fclose(f) != 0) {

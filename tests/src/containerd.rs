@@ -201,13 +201,18 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET ARGS…`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new(&self.ctr)
-            .arg("-a")
-            .arg(&self.address)
+        self.ctr_command()
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("run ctr")
+    }
+
+    /// `ctr -a SOCKET`, to add arguments to and spawn (`ctr events`).
+    pub fn ctr_command(&self) -> Command {
+        let mut command = Command::new(&self.ctr);
+        command.arg("-a").arg(&self.address);
+        command
     }
 
     pub fn log(&self) -> String {

@@ -1642,7 +1642,7 @@ fn http_requests_that_allocate_past_the_limit_fail_alone_and_the_server_goes_on(
         .filter(|s| matches!(s, Some(500 | 503)))
         .count();
     assert!(
-        served >= 1 && served <= 3 && served + refused == 12,
+        (1..=3).contains(&served) && served + refused == 12,
         "{statuses:?}"
     );
     // Each failed alone: the memory came back, and the shim lives on.
@@ -2358,7 +2358,59 @@ fn a_wat_guest_filling_one_memory_page_by_page_stops_at_its_limit() {
     // An exit status at all tells a failed memory.grow from an OOM kill
     // (which ends `ctr run` with "ttrpc: closed" and no status).
     let mib = out.status.code().unwrap_or(-1);
-    assert!((32..=64).contains(&mib), "reached {mib} MiB: {}", stderr(&out));
+    assert!(
+        (32..=64).contains(&mib),
+        "reached {mib} MiB: {}",
+        stderr(&out)
+    );
+    node.containerd.assert_clean();
+}
+
+#[test]
+fn a_shim_the_kernel_oom_kills_is_reported_as_an_oom_kill_with_137() {
+    // Files in a tmpfs are memory of the cgroup that no guest budget
+    // covers: writing 256 MiB into one under a 64 MiB limit makes the
+    // kernel's OOM killer end the shim, the backstop behind the budget.
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let mut events = node
+        .containerd
+        .ctr_command()
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    let tmpfs = "type=tmpfs,src=tmpfs,dst=/scratch,options=size=256m";
+    node.run_detached(
+        &["--memory-limit", "67108864", "--mount", tmpfs],
+        &image,
+        "oom",
+        &["/probe.wasm", "fill", "/scratch/big"],
+    );
+    wait_until(Duration::from_secs(30), "the task gone", || {
+        match node.task_status("oom").as_deref() {
+            None | Some("STOPPED") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |topic: &str| {
+        seen.lines()
+            .find(|l| l.contains(topic) && l.contains("\"oom\""))
+            .unwrap_or_else(|| panic!("no {topic} for oom in:\n{seen}"))
+            .to_string()
+    };
+    line("/tasks/oom");
+    assert!(
+        line("/tasks/exit").contains("\"exit_status\":137"),
+        "{seen}"
+    );
+    node.containerd.ctr(&["task", "delete", "oom"]);
+    node.containerd.ctr(&["containers", "rm", "oom"]);
     node.containerd.assert_clean();
 }
 
@@ -2372,7 +2424,10 @@ fn a_guest_filling_its_memory_to_the_limit_sees_malloc_fail_and_exits_0() {
         let out = node.probe(&["--memory-limit", &limit], &image, &id, &["hog"]);
         let got = allocated_mib(&out);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        assert!(got <= mib && got >= mib / 2, "{mib} MiB limit: got {got} MiB");
+        assert!(
+            got <= mib && got >= mib / 2,
+            "{mib} MiB limit: got {got} MiB"
+        );
     }
     node.containerd.assert_clean();
 }
