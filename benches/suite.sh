@@ -8,7 +8,8 @@
 # Knobs (environment): RUNS (start-ups per case, default 20), PY_RUNS (CPython
 # starts per case, 5), DENSITY (container counts, "100 500 1000"; a count is
 # skipped when the machine has less than 12 MB of available memory per
-# container), IDLE_WINDOW (s, 10), HTTP_REQUESTS (20000), TASKS (per loop, 40),
+# container), DENSITY_MEMORY_LIMIT (bytes, each density container's
+# --memory-limit, default 64 MiB; 0 for none), IDLE_WINDOW (s, 10), HTTP_REQUESTS (20000), TASKS (per loop, 40),
 # PROFILE (release), SECTIONS (a subset of "start python throughput http
 # density packer mixed" to measure again; the other rows are kept from the last run).
 set -euo pipefail
@@ -18,6 +19,7 @@ source benches/lib.sh
 runs=${RUNS:-20}
 py_runs=${PY_RUNS:-5}
 density=${DENSITY:-100 500 1000}
+density_limit=${DENSITY_MEMORY_LIMIT:-67108864}
 idle_window=${IDLE_WINDOW:-10}
 http_requests=${HTTP_REQUESTS:-20000}
 tasks=${TASKS:-40}
@@ -160,7 +162,9 @@ fi
 start_all() { # start_all RUNTIME IMAGE PREFIX N PROGRAM: ms until all N run
   local rt=$1 image=$2 prefix=$3 n=$4 program=$5 s
   s=$(now_ns)
-  seq "$n" | xargs -P 8 -I{} $CTR run -d --runtime "$rt" "$image" "$prefix{}" "$program" >/dev/null
+  local limit=()
+  [ "$density_limit" = 0 ] || limit=(--memory-limit "$density_limit")
+  seq "$n" | xargs -P 8 -I{} $CTR run -d --runtime "$rt" "${limit[@]}" "$image" "$prefix{}" "$program" >/dev/null
   until [ "$($CTR task ls | awk -v p="^$prefix" '$1 ~ p && $3 == "RUNNING"' | wc -l)" -ge "$n" ]; do sleep 0.2; done
   ms_since "$s"
 }
@@ -172,7 +176,7 @@ for n in $density; do
     row density "N=$n" "skipped ($avail_mb MB available)" "" "" "" ""
     continue
   fi
-  echo "density: N=$n sleepers each" >&2
+  echo "density: N=$n sleepers each, memory limit $density_limit" >&2
   for rt in wasm runc; do
     if [ $rt = wasm ]; then
       t=$(start_all io.containerd.wasmtime.v1 bench.test/sleeper-wasm:v1 "dw$n-" "$n" /sleeper.wasm)
@@ -189,7 +193,7 @@ for n in $density; do
     remove_all "$prefix" "$n"
   done
   row density "N=$n: ms until all run" "$time_wasm" "$time_runc" "$(ratio "$time_wasm" "$time_runc")" "" ""
-  row density "N=$n: PSS per container (MB)" "$pss_wasm" "$pss_runc" "$(ratio "$pss_wasm" "$pss_runc")" "≤ 3 MB" "$(at_most "$pss_wasm" 3)"
+  row density "N=$n: PSS per container (MB), $((density_limit >> 20)) MiB limit each" "$pss_wasm" "$pss_runc" "$(ratio "$pss_wasm" "$pss_runc")" "≤ 3 MB" "$(at_most "$pss_wasm" 3)"
   row idle "N=$n: CPU per idle container (ms/s)" "$cpu_wasm" "$cpu_runc" "" "≤ 0.05 ms/s" "$(at_most "$cpu_wasm" 0.05)"
 done
 stop_services

@@ -122,6 +122,14 @@ fn runtime_class_matches_installer() {
         selector,
         BTreeMap::from([(NODE_LABEL.to_owned(), NODE_LABEL_VALUE.to_owned())])
     );
+    // The pod shim's own memory, which the kubelet adds to the pod's limit.
+    let memory = rc
+        .overhead
+        .as_ref()
+        .and_then(|o| o.pod_fixed.as_ref())
+        .and_then(|fixed| fixed.get("memory"))
+        .map(|q| q.0.clone());
+    assert_eq!(memory.as_deref(), Some("16Mi"));
 }
 
 #[test]
