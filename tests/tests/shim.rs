@@ -142,6 +142,26 @@ impl Node {
 }
 
 /// Waits until an HTTP server answers 200 at `addr`.
+/// Runs http-hello detached as `id` (with `opts`) on the host network, on a
+/// free port; returns its address once it answers.
+fn serve_http_hello(node: &Node, id: &str, opts: &[&str]) -> String {
+    let image = node.image(id, wasmbox_tests::http_hello(), &[]);
+    let port = wasmbox_tests::free_port();
+    let annotation = format!("dev.wasmbox.http.port={port}");
+    let mut all = vec![
+        "--net-host",
+        "--annotation",
+        "dev.wasmbox.wasi.network=host",
+        "--annotation",
+        &annotation,
+    ];
+    all.extend_from_slice(opts);
+    node.run_detached(&all, &image, id, &[]);
+    let addr = format!("127.0.0.1:{port}");
+    wait_for_http(&addr);
+    addr
+}
+
 fn wait_for_http(addr: &str) {
     wait_until(
         Duration::from_secs(10),
@@ -1542,23 +1562,7 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     let node = Node::new();
-    let image = node.image("http-held", wasmbox_tests::http_hello(), &[]);
-    let port = wasmbox_tests::free_port();
-    let annotation = format!("dev.wasmbox.http.port={port}");
-    node.run_detached(
-        &[
-            "--net-host",
-            "--annotation",
-            "dev.wasmbox.wasi.network=host",
-            "--annotation",
-            &annotation,
-        ],
-        &image,
-        "held",
-        &[],
-    );
-    let addr = format!("127.0.0.1:{port}");
-    wait_for_http(&addr);
+    let addr = serve_http_hello(&node, "held", &[]);
 
     // 300 connections that never send a byte, and one that never ends its headers.
     let idle: Vec<TcpStream> = (0..300)
@@ -1610,25 +1614,7 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
 #[test]
 fn http_requests_that_allocate_past_the_limit_fail_alone_and_the_server_goes_on() {
     let node = Node::new();
-    let image = node.image("http-grow", wasmbox_tests::http_hello(), &[]);
-    let port = wasmbox_tests::free_port();
-    let annotation = format!("dev.wasmbox.http.port={port}");
-    node.run_detached(
-        &[
-            "--net-host",
-            "--annotation",
-            "dev.wasmbox.wasi.network=host",
-            "--annotation",
-            &annotation,
-            "--memory-limit",
-            "67108864",
-        ],
-        &image,
-        "grow",
-        &[],
-    );
-    let addr = format!("127.0.0.1:{port}");
-    wait_for_http(&addr);
+    let addr = serve_http_hello(&node, "grow", &["--memory-limit", "67108864"]);
     // Twelve at once, each holding 16 MiB for a second: 192 MiB wanted.
     let statuses: Vec<Option<u16>> = std::thread::scope(|scope| {
         let asks: Vec<_> = (0..12)
