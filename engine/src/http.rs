@@ -51,7 +51,7 @@ const ASYNC_STACK_KEEP_RESIDENT: usize = 64 << 10;
 /// What one request's slot keeps resident after it ends: two memories and
 /// two tables (a component and its adapter), and a stack. A container holds
 /// this from its budget for each request it ever ran at the same time,
-/// since that many slots stay warm (see `Server::hold_warm_slots`).
+/// since that many slots stay warm (see `Server::enter`).
 pub const SLOT_KEPT_RESIDENT: u64 =
     (2 * LINEAR_MEMORY_KEEP_RESIDENT + 2 * TABLE_KEEP_RESIDENT + ASYNC_STACK_KEEP_RESIDENT) as u64;
 /// Connections one container holds open; more wait in the listen backlog.
@@ -439,7 +439,6 @@ impl Server {
             .acquire_owned()
             .await
             .context("the server is stopping")?;
-        let in_flight = self.enter()?;
         let mut limits = MeteredLimits::new(&self.spec);
         if !limits.take(REQUEST_HOST_BYTES) {
             return Err(OverMemoryLimit {
@@ -447,6 +446,7 @@ impl Server {
             }
             .into());
         }
+        let in_flight = self.enter()?;
         let request = request.map(|body| {
             http_body_util::Limited::new(body, MAX_REQUEST_BODY).map_err(|e| {
                 if e.is::<http_body_util::LengthLimitError>() {
@@ -507,9 +507,8 @@ impl Server {
                     REQUEST_DEADLINE.as_secs()
                 ))),
             };
-            drop(slot);
-            drop(store);
-            drop(in_flight);
+            // The output first: its buffers are part of what the request
+            // took from the budget, and of the concurrency it holds.
             for (pipe, sink) in [(stdout, out_sink), (stderr, err_sink)] {
                 let bytes = pipe.contents();
                 if let (false, Some(sink)) = (bytes.is_empty(), sink) {
@@ -518,6 +517,9 @@ impl Server {
                     let _ = sink.flush().await;
                 }
             }
+            drop(store);
+            drop(in_flight);
+            drop(slot);
             result.map_err(anyhow::Error::from)
         });
         // Dropped (the client left, hyper dropped this future) before the

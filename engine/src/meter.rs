@@ -22,7 +22,8 @@ pub struct GuestMeter {
 }
 
 impl GuestMeter {
-    /// Bytes of linear memory the guest has now (what it grew to).
+    /// Bytes the guest holds now: its linear memories and tables, and the
+    /// host buffers its `wasi:http` requests hold.
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes.load(Ordering::Relaxed)
     }
@@ -101,14 +102,17 @@ impl SharedBudget {
     }
 }
 
-/// Takes `bytes` from `counter` unless that passes `limit`.
+/// Takes `bytes` from `counter` unless that passes `limit` (or overflows);
+/// one compare-and-swap, so a concurrent taker is never refused for bytes
+/// that were only briefly counted.
 fn take_from(counter: &AtomicU64, limit: Option<u64>, bytes: u64) -> bool {
-    let before = counter.fetch_add(bytes, Ordering::Relaxed);
-    if limit.is_some_and(|limit| before + bytes > limit) {
-        counter.fetch_sub(bytes, Ordering::Relaxed);
-        return false;
-    }
-    true
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |before| {
+            before
+                .checked_add(bytes)
+                .filter(|after| limit.is_none_or(|limit| *after <= limit))
+        })
+        .is_ok()
 }
 
 /// A store's limiter: every memory and table it grows is counted into the
@@ -124,6 +128,8 @@ pub(crate) struct MeteredLimits {
     shared: Option<Arc<SharedBudget>>,
     /// Bytes this store added to the meter, taken off again when it drops.
     added: u64,
+    /// The last growth taken, given back if wasmtime then fails it.
+    pending: u64,
 }
 
 impl MeteredLimits {
@@ -134,6 +140,7 @@ impl MeteredLimits {
             meter: spec.meter.clone(),
             shared: spec.shared_budget.clone(),
             added: 0,
+            pending: 0,
         }
     }
 
@@ -151,6 +158,41 @@ impl MeteredLimits {
         }
         self.added += bytes;
         true
+    }
+
+    /// Gives `bytes` back to both budgets.
+    fn give_back(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.added);
+        self.meter.memory_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(shared) = &self.shared {
+            shared.used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.added -= bytes;
+    }
+
+    /// A growth from `current` to `desired` bytes: refused past `maximum`
+    /// (wasmtime would fail it anyway, after asking), else taken.
+    fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {
+        self.pending = 0;
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return false;
+        }
+        let bytes = desired.saturating_sub(current);
+        if !self.take(bytes) {
+            return false;
+        }
+        self.pending = bytes;
+        true
+    }
+
+    /// wasmtime failed a growth: the one just taken is given back, unless
+    /// the failure came before the limiter was asked (a growth past the
+    /// memory type's own limits, which wasmtime checks first).
+    fn grow_failed(&mut self, error: &wasmtime::Error) {
+        let pending = std::mem::take(&mut self.pending);
+        if !error.to_string().contains("type's limits") {
+            self.give_back(pending);
+        }
     }
 }
 
@@ -170,18 +212,33 @@ impl wasmtime::ResourceLimiter for MeteredLimits {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.take(desired.saturating_sub(current) as u64))
+        Ok(self.grow(current as u64, desired as u64, maximum.map(|m| m as u64)))
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed(&error);
+        Ok(())
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.take(desired.saturating_sub(current) as u64 * TABLE_ELEMENT_BYTES))
+        // Elements as bytes; a count too big to say in bytes is refused.
+        let bytes = |elements: usize| (elements as u64).checked_mul(TABLE_ELEMENT_BYTES);
+        let (Some(current), Some(desired)) = (bytes(current), bytes(desired)) else {
+            return Ok(false);
+        };
+        Ok(self.grow(current, desired, maximum.and_then(bytes)))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed(&error);
+        Ok(())
     }
 
     fn instances(&self) -> usize {
@@ -194,5 +251,61 @@ impl wasmtime::ResourceLimiter for MeteredLimits {
 
     fn memories(&self) -> usize {
         DEFAULT_MEMORY_LIMIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(limit: Option<u64>) -> MeteredLimits {
+        MeteredLimits::new(&RunSpec {
+            memory_limit: limit.map(|l| l as usize),
+            shared_budget: Some(Arc::new(SharedBudget::default())),
+            ..Default::default()
+        })
+    }
+
+    fn held(limits: &MeteredLimits) -> (u64, u64) {
+        let shared = limits.shared.as_ref().unwrap().used();
+        (limits.meter.memory_bytes(), shared)
+    }
+
+    #[test]
+    fn a_growth_refused_or_failed_takes_nothing_from_either_budget() {
+        let mut l = limits(Some(1 << 20));
+        assert!(!l.grow(0, 2 << 20, None), "past the limit");
+        assert!(!l.grow(0, 8192, Some(4096)), "past the memory's maximum");
+        assert_eq!(held(&l), (0, 0));
+        assert!(l.grow(0, 4096, None));
+        assert_eq!(held(&l), (4096, 4096));
+        // wasmtime could not map it after the limiter said yes: given back.
+        l.grow_failed(&wasmtime::Error::msg("Memory maximum size exceeded"));
+        assert_eq!(held(&l), (0, 0));
+        // A failure before the limiter was asked leaves the last growth taken.
+        assert!(l.grow(0, 4096, None));
+        l.grow_failed(&wasmtime::Error::msg(
+            "memory growth exceeds memory type's limits",
+        ));
+        assert_eq!(held(&l), (4096, 4096));
+        drop(l);
+    }
+
+    #[test]
+    fn a_growth_that_would_overflow_the_count_is_refused() {
+        let mut l = limits(None);
+        assert!(l.take(4096));
+        assert!(!l.take(u64::MAX), "wrapped past u64::MAX");
+        assert_eq!(held(&l), (4096, 4096));
+    }
+
+    #[test]
+    fn what_a_store_took_goes_back_when_it_drops() {
+        let l = limits(Some(1 << 20));
+        let (meter, shared) = (l.meter.clone(), l.shared.clone().unwrap());
+        let mut l = l;
+        assert!(l.take(1000));
+        drop(l);
+        assert_eq!((meter.memory_bytes(), shared.used()), (0, 0));
     }
 }

@@ -128,6 +128,7 @@ impl Container {
                 Some(path) => crate::cgroup::join(path, limits)?,
                 None => None,
             };
+            crate::memory::after_join();
             let loaded = (|| {
                 let mut run = crate::spec::run_spec(&spec, &rootfs, || {
                     // In the bundle, not the rootfs: containerd removes it at delete.

@@ -18,8 +18,7 @@
 //! overhead (`RuntimeClass.overhead`, which the kubelet adds to the pod's
 //! cgroup limit).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Result, bail};
 
@@ -56,22 +55,31 @@ pub struct Sizing {
 /// budget only counts. Fails, as a wrong spec, when the limit leaves the
 /// guests nothing.
 pub fn size_shared_budget() -> Result<Option<Sizing>> {
-    static SHIM_BYTES: AtomicU64 = AtomicU64::new(0);
+    /// The most the shim ever held itself; the lock makes each
+    /// measure-and-set whole when a pod's containers are created at once.
+    static SHIM_BYTES: Mutex<u64> = Mutex::new(0);
+    let mut most = SHIM_BYTES.lock().unwrap_or_else(|e| e.into_inner());
     let budget = shared_budget();
-    let Some(charge) = crate::cgroup::joined_memory() else {
-        return Ok(None);
-    };
-    let Some(limit) = charge.limit else {
+    let Some((limit, working_set)) =
+        crate::cgroup::joined_memory().and_then(|charge| Some((charge.limit?, charge.working_set)))
+    else {
         budget.set_limit(None);
         return Ok(None);
     };
-    let now = charge.working_set.saturating_sub(budget.used());
-    let shim_bytes = SHIM_BYTES.fetch_max(now, Ordering::Relaxed).max(now);
-    let sizing = sizing(limit, shim_bytes)?;
+    *most = (*most).max(working_set.saturating_sub(budget.used()));
+    let sizing = sizing(limit, *most)?;
     budget.set_limit(Some(sizing.guest_budget));
-    // A Cranelift compile beside the guest would take the guest's memory.
-    crate::engine::tiering::defer_until_finish();
     Ok(Some(sizing))
+}
+
+/// Right after the shim joined a container's cgroup, before it loads the
+/// module: when that cgroup's memory is limited, a big module's Cranelift
+/// tier-up waits until the shim has left it, so that the compile never
+/// takes the guest's memory.
+pub fn after_join() {
+    if crate::cgroup::joined_memory().is_some_and(|charge| charge.limit.is_some()) {
+        crate::engine::tiering::defer_until_finish();
+    }
 }
 
 fn sizing(cgroup_limit: u64, shim_bytes: u64) -> Result<Sizing> {
