@@ -77,6 +77,25 @@ impl Host {
         self.docker.run(&full)
     }
 
+    /// `docker run -d --name NAME --runtime RUNTIME --platform wasi/wasm
+    /// OPTS… IMAGE ARGS…`, asserted to succeed.
+    fn run_detached(&self, name: &str, opts: &[&str], image: &str, args: &[&str]) {
+        let mut full = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+        ];
+        full.extend_from_slice(opts);
+        full.push(image);
+        full.extend_from_slice(args);
+        self.docker.ok(&full);
+    }
+
     /// `docker inspect -f FORMAT ID`, trimmed.
     fn inspect(&self, id: &str, format: &str) -> String {
         self.docker
@@ -350,24 +369,12 @@ fn memory_pids_and_cpu_flags_limit_the_container() {
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
     // The limits are written into the container's cgroup, as runc does.
-    host.docker.ok(&[
-        "run",
-        "-d",
-        "--name",
+    host.run_detached(
         "limited",
-        "--memory",
-        "64m",
-        "--pids-limit",
-        "50",
-        "--cpus",
-        "0.5",
-        "--runtime",
-        RUNTIME,
-        "--platform",
-        "wasi/wasm",
+        &["--memory", "64m", "--pids-limit", "50", "--cpus", "0.5"],
         &image,
-        "sleep",
-    ]);
+        &["sleep"],
+    );
     let pid = host.inspect("limited", "{{.State.Pid}}");
     let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     if unified {
@@ -401,20 +408,7 @@ fn memory_pids_and_cpu_flags_limit_the_container() {
 fn a_guest_filling_its_memory_under_docker_memory_sees_malloc_fail_not_an_oom_kill() {
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
-    host.docker.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "hog",
-        "--memory",
-        "64m",
-        "--runtime",
-        RUNTIME,
-        "--platform",
-        "wasi/wasm",
-        &image,
-        "hog",
-    ]);
+    host.run_detached("hog", &["--memory", "64m"], &image, &["hog"]);
     assert_eq!(host.docker.ok(&["wait", "hog"]).trim(), "0");
     let logs = host.docker.ok(&["logs", "hog"]);
     let mib: u64 = logs

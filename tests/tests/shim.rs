@@ -2126,6 +2126,45 @@ fn a_big_module_starts_on_winch_code_and_its_later_starts_load_cranelift_code() 
 }
 
 #[test]
+fn a_memory_limited_shim_tiers_up_only_after_its_container_is_gone() {
+    let node = Node::with_env("WASMBOX_WINCH_MIN_KIB", "4");
+    let image = node.image("probe", probe(), &[]);
+    node.start_probe(
+        &["--memory-limit", "134217728"],
+        &image,
+        "tier-limited",
+        "sleep",
+    );
+    let (winch, _) = cache_files(&node);
+    assert_eq!(winch.len(), 1, "the Winch artifact: {winch:?}");
+    // A tier-up beside the guest would show as a thread compiling, or as
+    // the Winch artifact replaced by Cranelift's when it is done.
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = node.task_pid("tier-limited");
+    let compiling: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("tier-up"))
+        .collect();
+    assert!(
+        compiling.is_empty(),
+        "compiling beside the guest: {compiling:?}"
+    );
+    assert_eq!(cache_files(&node).0, winch, "tiered up beside the guest");
+    // Once the container is deleted the shim leaves its cgroup, compiles
+    // with Cranelift, and only then exits.
+    node.kill_and_remove("tier-limited");
+    node.containerd.assert_clean();
+    let (after, others) = cache_files(&node);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after, winch,
+        "the Cranelift artifact replaced the Winch one"
+    );
+    assert!(others.is_empty(), "lock or temp files left: {others:?}");
+}
+
+#[test]
 fn kill_stops_a_spinning_guest_on_winch_code_within_a_second() {
     let node = Node::with_env("WASMBOX_WINCH_MIN_KIB", "1");
     let image = node.image("probe", probe(), &[]);
