@@ -424,6 +424,24 @@ fn a_guest_filling_its_memory_under_docker_memory_sees_malloc_fail_not_an_oom_ki
 }
 
 #[test]
+fn a_shim_the_kernel_oom_kills_shows_in_docker_inspect_as_oom_killed_137() {
+    // A tmpfs's files are memory no guest budget covers: filling one past
+    // --memory makes the kernel kill the shim, and Docker must say so.
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    host.run_detached(
+        "tmpfs-hog",
+        &["--memory", "64m", "--tmpfs", "/scratch:size=256m"],
+        &image,
+        &["fill", "/scratch/big"],
+    );
+    assert_eq!(host.docker.ok(&["wait", "tmpfs-hog"]).trim(), "137");
+    assert_eq!(host.inspect("tmpfs-hog", "{{.State.OOMKilled}}"), "true");
+    host.docker.ok(&["rm", "tmpfs-hog"]);
+    host.docker.assert_clean();
+}
+
+#[test]
 fn twenty_docker_runs_in_parallel_all_succeed_and_leave_nothing() {
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
