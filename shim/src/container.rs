@@ -128,8 +128,8 @@ impl Container {
                 Some(path) => crate::cgroup::join(path, limits)?,
                 None => None,
             };
-            crate::memory::after_join();
             let loaded = (|| {
+                crate::memory::after_join()?;
                 let mut run = crate::spec::run_spec(&spec, &rootfs, || {
                     // In the bundle, not the rootfs: containerd removes it at delete.
                     image.wasm_layer_to(&bundle.join("wasm-layer.wasm"))

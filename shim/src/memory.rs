@@ -72,14 +72,36 @@ pub fn size_shared_budget() -> Result<Option<Sizing>> {
     Ok(Some(sizing))
 }
 
+/// The smallest memory limit of a cgroup the shim joins: its reserve and as
+/// much again for reading and compiling a small module (3.3 MiB measured
+/// for a release build) and the guest's first pages. Below it the kernel
+/// would kill the shim while it loads the module, before a guest exists.
+pub const MIN_JOINED_LIMIT: u64 = 2 * SHIM_RESERVE;
+
 /// Right after the shim joined a container's cgroup, before it loads the
-/// module: when that cgroup's memory is limited, a big module's Cranelift
-/// tier-up waits until the shim has left it, so that the compile never
-/// takes the guest's memory.
-pub fn after_join() {
-    if crate::cgroup::joined_memory().is_some_and(|charge| charge.limit.is_some()) {
-        crate::engine::tiering::defer_until_finish();
+/// module. A limit below [`MIN_JOINED_LIMIT`] fails, as a wrong spec, in
+/// one sentence. When the cgroup's memory is limited, a big module's
+/// Cranelift tier-up waits until the shim has left it, so that the compile
+/// never takes the guest's memory.
+pub fn after_join() -> Result<()> {
+    let Some(limit) = crate::cgroup::joined_memory().and_then(|charge| charge.limit) else {
+        return Ok(());
+    };
+    check_joined_limit(limit)?;
+    crate::engine::tiering::defer_until_finish();
+    Ok(())
+}
+
+fn check_joined_limit(limit: u64) -> Result<()> {
+    if limit < MIN_JOINED_LIMIT {
+        bail!(InvalidSpec(anyhow::anyhow!(
+            "the memory limit of {} is below the {} a Wasm container's shim needs to load \
+             its module and keep a reserve",
+            mib(limit),
+            mib(MIN_JOINED_LIMIT)
+        )));
     }
+    Ok(())
 }
 
 fn sizing(cgroup_limit: u64, shim_bytes: u64) -> Result<Sizing> {
@@ -114,6 +136,12 @@ mod tests {
     fn the_guest_budget_is_the_limit_less_the_shim_and_its_reserve() {
         let sized = sizing(64 << 20, 10 << 20).unwrap();
         assert_eq!(sized.guest_budget, (64 << 20) - (10 << 20) - SHIM_RESERVE);
+        assert!(check_joined_limit(MIN_JOINED_LIMIT).is_ok());
+        assert_eq!(
+            format!("{:#}", check_joined_limit(4 << 20).unwrap_err()),
+            "the memory limit of 4.0 MiB is below the 8.0 MiB a Wasm container's shim needs \
+             to load its module and keep a reserve"
+        );
         let refused = format!("{:#}", sizing(12 << 20, 10 << 20).unwrap_err());
         assert_eq!(
             refused,

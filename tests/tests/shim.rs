@@ -2440,6 +2440,24 @@ fn a_shim_the_kernel_oom_kills_is_reported_as_an_oom_kill_with_137() {
 }
 
 #[test]
+fn a_memory_limit_too_small_for_the_shim_fails_create_in_one_sentence() {
+    let node = Node::new();
+    let image = node.image("probe", probe(), &[]);
+    let out = node.probe(&["--memory-limit", "4194304"], &image, "tiny", &["hello"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "the memory limit of 4.0 MiB is below the 8.0 MiB a Wasm container's shim needs"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    node.containerd.ctr(&["containers", "rm", "tiny"]);
+    assert_no_cgroup("default/tiny");
+    node.containerd.assert_clean();
+}
+
+#[test]
 fn a_guest_filling_its_memory_to_the_limit_sees_malloc_fail_and_exits_0() {
     let node = Node::new();
     let image = node.image("probe", probe(), &[]);
