@@ -198,12 +198,7 @@ impl MeteredLimits {
 
 impl Drop for MeteredLimits {
     fn drop(&mut self) {
-        self.meter
-            .memory_bytes
-            .fetch_sub(self.added, Ordering::Relaxed);
-        if let Some(shared) = &self.shared {
-            shared.used.fetch_sub(self.added, Ordering::Relaxed);
-        }
+        self.give_back(self.added);
     }
 }
 

@@ -349,13 +349,15 @@ pub fn oom_kills_in(cgroups_path: &str) -> u64 {
     } else {
         "memory.oom_control"
     };
-    std::fs::read_to_string(dir.join(file))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    oom_kill_count(&dir.join(file)).unwrap_or(0)
+}
+
+/// The `oom_kill N` line of v1's `memory.oom_control` or v2's `memory.events`.
+fn oom_kill_count(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
 }
 
 /// The directories of the cgroup at `cgroups_path` (as a spec names it):
@@ -468,11 +470,7 @@ fn watch_oom_v2(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("watching {}", events_file.display()));
     }
-    let oom_kills = move || -> Option<u64> {
-        let text = std::fs::read_to_string(&events_file).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-    };
+    let oom_kills = move || oom_kill_count(&events_file);
     let mut seen = oom_kills().unwrap_or(0);
     std::thread::Builder::new()
         .name("oom-watch".into())

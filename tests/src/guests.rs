@@ -95,6 +95,15 @@ pub fn probe() -> &'static Path {
     })
 }
 
+/// N of the `allocated_mib=N` line the probe's `hog` mode prints, found
+/// in `output`; the test fails, showing `output`, when there is none.
+pub fn allocated_mib(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("allocated_mib=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no allocated_mib=N in {output:?}"))
+}
+
 /// The probe as a `wasi:cli` component (through the WASI preview 1 adapter),
 /// so that its file calls reach the guest as WASI 0.2's.
 pub fn probe_component() -> &'static Path {

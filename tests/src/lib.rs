@@ -26,8 +26,8 @@ pub mod token_server;
 pub use cli::Wasmbox;
 pub use containerd::{Containerd, ContainerdOptions};
 pub use guests::{
-    compile_c, component_from_wat, http_hello, lookup_component, probe, probe_component,
-    sockets_component,
+    allocated_mib, compile_c, component_from_wat, http_hello, lookup_component, probe,
+    probe_component, sockets_component,
 };
 pub use registry::{Registry, RegistryAuth, openssl};
 pub use token_server::TokenServer;

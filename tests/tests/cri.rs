@@ -831,11 +831,12 @@ fn a_wasm_hog_at_its_limit_sees_malloc_fail_while_its_wasm_and_linux_neighbours_
     let status = node.wait_exited(&hog, Duration::from_secs(60));
     // A failed allocation: the guest's own exit, not 137 and OOMKilled.
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
-    let lines = node.log_lines("hogs", "hog");
-    let mib: u64 = lines
-        .iter()
-        .find_map(|(_, l)| l.strip_prefix("allocated_mib=")?.parse().ok())
-        .unwrap_or_else(|| panic!("no allocated_mib=N in {lines:?}"));
+    let log: Vec<String> = node
+        .log_lines("hogs", "hog")
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    let mib = wasmbox_tests::allocated_mib(&log.join("\n"));
     assert!((32..=64).contains(&mib), "reached {mib} MiB under 64 MiB");
     for neighbour in [&sibling, &sidecar] {
         assert_eq!(

@@ -96,6 +96,15 @@ impl Host {
         self.docker.ok(&full);
     }
 
+    /// Waits for container `name` to exit; returns its exit code and
+    /// `OOMKilled`, and removes it.
+    fn exit_and_oom_killed(&self, name: &str) -> (String, String) {
+        let code = self.docker.ok(&["wait", name]).trim().to_string();
+        let oom_killed = self.inspect(name, "{{.State.OOMKilled}}");
+        self.docker.ok(&["rm", name]);
+        (code, oom_killed)
+    }
+
     /// `docker inspect -f FORMAT ID`, trimmed.
     fn inspect(&self, id: &str, format: &str) -> String {
         self.docker
@@ -409,17 +418,14 @@ fn a_guest_filling_its_memory_under_docker_memory_sees_malloc_fail_not_an_oom_ki
     let Some(host) = Host::start() else { return };
     let image = host.probe_image();
     host.run_detached("hog", &["--memory", "64m"], &image, &["hog"]);
-    assert_eq!(host.docker.ok(&["wait", "hog"]).trim(), "0");
-    let logs = host.docker.ok(&["logs", "hog"]);
-    let mib: u64 = logs
-        .trim()
-        .strip_prefix("allocated_mib=")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no allocated_mib=N in {logs:?}"));
+    let logs = host.docker.ok(&["logs", "-f", "hog"]);
+    let mib = wasmbox_tests::allocated_mib(&logs);
     assert!((32..=64).contains(&mib), "reached {mib} MiB under 64m");
-    // A kernel OOM kill would read `true` here, with exit code 137.
-    assert_eq!(host.inspect("hog", "{{.State.OOMKilled}}"), "false");
-    host.docker.ok(&["rm", "hog"]);
+    // A kernel OOM kill would read (137, true) here.
+    assert_eq!(
+        host.exit_and_oom_killed("hog"),
+        ("0".into(), "false".into())
+    );
     host.docker.assert_clean();
 }
 
@@ -435,9 +441,10 @@ fn a_shim_the_kernel_oom_kills_shows_in_docker_inspect_as_oom_killed_137() {
         &image,
         &["fill", "/scratch/big"],
     );
-    assert_eq!(host.docker.ok(&["wait", "tmpfs-hog"]).trim(), "137");
-    assert_eq!(host.inspect("tmpfs-hog", "{{.State.OOMKilled}}"), "true");
-    host.docker.ok(&["rm", "tmpfs-hog"]);
+    assert_eq!(
+        host.exit_and_oom_killed("tmpfs-hog"),
+        ("137".into(), "true".into())
+    );
     host.docker.assert_clean();
 }
 

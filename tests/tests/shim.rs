@@ -2345,22 +2345,6 @@ fn a_linux_container_and_its_execs_get_a_terminal_with_t() {
     node.containerd.assert_clean();
 }
 
-/// `allocated_mib=N` from the probe's `hog` mode.
-fn allocated_mib(out: &Output) -> u64 {
-    stdout(out)
-        .trim()
-        .strip_prefix("allocated_mib=")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no allocated_mib=N (exit {:?}): {}{}",
-                out.status.code(),
-                stdout(out),
-                stderr(out)
-            )
-        })
-}
-
 /// Grows its one memory a page at a time, filling each page, until
 /// `memory.grow` fails; exits with how many MiB it reached.
 const FILL_PAGE_BY_PAGE_WAT: &str = r#"(module
@@ -2465,7 +2449,7 @@ fn a_guest_filling_its_memory_to_the_limit_sees_malloc_fail_and_exits_0() {
         let limit = (mib << 20).to_string();
         let id = format!("hog-{mib}");
         let out = node.probe(&["--memory-limit", &limit], &image, &id, &["hog"]);
-        let got = allocated_mib(&out);
+        let got = wasmbox_tests::allocated_mib(&format!("{}{}", stdout(&out), stderr(&out)));
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(
             got <= mib && got >= mib / 2,
