@@ -1,5 +1,5 @@
 //! The shim's errors as containerd sees them. Each kind is one ttrpc code,
-//! and the task service (main.rs) maps them at its boundary, nowhere else:
+//! and the task service (`service/`) maps them at its boundary, nowhere else:
 //! containerd, `ctr` and the kubelet tell a bad request from a failure by
 //! the code, not the message.
 

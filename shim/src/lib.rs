@@ -1,28 +1,34 @@
 //! containerd-shim-wasmtime: runs Wasm images under containerd.
 //!
-//! Split like runwasi: [`engine`] (the `wasmbox-engine` crate) is the small
-//! wasmtime-specific part (it knows nothing of containerd), [`spec`] turns an OCI runtime spec into the
-//! engine's [`engine::RunSpec`], [`container`] is one container's lifecycle,
-//! [`content`] reads modules kept in an image's Wasm layers, [`memory`] sizes what the guests may take so that the kernel never
-//! OOM-kills the shim, [`mounts`] makes
-//! the guest's filesystem (every mount nodev,nosuid), [`pod`] is the
-//! Kubernetes sandbox and pod network, [`linux`] runs a pod's native Linux
-//! containers with [`runc`] (the shim reaps them: [`reaper`]), [`stdio`]
-//! is the FIFOs and terminals of both kinds, and the ttrpc task service in the binary is containerd plumbing only.
+//! Split like runwasi, in layers that only look down:
+//! - [`service`]: the ttrpc Task service, a thin adapter (registry, routing,
+//!   events, error codes) over
+//! - [`task`]: one [`task::Lifecycle`] for every task and exec, and the one
+//!   [`task::Workload`] trait that the three kinds implement: a Wasm guest in
+//!   this process ([`task::wasm`]), a Linux container run by [`runc`]
+//!   ([`task::linux`], reaped by [`reaper`]), a pod's sandbox ([`task::sandbox`]).
+//! - Below them, what the kinds share: [`spec`] turns an OCI runtime spec into
+//!   the engine's [`engine::RunSpec`]; [`content`] reads modules kept in Wasm
+//!   layers; [`mounts`] makes the guest's filesystem (every mount
+//!   nodev,nosuid); [`cgroup`] and [`memory`] hold guests to their limits so
+//!   that the kernel never OOM-kills the shim; [`pod`] reads the CRI's
+//!   annotations and holds the pod's namespaces; [`stdio`] is the FIFOs and
+//!   terminals of every kind.
+//! - [`engine`] (the `wasmbox-engine` crate) is the wasmtime-specific part;
+//!   it knows nothing of containerd.
 
 pub mod cgroup;
-pub mod container;
 pub mod content;
 pub mod error;
-pub mod linux;
 pub mod memory;
 pub mod mounts;
-pub mod network;
 pub mod pod;
 pub mod reaper;
 pub mod runc;
+pub mod service;
 pub mod spec;
 pub mod stdio;
+pub mod task;
 
 /// The engine lives in its own crate so that `wasmbox run` shares it.
 pub use wasmbox_engine as engine;

@@ -1,29 +1,23 @@
 //! `containerd-shim-wasmtime-v1`: the containerd runtime v2 shim binary.
-//! This file is containerd plumbing only: the ttrpc Task service, events and
-//! the shim's `start`/`delete` bootstrap. Wasm is in the library.
+//! Only the shim's entry points are here: `start` (spawn the server or find
+//! its pod's, print the address), the server (enter the namespaces, serve the
+//! task service of `service/`), and `delete` after a dead shim. Everything
+//! else is in the library.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use containerd_shim::api::{self, Status as ApiStatus};
-use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
-};
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::events::task::TaskOOM;
+use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{
-    Config, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
-};
-use containerd_shim_wasmtime::container::{Container, Exit, RootfsMount, Status};
-use containerd_shim_wasmtime::content::ImageSource;
-use containerd_shim_wasmtime::error::ShimError;
-use containerd_shim_wasmtime::linux::ExecProcess;
-use log::{error, info, warn};
+use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+use containerd_shim_wasmtime::pod::namespaces::Namespaces;
+use containerd_shim_wasmtime::service::{Events, Publish, TaskService, timestamp};
+use containerd_shim_wasmtime::task::Kinds;
+use log::{info, warn};
 
 /// The runtime type containerd knows this shim by.
 const RUNTIME_ID: &str = wasmbox_format::RUNTIME_TYPE;
@@ -63,7 +57,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     use std::os::fd::IntoRawFd;
     // First, while this is the only thread: every later thread inherits
     // the namespaces and the blocked SIGCHLD the reaper takes.
-    containerd_shim_wasmtime::network::enter_container_network(&std::env::current_dir()?)?;
+    let namespaces = Namespaces::enter_for(&std::env::current_dir()?)?;
     containerd_shim_wasmtime::reaper::install()
         .context("becoming the subreaper of runc's containers")?;
     containerd_shim_wasmtime::runc::raise_open_files_limit();
@@ -85,7 +79,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         exit: Arc::new(ExitSignal::default()),
     };
     let service: Arc<dyn containerd_shim::Task + Send + Sync> =
-        Arc::new(TaskService::new(&shim, Events::new(ttrpc_address)));
+        Arc::new(shim.task_service(ttrpc_address, Arc::new(namespaces)));
     let mut methods = containerd_shim::protos::shim::shim_ttrpc::create_task(service.clone());
     for (name, handler) in containerd_shim::protos::shim::shim_ttrpc::create_task(service) {
         methods.insert(
@@ -219,8 +213,7 @@ impl containerd_shim::Shim for WasmShim {
                 {
                     warn!("{}: the kernel's OOM killer ended the shim", self.id);
                     let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-                    Events::new(address).publish(
-                        &self.namespace,
+                    Events::new(address, self.namespace.clone()).publish(
                         topics::TASK_OOM_EVENT_TOPIC,
                         Box::new(TaskOOM {
                             container_id: self.id.clone(),
@@ -244,592 +237,20 @@ impl containerd_shim::Shim for WasmShim {
 
     fn create_task_service(&self, _: RemotePublisher) -> TaskService {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-        TaskService::new(self, Events::new(address))
+        self.task_service(address, Arc::new(Namespaces::default()))
     }
 }
 
-/// containerd's event service, connected for each event: a standing ttrpc
-/// 0.10 client polls its socket every 10 ms, which cost every idle shim 100
-/// wake-ups a second. A container has a handful of events in its life.
-struct Events {
-    address: String,
-}
-
-impl Events {
-    fn new(address: String) -> Events {
-        Events { address }
-    }
-
-    fn publish(&self, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
-        let published = RemotePublisher::new(&self.address).and_then(|publisher| {
-            publisher.publish(ttrpc::context::Context::default(), topic, namespace, event)
-        });
-        if let Err(e) = published {
-            warn!("publishing {topic} to {}: {e}", self.address);
-        }
-    }
-}
-
-/// The runc side of a container, for exec: Wasm containers have none.
-fn linux_of(
-    container: &Container,
-) -> TtrpcResult<&containerd_shim_wasmtime::linux::LinuxContainer> {
-    container
-        .linux()
-        .ok_or_else(|| ShimError::Unimplemented("exec is not supported for Wasm containers").into())
-}
-
-/// Holds a process's exit event back until its start event is out: a
-/// program that ends at once must not be reported stopped before started
-/// (containerd's runc shim holds exits back the same way).
-#[derive(Clone)]
-struct StartGate(Arc<(Mutex<bool>, std::sync::Condvar)>);
-
-impl StartGate {
-    fn new() -> StartGate {
-        StartGate(Arc::new((Mutex::new(false), std::sync::Condvar::new())))
-    }
-
-    fn open(&self) {
-        *self.0.0.lock().unwrap() = true;
-        self.0.1.notify_all();
-    }
-
-    /// Waits until the gate is open (bounded: a start that never returns
-    /// must not hold an exit forever).
-    fn wait(&self) {
-        let open = self.0.0.lock().unwrap();
-        let _ = self
-            .0
-            .1
-            .wait_timeout_while(open, std::time::Duration::from_secs(5), |open| !*open);
-    }
-}
-
-/// The ttrpc Task API for every container of this shim.
-struct TaskService {
-    namespace: String,
-    containerd_address: String,
-    exit: Arc<ExitSignal>,
-    events: Arc<Events>,
-    containers: Arc<Mutex<HashMap<String, Arc<Container>>>>,
-}
-
-fn timestamp(t: SystemTime) -> Timestamp {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let mut ts = Timestamp::new();
-    ts.seconds = d.as_secs() as i64;
-    ts.nanos = d.subsec_nanos() as i32;
-    ts
-}
-
-impl TaskService {
-    fn new(shim: &WasmShim, events: Events) -> TaskService {
-        TaskService {
-            namespace: shim.namespace.clone(),
-            containerd_address: shim.containerd_address.clone(),
-            exit: shim.exit.clone(),
-            events: Arc::new(events),
-            containers: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    fn get(&self, id: &str) -> TtrpcResult<Arc<Container>> {
-        self.containers
-            .lock()
-            .unwrap()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ShimError::NotFound(id.to_string()).into())
-    }
-
-    /// Starts exec `exec_id` in container `id` with runc.
-    fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StartResponse> {
-        let container = self.get(id)?;
-        let linux = linux_of(&container)?;
-        let events = self.events.clone();
-        let namespace = self.namespace.clone();
-        let container_id = id.to_string();
-        let exit_id = container_id.clone();
-        let started = StartGate::new();
-        let gate = started.clone();
-        let result = linux
-            .start_exec(exec_id, move |exec: &ExecProcess, exit: &Exit| {
-                let (_, pid, _) = exec.status();
-                gate.wait();
-                events.publish(
-                    &namespace,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: exit_id,
-                        id: exec.exec_id.clone(),
-                        pid: pid.unwrap_or(0),
-                        exit_status: exit.status,
-                        exited_at: MessageField::some(timestamp(exit.at)),
-                        ..Default::default()
-                    }),
-                );
-            })
-            .map_err(ShimError::FailedPrecondition);
-        if let Ok(pid) = result {
-            self.events.publish(
-                &self.namespace,
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id,
-                    exec_id: exec_id.to_string(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-        }
-        started.open();
-        let pid = result?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn delete_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<api::DeleteResponse> {
-        let exec = self.get_exec(id, exec_id)?;
-        let (_, pid, _) = exec.status();
-        let container = self.get(id)?;
-        let exit = container
-            .linux()
-            .map(|linux| linux.delete_exec(exec_id))
-            .transpose()
-            .map_err(ShimError::FailedPrecondition)?
-            .flatten()
-            .unwrap_or(Exit {
-                status: 0,
-                at: SystemTime::now(),
-            });
-        Ok(api::DeleteResponse {
-            pid: pid.unwrap_or(0),
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
-            ..Default::default()
-        })
-    }
-
-    /// The exec `exec_id` of container `id`; only Linux containers have any.
-    fn get_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<ExecProcess>> {
-        let container = self.get(id)?;
-        let linux = linux_of(&container)?;
-        linux
-            .exec(exec_id)
-            .map_err(|e| ShimError::NotFound(format!("{e:#}")).into())
-    }
-}
-
-impl containerd_shim::Task for TaskService {
-    fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        info!(id = req.id.as_str(); "create");
-        if self.containers.lock().unwrap().contains_key(&req.id) {
-            return Err(ShimError::AlreadyExists(req.id.clone()).into());
-        }
-        let mounts: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                fs_type: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let container = Container::create(
-            &req.id,
-            Path::new(&req.bundle),
-            &mounts,
-            [&req.stdin, &req.stdout, &req.stderr],
-            req.terminal,
-            &ImageSource {
-                containerd_address: self.containerd_address.clone(),
-                namespace: self.namespace.clone(),
-                container_id: req.id.clone(),
-            },
-        )
-        .map_err(|e| {
-            error!(id = req.id.as_str(); "create failed: {e:#}");
-            ShimError::from_create(e)
-        })?;
-        if let Some(linux) = container.linux() {
-            // The kubelet reports OOMKilled from this event.
-            let (events, namespace, id) =
-                (self.events.clone(), self.namespace.clone(), req.id.clone());
-            let watched = linux.watch_oom(move || {
-                info!(id = id.as_str(); "OOM killer acted in the container's cgroup");
-                events.publish(
-                    &namespace,
-                    topics::TASK_OOM_EVENT_TOPIC,
-                    Box::new(TaskOOM {
-                        container_id: id.clone(),
-                        ..Default::default()
-                    }),
-                );
-            });
-            if let Err(e) = watched {
-                warn!(id = req.id.as_str(); "no OOM events: {e:#}");
-            }
-        }
-        self.containers
-            .lock()
-            .unwrap()
-            .insert(req.id.clone(), Arc::new(container));
-        let pid = self.get(&req.id)?.pid();
-        self.events.publish(
-            &self.namespace,
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                pid,
-                ..Default::default()
-            }),
-        );
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn start(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StartRequest,
-    ) -> TtrpcResult<api::StartResponse> {
-        if !req.exec_id.is_empty() {
-            return self.start_exec(&req.id, &req.exec_id);
-        }
-        let container = self.get(&req.id)?;
-        let events = self.events.clone();
-        let namespace = self.namespace.clone();
-        let pid = container.pid();
-        let started = StartGate::new();
-        let gate = started.clone();
-        let result = container
-            .start(move |c: &Container, exit: &Exit| {
-                info!(id = c.id.as_str(), exit_status = exit.status; "exited");
-                gate.wait();
-                events.publish(
-                    &namespace,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: c.id.clone(),
-                        id: c.id.clone(),
-                        pid,
-                        exit_status: exit.status,
-                        exited_at: MessageField::some(timestamp(exit.at)),
-                        ..Default::default()
-                    }),
-                );
-            })
-            .map_err(ShimError::FailedPrecondition);
-        if result.is_ok() {
-            self.events.publish(
-                &self.namespace,
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: req.id.clone(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-        }
-        started.open();
-        result?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn state(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StateRequest,
-    ) -> TtrpcResult<api::StateResponse> {
-        let container = self.get(&req.id)?;
-        let mut resp = api::StateResponse {
-            id: container.id.clone(),
-            bundle: container.bundle.to_string_lossy().into_owned(),
-            ..Default::default()
+impl WasmShim {
+    /// The task service of this shim: its tasks' kinds decided by
+    /// [`Kinds`], its events sent to containerd at `ttrpc_address`.
+    fn task_service(&self, ttrpc_address: String, namespaces: Arc<Namespaces>) -> TaskService {
+        let kinds = Kinds {
+            containerd_address: self.containerd_address.clone(),
+            namespace: self.namespace.clone(),
+            namespaces,
         };
-        let (status, pid, exit) = if req.exec_id.is_empty() {
-            resp.stdin = container.stdin.clone();
-            resp.stdout = container.stdout.clone();
-            resp.stderr = container.stderr.clone();
-            let (status, exit) = container.status();
-            (status, container.pid(), exit)
-        } else {
-            let exec = self.get_exec(&req.id, &req.exec_id)?;
-            resp.exec_id = req.exec_id.clone();
-            [resp.stdin, resp.stdout, resp.stderr] = exec.stdio.clone();
-            let (status, pid, exit) = exec.status();
-            (status, pid.unwrap_or(0), exit)
-        };
-        resp.pid = pid;
-        resp.set_status(match status {
-            Status::Created => ApiStatus::CREATED,
-            Status::Running => ApiStatus::RUNNING,
-            Status::Stopped => ApiStatus::STOPPED,
-        });
-        if let Some(exit) = exit {
-            resp.exit_status = exit.status;
-            resp.exited_at = MessageField::some(timestamp(exit.at));
-        }
-        Ok(resp)
-    }
-
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let exit = if req.exec_id.is_empty() {
-            self.get(&req.id)?.wait()
-        } else {
-            self.get_exec(&req.id, &req.exec_id)?.wait()
-        };
-        Ok(api::WaitResponse {
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
-            ..Default::default()
-        })
-    }
-
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        info!(id = req.id.as_str(), exec_id = req.exec_id.as_str(), signal = req.signal; "kill");
-        let killed = if req.exec_id.is_empty() {
-            self.get(&req.id)?
-                .kill(req.signal, req.all)
-                .map_err(ShimError::Internal)?
-        } else {
-            self.get_exec(&req.id, &req.exec_id)?.kill(req.signal)
-        };
-        if !killed {
-            return Err(
-                ShimError::NotFound(format!("{}: its process already finished", req.id)).into(),
-            );
-        }
-        Ok(api::Empty::new())
-    }
-
-    fn delete(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return self.delete_exec(&req.id, &req.exec_id);
-        }
-        let container = self.get(&req.id)?;
-        let (status, exit) = container.status();
-        if status == Status::Running {
-            return Err(ShimError::FailedPrecondition(anyhow::anyhow!(
-                "container {} is running; kill it first",
-                req.id
-            ))
-            .into());
-        }
-        container.cleanup().map_err(ShimError::Internal)?;
-        self.containers.lock().unwrap().remove(&req.id);
-        let exit = exit.unwrap_or(Exit {
-            status: 0,
-            at: SystemTime::now(),
-        });
-        let pid = container.pid();
-        self.events.publish(
-            &self.namespace,
-            topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
-                container_id: req.id.clone(),
-                id: req.id.clone(),
-                pid,
-                exit_status: exit.status,
-                exited_at: MessageField::some(timestamp(exit.at)),
-                ..Default::default()
-            }),
-        );
-        Ok(api::DeleteResponse {
-            pid,
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
-            ..Default::default()
-        })
-    }
-
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let pids = self.get(&req.id)?.pids();
-        Ok(api::PidsResponse {
-            processes: pids
-                .into_iter()
-                .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
-                    pid,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-    }
-
-    fn stats(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StatsRequest,
-    ) -> TtrpcResult<api::StatsResponse> {
-        let usage = self.get(&req.id)?.usage();
-        let metrics: Box<dyn MessageDyn> = if usage.unified {
-            use containerd_shim::protos::cgroups_v2::metrics as v2;
-            Box::new(v2::Metrics {
-                memory: MessageField::some(v2::MemoryStat {
-                    usage: usage.memory_bytes,
-                    usage_limit: usage.memory_limit,
-                    ..Default::default()
-                }),
-                cpu: MessageField::some(v2::CPUStat {
-                    usage_usec: usage.cpu_nanos / 1000,
-                    ..Default::default()
-                }),
-                pids: MessageField::some(v2::PidsStat {
-                    current: usage.pids,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        } else {
-            use containerd_shim::protos::cgroups::metrics as v1;
-            // Every message field is set, even when empty: Docker's stats
-            // reader dereferences them without checking (it crashed dockerd
-            // 28 on a missing `cpu.throttling`).
-            Box::new(v1::Metrics {
-                memory: MessageField::some(v1::MemoryStat {
-                    usage: MessageField::some(v1::MemoryEntry {
-                        usage: usage.memory_bytes,
-                        limit: usage.memory_limit,
-                        ..Default::default()
-                    }),
-                    hierarchical_memory_limit: usage.memory_limit,
-                    swap: MessageField::some(v1::MemoryEntry::default()),
-                    kernel: MessageField::some(v1::MemoryEntry::default()),
-                    kernel_tcp: MessageField::some(v1::MemoryEntry::default()),
-                    ..Default::default()
-                }),
-                cpu: MessageField::some(v1::CPUStat {
-                    usage: MessageField::some(v1::CPUUsage {
-                        total: usage.cpu_nanos,
-                        ..Default::default()
-                    }),
-                    throttling: MessageField::some(v1::Throttle::default()),
-                    ..Default::default()
-                }),
-                blkio: MessageField::some(v1::BlkIOStat::default()),
-                pids: MessageField::some(v1::PidsStat {
-                    current: usage.pids,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        };
-        let stats = containerd_shim::util::convert_to_any(metrics)
-            .map_err(|e| ShimError::Internal(anyhow::Error::from(e).context("encoding metrics")))?;
-        Ok(api::StatsResponse {
-            stats: MessageField::some(stats),
-            ..Default::default()
-        })
-    }
-
-    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        let container = self.get(&req.id)?;
-        let linux = linux_of(&container)?;
-        let process = req
-            .spec
-            .as_ref()
-            .map(|any| any.value.as_slice())
-            .unwrap_or_default();
-        linux
-            .add_exec(
-                &req.exec_id,
-                process,
-                [&req.stdin, &req.stdout, &req.stderr],
-                req.terminal,
-            )
-            .map_err(ShimError::from_create)?;
-        self.events.publish(
-            &self.namespace,
-            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::new())
-    }
-
-    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        // The guest's stdin reader sees end-of-file when the caller closes its end of the FIFO.
-        self.get(&req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn resize_pty(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ResizePtyRequest,
-    ) -> TtrpcResult<api::Empty> {
-        if req.exec_id.is_empty() {
-            self.get(&req.id)?.resize(req.width, req.height)
-        } else {
-            self.get_exec(&req.id, &req.exec_id)?
-                .resize(req.width, req.height)
-        }
-        .map_err(ShimError::FailedPrecondition)?;
-        Ok(api::Empty::new())
-    }
-
-    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        let container = self.get(&req.id)?;
-        // A Wasm guest's limits are fixed at create; runc applies a Linux
-        // container's.
-        if let (Some(linux), Some(resources)) = (container.linux(), req.resources.as_ref()) {
-            linux
-                .update(&resources.value)
-                .map_err(ShimError::from_create)?;
-        }
-        Ok(api::Empty::new())
-    }
-
-    fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        let pid = std::process::id();
-        // containerd takes the task's pid from here: a Linux container's
-        // is its own process's.
-        let task_pid = self.get(&req.id).map_or(pid, |c| c.pid());
-        Ok(api::ConnectResponse {
-            shim_pid: pid,
-            task_pid,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Default::default()
-        })
-    }
-
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        if self.containers.lock().unwrap().is_empty() {
-            self.exit.signal();
-        }
-        Ok(api::Empty::new())
+        let events = Events::new(ttrpc_address, self.namespace.clone());
+        TaskService::new(Box::new(kinds), Arc::new(events), self.exit.clone())
     }
 }

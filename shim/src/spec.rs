@@ -9,6 +9,17 @@ use wasmbox_format::{self as format, split_entrypoint};
 use crate::engine::{Identity, Preopen, RunSpec};
 use crate::error::InvalidSpec;
 
+/// The network the container has, as the shim entered it (`pod::namespaces`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuestNetwork {
+    /// The guest may use sockets without an annotation: its spec names the
+    /// namespace the shim is in, or asked for a fresh one the shim made.
+    pub granted: bool,
+    /// The spec gives the container a network namespace of its own (or of
+    /// its pod) rather than the host's.
+    pub own_namespace: bool,
+}
+
 /// Builds the run description for the container whose root filesystem is at
 /// `rootfs`. `layer_module` is asked for the image's Wasm layer only when the
 /// rootfs does not hold the entrypoint (images of raw Wasm layers unpack to
@@ -16,6 +27,7 @@ use crate::error::InvalidSpec;
 pub fn run_spec(
     spec: &Spec,
     rootfs: &Path,
+    network: GuestNetwork,
     layer_module: impl FnOnce() -> Result<Option<PathBuf>>,
 ) -> Result<RunSpec> {
     let process = spec
@@ -24,7 +36,7 @@ pub fn run_spec(
         .context("the container spec has no process")
         .map_err(InvalidSpec)?;
     let (module, export, args) = entrypoint(process, rootfs, layer_module)?;
-    let options = Annotations::read(spec).map_err(InvalidSpec)?;
+    let options = Annotations::read(spec, network).map_err(InvalidSpec)?;
     // The spec's volumes are added by the caller, who mounts them (crate::mounts).
     let preopens = vec![Preopen {
         host: rootfs.to_path_buf(),
@@ -112,7 +124,7 @@ struct Annotations {
 }
 
 impl Annotations {
-    fn read(spec: &Spec) -> Result<Annotations> {
+    fn read(spec: &Spec, guest_network: GuestNetwork) -> Result<Annotations> {
         let annotations = spec.annotations().clone().unwrap_or_default();
         let annotation = |key: &str| annotations.get(key).map(String::as_str);
         let spec_read_only = spec
@@ -130,10 +142,10 @@ impl Annotations {
         };
         let network = match annotation(format::ANNOTATION_NETWORK) {
             // The container's own (or its pod's) network, which the shim entered.
-            None => crate::network::guest_has_network(spec),
+            None => guest_network.granted,
             Some("none") => false,
             Some("host") => {
-                if crate::network::has_own_namespace(spec) {
+                if guest_network.own_namespace {
                     bail!(
                         "annotation {}=host needs a container on the host network (ctr run --net-host): the guest's sockets would otherwise escape the container's own network namespace",
                         format::ANNOTATION_NETWORK

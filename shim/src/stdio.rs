@@ -317,3 +317,47 @@ impl Drop for ConsoleSocket {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A process's standard streams as the shim keeps them: the output FIFOs'
+/// write ends until its output was read, a terminal's master (for resizes
+/// and draining) and, until the program takes it, its slave, and the relay
+/// of its stdin. Shared by Wasm guests, runc's containers and their execs.
+#[derive(Default)]
+pub struct ProcessIo {
+    pub(crate) output_fifos: Vec<std::fs::File>,
+    pub(crate) terminal_master: Option<std::fs::File>,
+    pub(crate) terminal_slave: Option<std::os::fd::OwnedFd>,
+    pub(crate) stdin: Option<InputRelay>,
+}
+
+impl ProcessIo {
+    /// After the process exited: waits (bounded) until its output was read,
+    /// then lets go of the FIFOs and the stdin relay.
+    pub fn drain(&mut self) {
+        self.stdin = None;
+        if let Some(master) = &self.terminal_master {
+            drain_terminal(master);
+        }
+        let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
+        for fifo in &self.output_fifos {
+            wait_until_read(fifo, deadline);
+        }
+        self.output_fifos.clear();
+    }
+
+    /// A process that will never run (or is gone): lets go of everything but
+    /// the terminal's master, at once.
+    pub fn abandon(&mut self) {
+        self.output_fifos.clear();
+        self.terminal_slave = None;
+        self.stdin = None;
+    }
+
+    /// Sets the terminal's window size (`-t` resizes); `what` names the process.
+    pub fn resize(&self, what: &str, width: u32, height: u32) -> Result<()> {
+        match &self.terminal_master {
+            Some(master) => resize(master, width, height),
+            None => bail!("{what} has no terminal"),
+        }
+    }
+}
