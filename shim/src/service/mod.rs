@@ -6,23 +6,25 @@
 //! else. Its `task_*` methods are plain functions, tested without ttrpc.
 
 pub mod events;
+mod exec;
 pub mod stats;
+mod ttrpc;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use containerd_shim::ExitSignal;
 use containerd_shim::api::{self, Status as ApiStatus};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
-use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::error::ShimError;
 use crate::mounts::RootfsMount;
-use crate::task::{CreateRequest, Exec, ExecRequest, Exit, Factory, Status, Task};
+use crate::task::{CreateRequest, Exit, Factory, Status, Task};
 pub use events::{Events, Publish, StartGate, timestamp};
 
 /// A registry entry: an id is taken from the moment its create begins.
@@ -40,7 +42,7 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
-type Result<T> = std::result::Result<T, ShimError>;
+pub(crate) type Result<T> = std::result::Result<T, ShimError>;
 
 impl TaskService {
     pub fn new(
@@ -61,23 +63,6 @@ impl TaskService {
             Some(Entry::Ready(task)) => Ok(task.clone()),
             _ => Err(ShimError::NotFound(id.to_string())),
         }
-    }
-
-    /// The exec `exec_id` of task `id`; only tasks that take execs have any.
-    fn get_exec(&self, id: &str, exec_id: &str) -> Result<Arc<Exec>> {
-        let task = self.exec_host(id)?;
-        task.exec(exec_id)
-            .map_err(|e| ShimError::NotFound(format!("{e:#}")))
-    }
-
-    fn exec_host(&self, id: &str) -> Result<Arc<Task>> {
-        let task = self.get(id)?;
-        if !task.accepts_exec() {
-            return Err(ShimError::Unimplemented(
-                "exec is not supported for Wasm containers",
-            ));
-        }
-        Ok(task)
     }
 
     pub fn task_create(&self, req: &api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
@@ -193,42 +178,6 @@ impl TaskService {
         })
     }
 
-    fn start_exec(&self, id: &str, exec_id: &str) -> Result<api::StartResponse> {
-        let task = self.exec_host(id)?;
-        let exec = self.get_exec(id, exec_id)?;
-        let gate = StartGate::new();
-        let report = {
-            let (events, gate, id) = (self.events.clone(), gate.clone(), id.to_string());
-            Box::new(move |exit: &Exit| {
-                let pid = exec.status().1.unwrap_or(0);
-                gate.wait();
-                events.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    exit_event(&id, &exec.exec_id, pid, exit),
-                );
-            })
-        };
-        let result = task
-            .start_exec(exec_id, report)
-            .map_err(ShimError::FailedPrecondition);
-        if let Ok(pid) = result {
-            self.events.publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                    pid,
-                    ..Default::default()
-                }),
-            );
-        }
-        gate.open();
-        Ok(api::StartResponse {
-            pid: result?,
-            ..Default::default()
-        })
-    }
-
     pub fn task_state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
         let task = self.get(&req.id)?;
         let mut resp = api::StateResponse {
@@ -325,21 +274,6 @@ impl TaskService {
         })
     }
 
-    fn delete_exec(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
-        let task = self.exec_host(id)?;
-        let pid = self.get_exec(id, exec_id)?.status().1;
-        let exit = task
-            .delete_exec(exec_id)
-            .map_err(ShimError::FailedPrecondition)?
-            .unwrap_or_else(|| Exit::now(0));
-        Ok(api::DeleteResponse {
-            pid: pid.unwrap_or(0),
-            exit_status: exit.status,
-            exited_at: MessageField::some(timestamp(exit.at)),
-            ..Default::default()
-        })
-    }
-
     pub fn task_pids(&self, req: &api::PidsRequest) -> Result<api::PidsResponse> {
         let pids = self.get(&req.id)?.pids();
         Ok(api::PidsResponse {
@@ -362,31 +296,6 @@ impl TaskService {
             stats: MessageField::some(stats),
             ..Default::default()
         })
-    }
-
-    pub fn task_exec(&self, req: &api::ExecProcessRequest) -> Result<api::Empty> {
-        let task = self.exec_host(&req.id)?;
-        let process = req
-            .spec
-            .as_ref()
-            .map(|any| any.value.as_slice())
-            .unwrap_or_default();
-        task.add_exec(&ExecRequest {
-            exec_id: &req.exec_id,
-            process_json: process,
-            stdio: [&req.stdin, &req.stdout, &req.stderr],
-            terminal: req.terminal,
-        })
-        .map_err(ShimError::from_create)?;
-        self.events.publish(
-            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::new())
     }
 
     pub fn task_resize_pty(&self, req: &api::ResizePtyRequest) -> Result<api::Empty> {
@@ -444,95 +353,6 @@ fn exit_event(
         exited_at: MessageField::some(timestamp(exit.at)),
         ..Default::default()
     })
-}
-
-impl containerd_shim::Task for TaskService {
-    fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        Ok(self.task_create(&req)?)
-    }
-
-    fn start(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StartRequest,
-    ) -> TtrpcResult<api::StartResponse> {
-        Ok(self.task_start(&req)?)
-    }
-
-    fn state(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StateRequest,
-    ) -> TtrpcResult<api::StateResponse> {
-        Ok(self.task_state(&req)?)
-    }
-
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        Ok(self.task_wait(&req)?)
-    }
-
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        Ok(self.task_kill(&req)?)
-    }
-
-    fn delete(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        Ok(self.task_delete(&req)?)
-    }
-
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        Ok(self.task_pids(&req)?)
-    }
-
-    fn stats(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StatsRequest,
-    ) -> TtrpcResult<api::StatsResponse> {
-        Ok(self.task_stats(&req)?)
-    }
-
-    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        Ok(self.task_exec(&req)?)
-    }
-
-    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        // The program's stdin reader sees end-of-file when the caller closes its end of the FIFO.
-        self.get(&req.id)?;
-        Ok(api::Empty::new())
-    }
-
-    fn resize_pty(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ResizePtyRequest,
-    ) -> TtrpcResult<api::Empty> {
-        Ok(self.task_resize_pty(&req)?)
-    }
-
-    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        Ok(self.task_update(&req)?)
-    }
-
-    fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        Ok(self.task_connect(&req))
-    }
-
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        self.task_shutdown();
-        Ok(api::Empty::new())
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The service against a fake workload: routing, registry and error codes,
-//! and the order of events, with no ttrpc, containerd or Wasm.
+//! and the order of events, with no ttrpc, containerd or Wasm. Over 400
+//! lines: one test per rule of the service, each short, on one fake.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -17,7 +18,7 @@ use super::*;
 use crate::cgroup::Usage;
 use crate::error::InvalidSpec;
 use crate::stdio::ProcessIo;
-use crate::task::workload::{ExitNotice, StartedProcess, Workload};
+use crate::task::workload::{ExecRequest, ExitNotice, StartedProcess, Workload};
 
 /// What a test sees of and does to one fake task.
 #[derive(Default)]
