@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use wasmtime::{DEFAULT_INSTANCE_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TABLE_LIMIT};
 
-use crate::RunSpec;
-
 /// What one guest uses: its linear memory and the CPU time of the thread it
 /// runs on. Guests of a pod share one shim process and one cgroup, so this
 /// is how each container's `ContainerStats` stays its own.
@@ -133,12 +131,19 @@ pub(crate) struct MeteredLimits {
 }
 
 impl MeteredLimits {
-    /// The limits `spec` sets, metered into `spec.meter`.
-    pub(crate) fn new(spec: &RunSpec) -> MeteredLimits {
+    /// The limits a spec sets (its `memory_limit` and `shared_budget`),
+    /// metered into its `meter` (see `guest::metered_limits`): the fields,
+    /// not the `RunSpec`, so that `run_spec` can hold this module's types
+    /// without the two depending on each other.
+    pub(crate) fn new(
+        memory_limit: Option<usize>,
+        meter: Arc<GuestMeter>,
+        shared_budget: Option<Arc<SharedBudget>>,
+    ) -> MeteredLimits {
         MeteredLimits {
-            limit: spec.memory_limit.map(|l| l as u64),
-            meter: spec.meter.clone(),
-            shared: spec.shared_budget.clone(),
+            limit: memory_limit.map(|l| l as u64),
+            meter,
+            shared: shared_budget,
             added: 0,
             pending: 0,
         }
@@ -254,11 +259,11 @@ mod tests {
     use super::*;
 
     fn limits(limit: Option<u64>) -> MeteredLimits {
-        MeteredLimits::new(&RunSpec {
-            memory_limit: limit.map(|l| l as usize),
-            shared_budget: Some(Arc::new(SharedBudget::default())),
-            ..Default::default()
-        })
+        MeteredLimits::new(
+            limit.map(|l| l as usize),
+            Arc::default(),
+            Some(Arc::new(SharedBudget::default())),
+        )
     }
 
     fn held(limits: &MeteredLimits) -> (u64, u64) {

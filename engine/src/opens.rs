@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn the_guarded_functions_are_the_ones_wasmtime_wasi_defines() {
         let engine = wasmtime::Engine::default();
-        let mut linker: ComponentLinker<crate::ComponentState> = ComponentLinker::new(&engine);
+        let mut linker: ComponentLinker<crate::engine::ComponentState> =
+            ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         for (interface, func) in [
             (P2_FILESYSTEM_TYPES, "[method]descriptor.open-at"),

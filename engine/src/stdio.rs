@@ -2,28 +2,14 @@
 //! terminal, or this process's own), args, env, network and preopens.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::{RunSpec, wt};
-
-/// Where one of the guest's standard streams goes.
-#[derive(Debug, Clone, Default)]
-pub enum Stdio {
-    /// Empty input, discarded output.
-    #[default]
-    Null,
-    /// A FIFO (containerd's stdio) or other file by path.
-    Fifo(PathBuf),
-    /// The slave side of a pseudo-terminal.
-    Terminal(Arc<OwnedFd>),
-    /// This process's own stream (`wasmbox run`).
-    Inherit,
-}
+use crate::run_spec::{RunSpec, Stdio};
+use crate::wt;
 
 /// The WASI context: args, env, preopens and stdio from `spec`, nothing inherited.
 pub(crate) fn wasi_builder(spec: &RunSpec) -> Result<WasiCtxBuilder> {

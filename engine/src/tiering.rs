@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use crate::cache::{self, ModuleCache};
+use crate::cache::compile::compile_cached;
+use crate::cache::{Kind, ModuleCache};
 
 /// Modules at least this big start on Winch code when uncached (2 MiB:
 /// Cranelift compiles smaller ones in well under half a second here).
@@ -120,10 +121,7 @@ pub(crate) fn tier_up_in_background(
                 None => compile(),
             }
             // Stored: later starts load it, so the Winch artifact has no use.
-            if cache
-                .entry_path(&optimized, cache::Kind::Module, &digest)
-                .exists()
-            {
+            if cache.entry_path(&optimized, Kind::Module, &digest).exists() {
                 let _ = std::fs::remove_file(&baseline_entry);
             }
         });
@@ -143,7 +141,7 @@ fn compile(
     digest: &wasmbox_format::Digest,
     path: &Path,
 ) {
-    let compiled = cache::compile_cached::<wasmtime::Module>(
+    let compiled = compile_cached::<wasmtime::Module>(
         Some(cache),
         optimized,
         bytes,

@@ -1894,7 +1894,7 @@ fn names_resolve_through_the_containers_own_hosts_and_resolv_conf() {
     node.containerd.assert_clean();
 }
 
-// The compiled-module cache (engine/src/cache.rs), observed through the
+// The compiled-module cache (engine/src/cache/), observed through the
 // shim's log lines in containerd's log and the cache directory.
 
 /// How many of containerd's log lines contain `what`.

@@ -1,12 +1,22 @@
 //! Joining the container's cgroup, so the node accounts the shim's CPU and
 //! memory to the container (what `kubectl top` and the OOM logic see), and
 //! leaving it again on delete, with nothing left behind.
+//!
+//! This module is the shim's membership (with the spec's limits) and the
+//! usage read for stats; `path` maps a spec's `cgroupsPath` to cgroupfs
+//! directories, and `oom` counts and watches OOM kills.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+mod oom;
+mod path;
+
+pub use oom::{oom_kills_in, watch_oom};
+pub use path::unified;
+use path::{CGROUP_ROOT, cgroupfs_path, current_path, dirs_of};
+
 /// Whether this process is in a container's cgroup (see [`join`]), and
 /// the directory of its memory cgroup there (`None` without a memory
 /// controller).
@@ -39,21 +49,6 @@ pub struct Usage {
     pub unified: bool,
 }
 
-/// Whether the node runs cgroup v2, which decides the metrics type containerd expects.
-pub fn unified() -> bool {
-    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
-}
-
-/// Moves this process into `cgroups_path` in every hierarchy: cgroupfs style
-/// (`/default/ID`, containerd's default) or systemd style (`slice:prefix:name`,
-/// what the kubelet sends with the systemd cgroup driver), which is joined at
-/// its cgroupfs directory (the scope is not registered with systemd over
-/// D-Bus). A relative path returns `None`.
-///
-/// A process sits in one cgroup per hierarchy, so only the shim's first
-/// container is joined: for a pod that is its sandbox, whose cgroup then
-/// accounts the whole pod (the kubelet reads pod usage from the parent).
-/// Later containers of the same shim return `None`.
 /// The limits of a spec's `linux.resources` that the shim writes into the
 /// container's cgroup when it creates or joins it, as runc does, so the
 /// kernel enforces them on everything the container's shim does.
@@ -108,6 +103,16 @@ impl Limits {
     }
 }
 
+/// Moves this process into `cgroups_path` in every hierarchy: cgroupfs style
+/// (`/default/ID`, containerd's default) or systemd style (`slice:prefix:name`,
+/// what the kubelet sends with the systemd cgroup driver), which is joined at
+/// its cgroupfs directory (the scope is not registered with systemd over
+/// D-Bus). A relative path returns `None`.
+///
+/// A process sits in one cgroup per hierarchy, so only the shim's first
+/// container is joined: for a pod that is its sandbox, whose cgroup then
+/// accounts the whole pod (the kubelet reads pod usage from the parent).
+/// Later containers of the same shim return `None`.
 pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
     let Some(absolute) = cgroupfs_path(cgroups_path)? else {
         return Ok(None);
@@ -337,49 +342,6 @@ fn memory_charge(dir: &Path, unified: bool) -> Option<MemoryCharge> {
     })
 }
 
-/// How many times the kernel's OOM killer acted in the memory cgroup at
-/// `cgroups_path` (`oom_kill` of v1's `memory.oom_control`, kernel 4.13+,
-/// or of v2's `memory.events`); 0 when it cannot be read.
-pub fn oom_kills_in(cgroups_path: &str) -> u64 {
-    let Some(dir) = dirs_of(cgroups_path, &["memory"]).and_then(|d| d.into_iter().next()) else {
-        return 0;
-    };
-    let file = if unified() {
-        "memory.events"
-    } else {
-        "memory.oom_control"
-    };
-    oom_kill_count(&dir.join(file)).unwrap_or(0)
-}
-
-/// The `oom_kill N` line of v1's `memory.oom_control` or v2's `memory.events`.
-fn oom_kill_count(file: &Path) -> Option<u64> {
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-}
-
-/// The directories of the cgroup at `cgroups_path` (as a spec names it):
-/// the one of the unified hierarchy, or on cgroup v1 its directory in each
-/// of `v1_controllers`, in that order. `None` for a relative or bad path,
-/// or one naming the root itself.
-fn dirs_of(cgroups_path: &str, v1_controllers: &[&str]) -> Option<Vec<PathBuf>> {
-    let absolute = cgroupfs_path(cgroups_path).ok()??;
-    let relative = absolute.trim_start_matches('/');
-    if relative.is_empty() {
-        return None;
-    }
-    Some(if unified() {
-        vec![Path::new(CGROUP_ROOT).join(relative)]
-    } else {
-        v1_controllers
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c).join(relative))
-            .collect()
-    })
-}
-
 /// The counters of the cgroup at `cgroups_path` (as a spec names it), which
 /// the shim is not a member of: a Linux container's, made by runc.
 pub fn usage_of(cgroups_path: &str) -> Usage {
@@ -405,90 +367,6 @@ pub fn procs_of(cgroups_path: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Watches the memory cgroup at `cgroups_path` (a Linux container's, made
-/// by runc) and calls `on_oom` each time the kernel's OOM killer acts in it,
-/// on a thread of its own that ends when the cgroup is removed: cgroup v1
-/// through an eventfd on `memory.oom_control`, v2 through inotify on
-/// `memory.events` (its `oom_kill` count).
-pub fn watch_oom(cgroups_path: &str, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-    let Some(dir) = dirs_of(cgroups_path, &["memory"]).and_then(|d| d.into_iter().next()) else {
-        return Ok(());
-    };
-    if unified() {
-        watch_oom_v2(&dir, on_oom)
-    } else {
-        watch_oom_v1(&dir, on_oom)
-    }
-}
-
-fn watch_oom_v1(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let control = std::fs::File::open(dir.join("memory.oom_control"))
-        .with_context(|| format!("opening {}/memory.oom_control", dir.display()))?;
-    // SAFETY: eventfd(2) with integer arguments; the result is checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("making an eventfd");
-    }
-    // SAFETY: eventfd returned a new descriptor that only we own.
-    let mut events = unsafe { std::fs::File::from_raw_fd(fd) };
-    std::fs::write(
-        dir.join("cgroup.event_control"),
-        format!("{} {}", events.as_raw_fd(), control.as_raw_fd()),
-    )
-    .with_context(|| format!("registering for OOM events in {}", dir.display()))?;
-    let dir = dir.to_path_buf();
-    std::thread::Builder::new()
-        .name("oom-watch".into())
-        .spawn(move || {
-            let _control = control;
-            let mut count = [0u8; 8];
-            // The eventfd also fires when the cgroup is removed.
-            while events.read_exact(&mut count).is_ok() && dir.exists() {
-                on_oom();
-            }
-        })?;
-    Ok(())
-}
-
-fn watch_oom_v2(dir: &Path, on_oom: impl Fn() + Send + 'static) -> Result<()> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let events_file = dir.join("memory.events");
-    let path = std::ffi::CString::new(events_file.as_os_str().as_encoded_bytes())
-        .context("a cgroup path contains NUL")?;
-    // SAFETY: inotify_init1 with a flag; the result is checked.
-    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("making an inotify descriptor");
-    }
-    // SAFETY: inotify_init1 returned a new descriptor that only we own.
-    let mut inotify = unsafe { std::fs::File::from_raw_fd(fd) };
-    // SAFETY: a valid descriptor and a NUL-terminated path alive for the call.
-    if unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_MODIFY) } < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("watching {}", events_file.display()));
-    }
-    let oom_kills = move || oom_kill_count(&events_file);
-    let mut seen = oom_kills().unwrap_or(0);
-    std::thread::Builder::new()
-        .name("oom-watch".into())
-        .spawn(move || {
-            let mut buffer = [0u8; 4096];
-            // Each read returns at a change; the cgroup's removal ends it
-            // (IN_IGNORED, then the file is gone).
-            while inotify.read(&mut buffer).is_ok_and(|n| n > 0) {
-                let Some(now) = oom_kills() else { return };
-                if now > seen {
-                    seen = now;
-                    on_oom();
-                }
-            }
-        })?;
-    Ok(())
-}
-
 /// After a shim died (containerd's `shim delete`): removes the container's
 /// cgroup in every hierarchy. Only the dead shim was in it; a cgroup still
 /// in use refuses rmdir and stays.
@@ -498,108 +376,8 @@ pub fn remove_left_behind(cgroups_path: &str) {
     }
 }
 
-/// The cgroupfs directory (absolute within a hierarchy) a spec's
-/// `linux.cgroupsPath` names, or `None` for a relative path.
-fn cgroupfs_path(cgroups_path: &str) -> Result<Option<String>> {
-    let path = cgroupfs_path_unchecked(cgroups_path)?;
-    // `..` would lead out of the cgroup root.
-    if let Some(path) = &path
-        && Path::new(path)
-            .components()
-            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
-    {
-        bail!("cgroupsPath {cgroups_path} leaves the cgroup root: it contains `..`");
-    }
-    Ok(path)
-}
-
-fn cgroupfs_path_unchecked(cgroups_path: &str) -> Result<Option<String>> {
-    if cgroups_path.starts_with('/') {
-        return Ok(Some(cgroups_path.to_string()));
-    }
-    let parts: Vec<&str> = cgroups_path.split(':').collect();
-    let [slice, prefix, name] = parts[..] else {
-        return Ok(None);
-    };
-    if name.is_empty() {
-        bail!("cgroupsPath {cgroups_path}: the systemd unit name is empty");
-    }
-    let parent = expand_slice(if slice.is_empty() {
-        "system.slice"
-    } else {
-        slice
-    })
-    .with_context(|| format!("cgroupsPath {cgroups_path}"))?;
-    let unit = if name.ends_with(".slice") {
-        name.to_string()
-    } else if prefix.is_empty() {
-        format!("{name}.scope")
-    } else {
-        format!("{prefix}-{name}.scope")
-    };
-    Ok(Some(format!("{parent}/{unit}")))
-}
-
-/// systemd's slice nesting: `a-b-c.slice` lives at `/a.slice/a-b.slice/a-b-c.slice`.
-fn expand_slice(slice: &str) -> Result<String> {
-    let Some(stem) = slice.strip_suffix(".slice") else {
-        bail!("{slice} is not a systemd slice (it does not end in .slice)");
-    };
-    if stem == "-" {
-        return Ok(String::new()); // the root slice
-    }
-    if stem.is_empty()
-        || stem.contains('/')
-        || stem.starts_with('-')
-        || stem.ends_with('-')
-        || stem.contains("--")
-    {
-        bail!("{slice} is not a valid systemd slice name");
-    }
-    let mut path = String::new();
-    let mut prefix = String::new();
-    for component in stem.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(component);
-        path.push('/');
-        path.push_str(&prefix);
-        path.push_str(".slice");
-    }
-    Ok(path)
-}
-
-/// This process's path in the hierarchy of `controller` ("" for cgroup v2).
-fn current_path(controller: &str) -> Result<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (
-            parts.next(),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let matches = if controller.is_empty() {
-            controllers.is_empty()
-        } else {
-            controllers.split(',').any(|c| c == controller)
-        };
-        if matches {
-            return Ok(path.to_string());
-        }
-    }
-    Ok("/".to_string())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::cgroupfs_path;
-
-    fn path(p: &str) -> Option<String> {
-        cgroupfs_path(p).unwrap()
-    }
-
     #[test]
     fn limits_become_the_v1_or_v2_files_runc_writes() {
         let limits = super::Limits {
@@ -628,45 +406,5 @@ mod tests {
             ["memory.max=67108864", "pids.max=50", "cpu.max=50000 100000"]
         );
         assert!(super::Limits::default().files(true).is_empty());
-    }
-
-    #[test]
-    fn cgroupfs_paths_stay_as_they_are() {
-        assert_eq!(path("/default/abc").as_deref(), Some("/default/abc"));
-        assert_eq!(path("relative/abc"), None);
-    }
-
-    #[test]
-    fn systemd_paths_expand_to_their_slice_directories() {
-        assert_eq!(
-            path("kubepods-besteffort-pod12.slice:cri-containerd:abc").as_deref(),
-            Some(
-                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-abc.scope"
-            )
-        );
-        assert_eq!(
-            path(":wasmbox:abc").as_deref(),
-            Some("/system.slice/wasmbox-abc.scope")
-        );
-        assert_eq!(path("-.slice::abc").as_deref(), Some("/abc.scope"));
-        assert_eq!(
-            path("machine.slice:x:inner.slice").as_deref(),
-            Some("/machine.slice/inner.slice")
-        );
-    }
-
-    #[test]
-    fn malformed_systemd_paths_are_refused() {
-        for bad in [
-            "kubepods:cri:abc",
-            "a--b.slice:p:n",
-            "a.slice:p:",
-            "../x.slice:p:n",
-            "/../../escaped",
-            "/default/../../../escaped",
-            "x.slice:p:../../escaped",
-        ] {
-            assert!(cgroupfs_path(bad).is_err(), "{bad} accepted");
-        }
     }
 }
