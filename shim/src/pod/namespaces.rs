@@ -160,7 +160,8 @@ impl Namespaces {
     /// process), made at the first call.
     pub fn pod_pid_namespace(&self) -> Result<PathBuf> {
         let mut holder = self.pod_pid_holder.lock().unwrap();
-        let unshare_pid = match *holder {
+        let current = *holder;
+        let unshare_pid = match current {
             Some(pid) => pid,
             None => {
                 let since = crate::reaper::mark();
@@ -173,7 +174,10 @@ impl Namespaces {
                     .context("running unshare (util-linux)")?;
                 let pid = child.id();
                 *holder = Some(pid);
-                // The reaper collects it when it ends; its pid is then forgotten.
+                drop(holder);
+                // The reaper collects it when it ends; its pid is then
+                // forgotten. (After the lock is let go: a holder that has
+                // ended already is forgotten at once, on this thread.)
                 let holder_of = self.pod_pid_holder.clone();
                 crate::reaper::on_exit(pid, since, move |_| {
                     let mut holder = holder_of.lock().unwrap();

@@ -33,6 +33,21 @@ enum Entry {
     Ready(Arc<Task>),
 }
 
+/// An id taken for a create under way: dropped (the create failed or
+/// panicked), it frees the id.
+struct Reservation<'a> {
+    tasks: &'a Mutex<HashMap<String, Entry>>,
+    id: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.remove(self.id);
+        }
+    }
+}
+
 /// The Task API for every task of this shim.
 pub struct TaskService {
     factory: Box<dyn Factory>,
@@ -83,6 +98,11 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
+        // Frees the id if create fails, or panics.
+        let reservation = Reservation {
+            tasks: &self.tasks,
+            id: &req.id,
+        };
         let created = self.factory.create(&CreateRequest {
             id: &req.id,
             bundle: Path::new(&req.bundle),
@@ -93,7 +113,6 @@ impl TaskService {
         let task = match created {
             Ok(task) => Arc::new(task),
             Err(e) => {
-                self.tasks.lock().unwrap().remove(&req.id);
                 log::error!(id = req.id.as_str(); "create failed: {e:#}");
                 return Err(ShimError::from_create(e));
             }
@@ -114,6 +133,7 @@ impl TaskService {
             log::warn!(id = req.id.as_str(); "no OOM events: {e:#}");
         }
         let pid = task.pid();
+        std::mem::forget(reservation);
         self.tasks
             .lock()
             .unwrap()
@@ -251,9 +271,11 @@ impl TaskService {
                 req.id
             )));
         }
+        // The exit before cleanup: a Linux task that never started ends
+        // with runc's delete, which is not its exit.
+        let exit = task.status().1.unwrap_or_else(|| Exit::now(0));
         task.cleanup().map_err(ShimError::Internal)?;
         self.tasks.lock().unwrap().remove(&req.id);
-        let exit = task.status().1.unwrap_or_else(|| Exit::now(0));
         let pid = task.pid();
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,

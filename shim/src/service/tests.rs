@@ -60,6 +60,8 @@ struct FakeWorkload {
     takes_exec: bool,
     /// Ends at once, before its start has returned.
     quick: bool,
+    /// Its cleanup kills a program that never started (as runc's delete does).
+    kills_unstarted: bool,
     next_pid: AtomicU32,
 }
 
@@ -120,10 +122,15 @@ impl Workload for FakeWorkload {
         self.controls.cleaned.store(true, Ordering::SeqCst);
         Ok(())
     }
+
+    fn cleanup_kills_unstarted(&self) -> bool {
+        self.kills_unstarted
+    }
 }
 
 /// Makes fake tasks: ids starting `wasm` take no execs, `quick` end as
-/// they start, `bad` is a wrong
+/// they start, `runc` are killed by their cleanup, `panic` panic in create,
+/// `bad` is a wrong
 /// spec, `broken` a failure on the node; with `slow`, every create takes
 /// a while (so that concurrent creates overlap).
 #[derive(Default)]
@@ -141,6 +148,9 @@ impl Factory for FakeFactory {
         if request.id.starts_with("bad") {
             return Err(InvalidSpec(anyhow::anyhow!("annotation x=y: expected ro or rw")).into());
         }
+        if request.id.starts_with("panic") {
+            panic!("a bug in create");
+        }
         if request.id.starts_with("broken") {
             anyhow::bail!("the image has no module");
         }
@@ -154,6 +164,7 @@ impl Factory for FakeFactory {
             controls,
             takes_exec: !request.id.starts_with("wasm"),
             quick: request.id.starts_with("quick"),
+            kills_unstarted: request.id.starts_with("runc"),
             next_pid: AtomicU32::new(5000),
         };
         Ok(Task::new(request, Box::new(workload), ProcessIo::default()))
@@ -583,4 +594,71 @@ fn the_exit_of_a_program_that_ends_at_once_is_sent_after_its_start() {
         .iter()
         .position(|t| t == topics::TASK_EXIT_EVENT_TOPIC);
     assert!(start.unwrap() < exit.unwrap(), "{topics:?}");
+}
+
+#[test]
+fn a_create_that_panics_frees_its_id() {
+    let h = harness();
+    let service = h.service.clone();
+    let panicked = std::thread::spawn(move || {
+        service.task_create(&api::CreateTaskRequest {
+            id: "panic1".into(),
+            ..Default::default()
+        })
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert_eq!(code(h.state("panic1", "")), Code::NOT_FOUND);
+    let waiter = {
+        let exit = h.exit.clone();
+        std::thread::spawn(move || exit.wait())
+    };
+    h.service.task_shutdown();
+    waiter.join().unwrap();
+}
+
+#[test]
+fn deleting_a_task_that_never_started_reports_no_exit_but_wakes_its_waiters() {
+    let h = harness();
+    h.create("runc1").unwrap();
+    let waiter = {
+        let service = h.service.clone();
+        std::thread::spawn(move || {
+            service
+                .task_wait(&api::WaitRequest {
+                    id: "runc1".into(),
+                    ..Default::default()
+                })
+                .unwrap()
+                .exit_status
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(h.delete("runc1", "").unwrap().exit_status, 0);
+    assert_eq!(
+        waiter.join().unwrap(),
+        137,
+        "its process went with the cleanup"
+    );
+}
+
+#[test]
+fn pids_list_the_running_execs_too() {
+    let h = harness();
+    h.create("c1").unwrap();
+    h.start("c1", "").unwrap();
+    h.add_exec("c1", "e1", b"{}").unwrap();
+    h.start("c1", "e1").unwrap();
+    let pids: Vec<u32> = h
+        .service
+        .task_pids(&api::PidsRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(pids, [4000, 5000]);
 }

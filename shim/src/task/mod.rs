@@ -104,7 +104,9 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
 }
 
 /// Where the caller mounted the root itself when containerd sends no
-/// mounts (`root.path`, relative to the bundle as runc reads it).
+/// mounts: `root.path`, as runc reads it (relative to the bundle, or
+/// absolute, as Docker's containerd image store sends it). A Wasm guest's is
+/// then bound at `bundle/rootfs`, so that it is nodev,nosuid too.
 fn root_path(spec: &oci_spec::runtime::Spec) -> &Path {
     spec.root()
         .as_ref()
@@ -139,8 +141,17 @@ impl Task {
         self.workload.pid()
     }
 
+    /// The workload's pids, and those of running execs it does not list.
     pub fn pids(&self) -> Vec<u32> {
-        self.workload.pids()
+        let mut pids = self.workload.pids();
+        for exec in self.execs.lock().unwrap().values() {
+            if let (Status::Running, Some(pid), _) = exec.status()
+                && !pids.contains(&pid)
+            {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     pub fn status(&self) -> (Status, Option<Exit>) {
@@ -166,6 +177,7 @@ impl Task {
     /// The program ended: once its execs' exits and its own output are out,
     /// it is stopped and reported.
     fn exited(&self, code: u32, report: Report) {
+        self.io.lock().unwrap().stdin = None;
         let deadline = Instant::now() + EXECS_REPORTED_WAIT;
         let execs: Vec<Arc<Exec>> = self.execs.lock().unwrap().values().cloned().collect();
         for exec in execs {
@@ -173,7 +185,7 @@ impl Task {
                 break;
             }
         }
-        self.io.lock().unwrap().drain();
+        drain(&self.io);
         self.lifecycle.finish(code, report);
     }
 
@@ -229,14 +241,14 @@ impl Task {
     /// it is not running.
     pub fn cleanup(&self) -> Result<()> {
         self.io.lock().unwrap().abandon();
-        self.workload.cleanup()?;
+        let cleaned = self.workload.cleanup();
         for exec_id in self.execs.lock().unwrap().drain().map(|(id, _)| id) {
             self.workload.forget_exec(&exec_id);
         }
         if self.workload.cleanup_kills_unstarted() {
             self.lifecycle.stop_unstarted(128 + libc::SIGKILL as u32);
         }
-        Ok(())
+        cleaned
     }
 
     /// Whether processes can be exec'd into the task.
@@ -312,7 +324,7 @@ impl Task {
             let spawned = std::thread::Builder::new()
                 .name("exec-exit".into())
                 .spawn(move || {
-                    process.io.lock().unwrap().drain();
+                    drain(&process.io);
                     process.lifecycle.finish(code, report);
                 });
             if let Err(e) = spawned {
@@ -334,6 +346,22 @@ impl Task {
         self.execs.lock().unwrap().remove(exec_id);
         Ok(exec.lifecycle.status().1)
     }
+}
+
+/// Drains a stopped process's output (see [`ProcessIo::drain`]) without
+/// holding its lock for the wait: a resize meanwhile still finds the
+/// terminal.
+fn drain(io: &Mutex<ProcessIo>) {
+    let mut draining = {
+        let mut io = io.lock().unwrap();
+        ProcessIo {
+            output_fifos: std::mem::take(&mut io.output_fifos),
+            terminal_master: io.terminal_master.as_ref().and_then(|m| m.try_clone().ok()),
+            terminal_slave: None,
+            stdin: io.stdin.take(),
+        }
+    };
+    draining.drain();
 }
 
 /// A process exec'd into a task.

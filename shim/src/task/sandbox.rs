@@ -16,15 +16,22 @@ use crate::mounts::ContainerMounts;
 use crate::pod::namespaces::Namespaces;
 
 pub struct Sandbox {
-    /// With no program to report it, the exit notice `start` gives is kept
-    /// until a kill takes it.
-    exited: Mutex<Option<ExitNotice>>,
+    held: Mutex<Held>,
     /// The pod's cgroup, which the shim joined (the pod's accounting: the
     /// pod's containers share this process).
     cgroup: Mutex<Option<Membership>>,
     namespaces: Arc<Namespaces>,
     /// Nothing is mounted; kept so that cleanup is the same for every task.
     mounts: Mutex<ContainerMounts>,
+}
+
+/// With no program to report it, the exit notice `start` gives is kept
+/// until a kill takes it; a kill that comes while `start` is under way is
+/// kept until the notice is there.
+#[derive(Default)]
+struct Held {
+    exited: Option<ExitNotice>,
+    killed_by: Option<u32>,
 }
 
 impl Sandbox {
@@ -52,7 +59,7 @@ impl Sandbox {
             });
         log::info!(id; "pod sandbox");
         Sandbox {
-            exited: Mutex::new(None),
+            held: Mutex::new(Held::default()),
             cgroup: Mutex::new(cgroup),
             namespaces,
             mounts: Mutex::new(ContainerMounts::none(bundle)),
@@ -60,9 +67,43 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Ends the pod's process namespace, then the sandbox, on a thread of
+    /// its own: the kill's answer goes out first. containerd answers the exit
+    /// event with Delete and Shutdown, and a shim that ended before
+    /// answering would fail the kill ("ttrpc: closed").
+    fn stop(&self, exited: ExitNotice, signal: u32) {
+        self.namespaces.end_pod_pid_namespace();
+        let notice = Arc::new(Mutex::new(Some(exited)));
+        let on_thread = notice.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sandbox-exit".into())
+            .spawn(move || {
+                if let Some(exited) = on_thread.lock().unwrap().take() {
+                    exited(128 + signal);
+                }
+            });
+        if let Err(e) = spawned {
+            // Stopped all the same, here: a sandbox that stays running
+            // could never be deleted.
+            log::error!("reporting the sandbox's exit on a thread of its own: {e}");
+            if let Some(exited) = notice.lock().unwrap().take() {
+                exited(128 + signal);
+            }
+        }
+    }
+}
+
 impl Workload for Sandbox {
     fn start(&self, _terminal: Option<OwnedFd>, exited: ExitNotice) -> Result<()> {
-        *self.exited.lock().unwrap() = Some(exited);
+        let mut held = self.held.lock().unwrap();
+        match held.killed_by {
+            Some(signal) => {
+                drop(held);
+                self.stop(exited, signal);
+            }
+            None => held.exited = Some(exited),
+        }
         Ok(())
     }
 
@@ -73,18 +114,14 @@ impl Workload for Sandbox {
     /// Stops at once, whatever the signal, and with it the pod's process
     /// namespace, if one was made.
     fn kill(&self, signal: u32, _all: bool) -> Result<bool> {
-        let Some(exited) = self.exited.lock().unwrap().take() else {
+        let mut held = self.held.lock().unwrap();
+        if held.killed_by.is_some() {
             return Ok(false);
-        };
-        self.namespaces.end_pod_pid_namespace();
-        // On a thread of its own: the kill's answer goes out first.
-        // containerd answers the exit event with Delete and Shutdown, and a
-        // shim that ended before answering would fail the kill ("ttrpc: closed").
-        let spawned = std::thread::Builder::new()
-            .name("sandbox-exit".into())
-            .spawn(move || exited(128 + signal));
-        if let Err(e) = spawned {
-            log::error!("reporting the sandbox's exit: {e}");
+        }
+        held.killed_by = Some(signal);
+        if let Some(exited) = held.exited.take() {
+            drop(held);
+            self.stop(exited, signal);
         }
         Ok(true)
     }
@@ -104,5 +141,54 @@ impl Workload for Sandbox {
             cgroup.leave()?;
         }
         self.mounts.lock().unwrap().unmount()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn sandbox() -> (Sandbox, tempfile::TempDir) {
+        let bundle = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox {
+            held: Mutex::new(Held::default()),
+            cgroup: Mutex::new(None),
+            namespaces: Arc::new(Namespaces::default()),
+            mounts: Mutex::new(ContainerMounts::none(bundle.path())),
+        };
+        (sandbox, bundle)
+    }
+
+    fn notice() -> (ExitNotice, mpsc::Receiver<u32>) {
+        let (tx, rx) = mpsc::channel();
+        (Box::new(move |code| tx.send(code).unwrap()), rx)
+    }
+
+    #[test]
+    fn a_started_sandbox_stops_at_the_first_signal_only() {
+        let (sandbox, _bundle) = sandbox();
+        let (exited, rx) = notice();
+        sandbox.start(None, exited).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(20)).is_err(),
+            "it holds"
+        );
+        assert!(sandbox.kill(15, false).unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 143);
+        assert!(!sandbox.kill(9, false).unwrap(), "stopped already");
+        assert!(sandbox.ignores(libc::SIGWINCH as u32));
+    }
+
+    #[test]
+    fn a_kill_that_comes_while_it_starts_is_not_lost() {
+        let (sandbox, _bundle) = sandbox();
+        // The task is running (its lifecycle moved first) but the workload's
+        // start has not stored the notice yet.
+        assert!(sandbox.kill(9, false).unwrap());
+        let (exited, rx) = notice();
+        sandbox.start(None, exited).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 137);
     }
 }

@@ -23,8 +23,12 @@ pub struct WasmTask {
     id: String,
     spec: Box<RunSpec>,
     program: Program,
-    /// Set while the guest runs.
-    kill: Mutex<Option<KillSwitch>>,
+    /// Made at create, so that a kill that comes while `start` is under
+    /// way is kept (a watch channel holds the last value) and ends the
+    /// guest as soon as it runs.
+    kill: KillSwitch,
+    /// The switch's receiver, until `start` gives it to the guest.
+    kill_rx: Mutex<Option<tokio::sync::watch::Receiver<Option<i32>>>>,
     /// The container's cgroup, which the shim process joined at create.
     cgroup: Mutex<Option<Membership>>,
     /// What create mounted; unmounted at cleanup, or when dropped.
@@ -67,7 +71,7 @@ impl WasmTask {
             })?;
             run.preopens.extend(volumes);
             run.mount_namespace = name_service.map(Arc::new);
-            let io = stdio(&mut run, request)?;
+            stdio_paths(&mut run, request);
             log::info!(
                 id,
                 module:% = run.module.display(),
@@ -87,6 +91,7 @@ impl WasmTask {
                     "the guests' memory budget"
                 );
             }
+            let io = open_stdio(request)?;
             Ok::<_, anyhow::Error>((run, program, io))
         })();
         let (run, program, io) = match loaded {
@@ -100,11 +105,13 @@ impl WasmTask {
                 return Err(e);
             }
         };
+        let (kill, kill_rx) = KillSwitch::new();
         let task = WasmTask {
             id: id.to_string(),
             spec: Box::new(run),
             program,
-            kill: Mutex::new(None),
+            kill,
+            kill_rx: Mutex::new(Some(kill_rx)),
             cgroup: Mutex::new(cgroup),
             mounts: Mutex::new(rootfs),
         };
@@ -112,9 +119,32 @@ impl WasmTask {
     }
 }
 
-/// The guest's standard streams: the FIFOs (their write ends opened now),
-/// or with a terminal, a pseudo-terminal relayed to them.
-fn stdio(run: &mut RunSpec, request: &CreateRequest) -> Result<ProcessIo> {
+/// Points the guest's standard streams at the FIFOs (with a terminal, the
+/// guest gets the pseudo-terminal's slave at start instead).
+fn stdio_paths(run: &mut RunSpec, request: &CreateRequest) {
+    if request.terminal {
+        return;
+    }
+    let fifo = |p: &str| {
+        if p.is_empty() {
+            Stdio::Null
+        } else {
+            Stdio::Fifo(PathBuf::from(p))
+        }
+    };
+    let [stdin, stdout, stderr] = request.stdio;
+    run.stdin = fifo(stdin);
+    run.stdout = fifo(stdout);
+    run.stderr = fifo(stderr);
+}
+
+/// What the shim holds of the guest's streams from create on: the output
+/// FIFOs' write ends, or a pseudo-terminal relayed to the FIFOs.
+/// containerd's client opens the read ends asynchronously and abandons an
+/// open still pending when the task is deleted; a writer from create on
+/// lets that open finish long before a fast guest exits (runc's shim opens
+/// them at create too).
+fn open_stdio(request: &CreateRequest) -> Result<ProcessIo> {
     let [stdin, stdout, stderr] = request.stdio;
     if request.terminal {
         let pty = Pty::open(stdin, stdout)?;
@@ -124,20 +154,6 @@ fn stdio(run: &mut RunSpec, request: &CreateRequest) -> Result<ProcessIo> {
             ..Default::default()
         });
     }
-    let fifo = |p: &str| {
-        if p.is_empty() {
-            Stdio::Null
-        } else {
-            Stdio::Fifo(PathBuf::from(p))
-        }
-    };
-    run.stdin = fifo(stdin);
-    run.stdout = fifo(stdout);
-    run.stderr = fifo(stderr);
-    // containerd's client opens the read ends asynchronously and abandons an
-    // open still pending when the task is deleted; a writer from create on
-    // lets that open finish long before a fast guest exits (runc's shim
-    // opens them at create too).
     Ok(ProcessIo {
         output_fifos: crate::stdio::open_output_fifos(&[stdout, stderr])?,
         ..Default::default()
@@ -147,7 +163,9 @@ fn stdio(run: &mut RunSpec, request: &CreateRequest) -> Result<ProcessIo> {
 impl Workload for WasmTask {
     fn start(&self, terminal: Option<OwnedFd>, exited: ExitNotice) -> Result<()> {
         let engine = Engine::for_spec(&self.spec)?;
-        let (kill, kill_rx) = KillSwitch::new();
+        let Some(kill_rx) = self.kill_rx.lock().unwrap().take() else {
+            anyhow::bail!("container {} was already started", self.id);
+        };
         let program = self.program.clone();
         let mut spec = (*self.spec).clone();
         if let Some(slave) = terminal {
@@ -157,7 +175,6 @@ impl Workload for WasmTask {
             spec.stdout = Stdio::Terminal(tty.clone());
             spec.stderr = Stdio::Terminal(tty);
         }
-        *self.kill.lock().unwrap() = Some(kill);
         let id = self.id.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wasm-{}", &id[..id.len().min(8)]))
@@ -178,11 +195,12 @@ impl Workload for WasmTask {
                         crate::engine::TRAP_EXIT_STATUS
                     }
                 };
-                drop(spec);
+                // The terminal's slave (in `spec`) stays open until the
+                // output was drained, then hangs up.
                 exited(code as u32);
+                drop(spec);
             });
         if let Err(e) = spawned {
-            self.kill.lock().unwrap().take();
             return Err(anyhow::Error::from(e).context("starting the guest thread"));
         }
         Ok(())
@@ -193,9 +211,7 @@ impl Workload for WasmTask {
     }
 
     fn kill(&self, signal: u32, _all: bool) -> Result<bool> {
-        if let Some(kill) = self.kill.lock().unwrap().as_ref() {
-            kill.kill(signal as i32);
-        }
+        self.kill.kill(signal as i32);
         Ok(true)
     }
 
@@ -216,7 +232,6 @@ impl Workload for WasmTask {
     }
 
     fn cleanup(&self) -> Result<()> {
-        self.kill.lock().unwrap().take();
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
         }
