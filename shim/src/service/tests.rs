@@ -196,6 +196,16 @@ impl Recorder {
             .collect()
     }
 
+    /// Waits (bounded) until `n` exit events were sent.
+    fn until_exits(&self, n: usize) {
+        for _ in 0..500 {
+            if self.exits().len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn topics(&self) -> Vec<String> {
         self.0
             .lock()
@@ -536,12 +546,7 @@ fn execs_route_by_exec_id() {
     );
     h.controls("c1").exit_exec("e1", 3);
     assert_eq!(h.wait("c1", "e1").unwrap().exit_status, 3);
-    for _ in 0..500 {
-        if !h.events.exits().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    h.events.until_exits(1);
     assert_eq!(h.events.exits(), ["e1=3"]);
     assert_eq!(h.delete("c1", "e1").unwrap().exit_status, 3);
     assert_eq!(code(h.state("c1", "e1")), Code::NOT_FOUND, "a deleted exec");
@@ -565,12 +570,7 @@ fn an_execs_exit_is_reported_before_the_init_exit_that_ended_it() {
     );
     h.controls("c1").exit_exec("e1", 137);
     h.until("c1", ApiStatus::STOPPED);
-    for _ in 0..500 {
-        if h.events.exits().len() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    h.events.until_exits(2);
     assert_eq!(h.events.exits(), ["e1=137", "c1=0"]);
 }
 
@@ -580,12 +580,7 @@ fn the_exit_of_a_program_that_ends_at_once_is_sent_after_its_start() {
     h.create("quick1").unwrap();
     h.start("quick1", "").unwrap();
     h.until("quick1", ApiStatus::STOPPED);
-    for _ in 0..500 {
-        if !h.events.exits().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    h.events.until_exits(1);
     let topics = h.events.topics();
     let start = topics
         .iter()
