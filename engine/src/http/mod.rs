@@ -16,6 +16,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::meter::MeteredLimits;
 use crate::run_spec::RunSpec;
 
+mod output;
 pub(crate) mod server;
 
 pub use server::{

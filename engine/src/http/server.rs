@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use wasmtime::Store;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -21,6 +21,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+use super::output::OutputSink;
 use super::{HttpState, OutgoingRequests, SLOT_KEPT_RESIDENT, check};
 use crate::guest::{enter_identity, metered_limits, resource_table};
 use crate::kill::wait_for_kill;
@@ -57,7 +58,7 @@ pub const MAX_REQUEST_BODY: usize = 64 << 20;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where the guest's stdout or stderr lines go, shared by all requests.
-type Sink = Option<Arc<Mutex<Box<dyn AsyncWrite + Send + Unpin>>>>;
+type Sink = Option<Arc<OutputSink>>;
 
 fn sink(stdio: &Stdio, is_stdout: bool) -> Result<Sink> {
     let writer: Box<dyn AsyncWrite + Send + Unpin> = match stdio {
@@ -69,7 +70,7 @@ fn sink(stdio: &Stdio, is_stdout: bool) -> Result<Sink> {
             nonblocking_dup(tty)?,
         )?),
     };
-    Ok(Some(Arc::new(Mutex::new(writer))))
+    Ok(Some(Arc::new(OutputSink::new(writer))))
 }
 
 struct Server {
@@ -322,9 +323,7 @@ impl Server {
             for (pipe, sink) in [(stdout, out_sink), (stderr, err_sink)] {
                 let bytes = pipe.contents();
                 if let (false, Some(sink)) = (bytes.is_empty(), sink) {
-                    let mut sink = sink.lock().await;
-                    let _ = sink.write_all(&bytes).await;
-                    let _ = sink.flush().await;
+                    sink.write(&bytes).await;
                 }
             }
             drop(store);
