@@ -6,6 +6,7 @@
 //! [`OUTPUT_STALL`] without progress, output is written only as far as the
 //! pipe takes it at once, the rest dropped, until the reader catches up.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -35,30 +36,31 @@ impl OutputSink {
     pub(super) async fn write(&self, bytes: &[u8]) {
         let mut writer = self.writer.lock().await;
         let stalled = self.stalled.load(Ordering::Relaxed);
-        let wait = if stalled {
-            Duration::ZERO
-        } else {
-            OUTPUT_STALL
-        };
-        // A zero timeout still polls the write once: what fits goes out.
-        let written = tokio::time::timeout(wait, async {
+        let write = async {
             writer.write_all(bytes).await?;
             writer.flush().await
-        })
-        .await;
-        match written {
-            Ok(_) if stalled => {
+        };
+        let written = if stalled {
+            // One poll: what fits goes out now. (A zero timeout would wait
+            // for the timer's next tick, a millisecond per request.)
+            let mut write = std::pin::pin!(write);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            write.as_mut().poll(&mut cx).is_ready()
+        } else {
+            tokio::time::timeout(OUTPUT_STALL, write).await.is_ok()
+        };
+        match (written, stalled) {
+            (true, true) => {
                 self.stalled.store(false, Ordering::Relaxed);
                 log::info!("the wasi:http server's output is read again");
             }
-            Ok(_) => {}
-            Err(_) if !stalled => {
+            (false, false) => {
                 self.stalled.store(true, Ordering::Relaxed);
                 log::warn!(
                     "nobody reads the wasi:http server's output: it is dropped until a reader takes it"
                 );
             }
-            Err(_) => {}
+            _ => {}
         }
     }
 }
