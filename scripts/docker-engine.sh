@@ -23,25 +23,12 @@ if [ -x "$root/bin/dockerd" ] && [ -x "$root/bin/containerd" ] && [ -f "$root/ve
 fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/wasmbox-docker-engine.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-fetch() { # SUITE PACKAGE...
-  local suite=$1; shift
-  local dir=$work/$suite
-  mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $suite main" >"$dir/sources.list"
-  local opts=(-o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=/dev/null
-    -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o APT::Sandbox::User=root
-    -o Debug::NoLocking=1 -q)
-  apt-get "${opts[@]}" update >&2
-  (cd "$dir/debs" && apt-get "${opts[@]}" download "$@" >&2)
-}
-fetch "$DOCKER_SUITE" docker.io docker-cli docker-compose docker-buildx tini-static
-fetch "$CONTAINERD_SUITE" containerd
+# shellcheck source=lib/debian-archive.sh
+. scripts/lib/debian-archive.sh
+fetch_debs "$work" "$DOCKER_SUITE" docker.io docker-cli docker-compose docker-buildx tini-static
+fetch_debs "$work" "$CONTAINERD_SUITE" containerd
 staging=$work/root
-mkdir -p "$staging"
-for deb in "$work"/*/debs/*.deb; do
-  dpkg-deb -x "$deb" "$staging"
-  dpkg-deb --show --showformat='${Package} ${Version}\n' "$deb" >>"$work/versions"
-done
+unpack_debs "$work" "$staging"
 mkdir -p "$staging/out/bin"
 for b in usr/sbin/dockerd usr/bin/docker usr/bin/containerd usr/bin/ctr usr/bin/containerd-shim-runc-v2 usr/sbin/docker-proxy; do
   [ -x "$staging/$b" ] || { echo "error: $b is missing from the downloaded packages" >&2; exit 1; }
@@ -50,11 +37,11 @@ done
 cp "$staging/usr/bin/tini-static" "$staging/out/bin/docker-init"
 mkdir -p "$staging/out/cli-plugins"
 cp "$staging"/usr/libexec/docker/cli-plugins/docker-{compose,buildx} "$staging/out/cli-plugins/"
-cp "$work/versions" "$staging/out/versions"
+cp "$staging/versions" "$staging/out/versions"
 # A newer build could need a newer glibc than this machine's: say so plainly.
 for b in dockerd containerd docker; do
   if ! "$staging/out/bin/$b" --version >/dev/null 2>"$work/run.err"; then
-    echo "error: $b of the downloaded packages ($(paste -sd, "$work/versions")) does not run here: $(head -1 "$work/run.err"); try WASMBOX_DOCKER_SUITE=trixie (Docker 26)" >&2
+    echo "error: $b of the downloaded packages ($(paste -sd, "$staging/versions")) does not run here: $(head -1 "$work/run.err"); try WASMBOX_DOCKER_SUITE=trixie (Docker 26)" >&2
     exit 1
   fi
 done

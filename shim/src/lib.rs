@@ -17,9 +17,11 @@
 //! - [`engine`] (the `wasmbox-engine` crate) is the wasmtime-specific part;
 //!   it knows nothing of containerd.
 
+pub mod bootstrap;
 pub mod cgroup;
 pub mod content;
 pub mod error;
+pub mod info;
 pub mod memory;
 pub mod mounts;
 pub mod pod;

@@ -25,11 +25,19 @@ const RUNTIME_ID: &str = wasmbox_format::RUNTIME_TYPE;
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Ok(flags) = containerd_shim::parse(&args[1..])
-        && !flags.info
+        && flags.info
+    {
+        if let Err(e) = print_runtime_info() {
+            eprintln!("{RUNTIME_ID}: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Ok(flags) = containerd_shim::parse(&args[1..])
         && !flags.version
     {
         let result = match flags.action.as_str() {
-            "start" => start_and_print_address(flags).map_err(anyhow::Error::from),
+            "start" => start_and_print_address(flags),
             "" => serve(flags),
             // `delete` (cleanup after a dead shim) is the crate's; its
             // reaper would take the exit of the runc it runs from us.
@@ -69,7 +77,8 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     // This process outlives its guests: big modules may start on Winch
     // code and tier up in the background (waited for below).
     wasmbox_engine::tiering::enable();
-    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+    let level = std::env::var(SHIM_LOG_LEVEL).unwrap_or_else(|_| "info".into());
+    containerd_shim::logger::init(flags.debug, &level, &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
     let shim = WasmShim {
@@ -115,35 +124,63 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `start` action: spawn the shim server and print its address plainly.
-/// containerd 1.6 reads stdout as the bare address, while the shim crate
-/// answers with the JSON that only containerd ≥ 1.7 parses; every version
-/// accepts the bare address.
-fn start_and_print_address(flags: Flags) -> Result<(), containerd_shim::Error> {
+/// The `start` action: spawn the shim server (or find its pod's) and answer
+/// containerd in the handshake it used (`bootstrap.rs`): a `BootstrapResult`
+/// for containerd 2.3+, the bare address for 1.6 to 2.2 (1.6 reads nothing
+/// else; the shim crate's JSON answer only parses on ≥ 1.7). Nothing is
+/// spawned or written when the handshake is refused.
+fn start_and_print_address(flags: Flags) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use containerd_shim_wasmtime::bootstrap;
     use std::io::Write;
+    let input = bootstrap::read_stdin()?;
+    let handshake = bootstrap::parse(&input, &flags.id, &flags.namespace)?;
+    let opts = handshake.start_opts(&flags);
     // A pod's containers join the shim of its sandbox.
     let cwd = std::env::current_dir().unwrap_or_default();
     let grouping = containerd_shim_wasmtime::pod::grouping(&cwd, &flags.id);
-    let opts = StartOpts {
-        id: flags.id,
-        publish_binary: flags.publish_binary,
-        address: flags.address,
-        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-        namespace: flags.namespace,
-        debug: flags.debug,
-        ..Default::default()
-    };
     let existing = opts.socket_address(&grouping);
+    bootstrap::check_socket_address(&existing, opts.socket_dir.as_deref())?;
     let address = if grouping != opts.id && shim_is_serving(&existing) {
         existing
     } else {
-        containerd_shim::spawn(opts, &grouping, Vec::new())?.1
+        let level = bootstrap::log_level(&opts);
+        containerd_shim::spawn(opts, &grouping, vec![(SHIM_LOG_LEVEL, level)])?.1
     };
     containerd_shim::util::write_address(&address)?;
     let mut out = std::io::stdout().lock();
-    out.write_all(address.as_bytes())
+    out.write_all(&handshake.answer(&address))
         .and_then(|_| out.flush())
-        .map_err(|e| containerd_shim::Error::Other(format!("writing the address: {e}")))
+        .context("writing the answer to containerd")
+}
+
+/// The environment variable `start` passes the server's log level in
+/// (containerd 2.3+ sends a level; older ones only `-debug`).
+const SHIM_LOG_LEVEL: &str = "WASMBOX_SHIM_LOG_LEVEL";
+
+/// The `-info` action: the runtime options containerd sends (if any) on
+/// stdin, the `RuntimeInfo` (`info.rs`) on stdout.
+fn print_runtime_info() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use std::io::Write;
+    let input = containerd_shim_wasmtime::bootstrap::read_stdin()?;
+    let options = if input.is_empty() {
+        None
+    } else {
+        Some(Any::parse_from_bytes(&input).map_err(|_| {
+            anyhow::anyhow!(
+                "-info: stdin holds {} bytes that are not runtime options (a protobuf Any)",
+                input.len()
+            )
+        })?)
+    };
+    let info = containerd_shim_wasmtime::info::runtime_info(RUNTIME_ID, options.as_ref());
+    let mut out = std::io::stdout().lock();
+    out.write_all(&info.write_to_bytes()?)
+        .and_then(|_| out.flush())
+        .context("writing the runtime info")
 }
 
 /// Whether a shim answers on `address` (the pod's shim, when it is up).

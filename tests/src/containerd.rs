@@ -39,12 +39,83 @@ pub struct ContainerdOptions<'a> {
     pub bin_dir: Option<PathBuf>,
     /// Top-level config lines (before any table), e.g. `disabled_plugins`.
     pub top_level: String,
-    /// Keys of the CRI plugin's table first, then any sub-tables of it.
+    /// CRI settings in the config schema of this containerd
+    /// ([`major_version`]): for 1.x, keys of the CRI plugin's table first,
+    /// then any sub-tables of it; for 2.x, whole tables.
     pub cri_config: String,
     /// Start it inside this network namespace.
     pub netns: Option<&'a netns::NetNs>,
     /// Extra environment for containerd, which its shims inherit.
     pub env: Vec<(String, String)>,
+    /// A whole config to start from (e.g. what `deploy/`'s installer made
+    /// of `containerd config default`): the test's settings (paths,
+    /// sockets, CRI) are merged into it, everything else stays.
+    pub base_config: Option<String>,
+}
+
+/// The environment variable naming the directory of the containerd the
+/// shim, CRI and Docker suites run on (`containerd`, `ctr` and
+/// `containerd-shim-runc-v2`); `make test` runs them again with it set to
+/// containerd 2.x (scripts/containerd2.sh).
+pub const CONTAINERD_UNDER_TEST: &str = "WASMBOX_TEST_CONTAINERD";
+
+/// The directory [`CONTAINERD_UNDER_TEST`] names, if it is set; `None`
+/// means the machine's containerd (PATH).
+pub fn containerd_under_test() -> Option<PathBuf> {
+    let dir = std::env::var_os(CONTAINERD_UNDER_TEST).filter(|d| !d.is_empty())?;
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("containerd").is_file(),
+        "{CONTAINERD_UNDER_TEST}={} holds no containerd",
+        dir.display()
+    );
+    Some(dir)
+}
+
+/// The major version of the containerd binary at `containerd` (1 or 2),
+/// which decides the shape of its config (version 2 or 3).
+pub fn major_version(containerd: &Path) -> u32 {
+    let out = Command::new(containerd)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --version: {e}", containerd.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "containerd github.com/containerd/containerd/v2 2.1.9+unknown" or
+    // "containerd containerd.io 1.6.20 <commit>".
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("unrecognised containerd --version: {text:?}"))
+}
+
+/// The major version of the containerd a node started with `bin_dir` (or
+/// [`containerd_under_test`], or PATH) runs.
+pub fn major_version_of(bin_dir: Option<&Path>) -> u32 {
+    match bin_dir
+        .map(Path::to_path_buf)
+        .or_else(containerd_under_test)
+    {
+        Some(dir) => major_version(&dir.join("containerd")),
+        None => major_version(Path::new("containerd")),
+    }
+}
+
+/// `base` with every value of `ours` set in it, table by table.
+fn merge_config(base: &str, ours: &str) -> String {
+    fn merge(into: &mut toml_edit::Table, from: &toml_edit::Table) {
+        for (key, item) in from.iter() {
+            match (into.get_mut(key).and_then(|i| i.as_table_mut()), item.as_table()) {
+                (Some(sub), Some(from_sub)) => merge(sub, from_sub),
+                _ => {
+                    into.insert(key, item.clone());
+                }
+            }
+        }
+    }
+    let mut doc: toml_edit::DocumentMut = base.parse().expect("the base config is TOML");
+    let ours: toml_edit::DocumentMut = ours.parse().expect("the test's config is TOML");
+    merge(doc.as_table_mut(), ours.as_table());
+    doc.to_string()
 }
 
 /// `containerd --version` of the binary at `containerd`, printed once per
@@ -79,7 +150,8 @@ impl Containerd {
     }
 
     pub fn start_opts(opts: ContainerdOptions) -> Containerd {
-        let (containerd, ctr) = match &opts.bin_dir {
+        let bin_dir = opts.bin_dir.clone().or_else(containerd_under_test);
+        let (containerd, ctr) = match &bin_dir {
             Some(dir) => (dir.join("containerd"), dir.join("ctr")),
             None => {
                 require_tool("containerd");
@@ -93,19 +165,37 @@ impl Containerd {
             .tempdir()
             .expect("temp dir");
         let address = dir.path().join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{top}\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{cri_config}\n",
-            root = dir.path().join("root").display(),
-            state = dir.path().join("state").display(),
-            sock = address.display(),
-            top = opts.top_level,
-            cri_config = opts.cri_config,
-        );
+        let config = match major_version(&containerd) {
+            1 => format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{top}\n[grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"{sock}.debug\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n{cri_config}\n",
+                root = dir.path().join("root").display(),
+                state = dir.path().join("state").display(),
+                sock = address.display(),
+                top = opts.top_level,
+                cri_config = opts.cri_config,
+            ),
+            // containerd 2.x: config version 3, its CRI split into plugins
+            // of their own; NRI (on by default) gets a socket of its own, as
+            // several of these run at once.
+            _ => format!(
+                "version = 3\nroot = '{root}'\nstate = '{state}'\n{top}\n[grpc]\n  address = '{sock}'\n[ttrpc]\n  address = '{sock}.ttrpc'\n[debug]\n  address = '{sock}.debug'\n[plugins.'io.containerd.grpc.v1.cri']\n  disable_tcp_service = true\n[plugins.'io.containerd.nri.v1.nri']\n  socket_path = '{nri}'\n{cri_config}\n",
+                root = dir.path().join("root").display(),
+                state = dir.path().join("state").display(),
+                sock = address.display(),
+                nri = dir.path().join("nri.sock").display(),
+                top = opts.top_level,
+                cri_config = opts.cri_config,
+            ),
+        };
+        let config = match &opts.base_config {
+            Some(base) => merge_config(base, &config),
+            None => config,
+        };
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         let shim = workspace_bin("containerd-shim-wasmtime-v1");
         let mut path = std::env::var("PATH").unwrap_or_default();
-        if let Some(bin_dir) = &opts.bin_dir {
+        if let Some(bin_dir) = &bin_dir {
             // Its own runc shim comes before the machine's.
             path = format!("{}:{path}", bin_dir.display());
         }

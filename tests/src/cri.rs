@@ -29,6 +29,84 @@ pub const HANDLER: &str = "wasmtime";
 /// CNI plugins from Debian's containernetworking-plugins.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
+/// The CRI settings of a containerd 1.x (config version 2): the sandbox
+/// image, OOM score rule, CNI, the registry as an http mirror, and the
+/// runtime table `deploy/` ships. containerd replaces its default runtime
+/// table when the config names any runtime, so runc (the default handler)
+/// is listed as in every real config.
+fn cri_config_v2(pause: &str, cni_conf: &Path, registry: &str, runtimes: bool) -> String {
+    let runtimes = if runtimes {
+        format!(
+            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n{}",
+            deploy_snippet("config-1.x.toml")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+{runtimes}"#,
+        conf = cni_conf.display(),
+    )
+}
+
+/// The same for containerd 2.x (config version 3): the images plugin pins
+/// the sandbox image and reads registry hosts from a `certs.d` directory
+/// (`hosts.toml`, which replaced `registry.mirrors`); the runtime plugin
+/// holds CNI, the OOM rule and the runtimes.
+fn cri_config_v3(
+    pause: &str,
+    cni_conf: &Path,
+    registry: &str,
+    dir: &Path,
+    runtimes: bool,
+) -> String {
+    let runtimes = if runtimes {
+        format!(
+            "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n    runtime_type = 'io.containerd.runc.v2'\n{}",
+            deploy_snippet("config-2.x.toml")
+        )
+    } else {
+        String::new()
+    };
+    let certs_d = dir.join("certs.d");
+    let host_dir = certs_d.join(registry);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    format!(
+        r#"[plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = '{pause}'
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = '{certs_d}'
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['{CNI_BIN_DIR}']
+    conf_dir = '{conf}'
+{runtimes}"#,
+        certs_d = certs_d.display(),
+        conf = cni_conf.display(),
+    )
+}
+
+/// A runtime-table snippet of `deploy/containerd/`, as users paste it.
+fn deploy_snippet(file: &str) -> String {
+    let path = workspace_root().join("deploy/containerd").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// containerd with its CRI plugin, a registry and a CNI network, all private
 /// to one test.
 pub struct CriNode {
@@ -60,6 +138,13 @@ impl CriNode {
     /// PATH), e.g. the containerd 1.7 of the private Docker Engine, which
     /// unpacks images of raw Wasm layers that 1.6 refuses.
     pub fn start_on(bin_dir: Option<PathBuf>) -> CriNode {
+        CriNode::start_from(bin_dir, None)
+    }
+
+    /// A node whose containerd starts from the whole config `base` (its
+    /// runtimes, e.g. as `deploy/`'s installer wrote them): only the
+    /// test's paths, CNI, sandbox image and registry are set in it.
+    pub fn start_from(bin_dir: Option<PathBuf>, base: Option<String>) -> CriNode {
         assert!(
             Path::new(CNI_BIN_DIR).join("bridge").exists(),
             "CNI plugins missing in {CNI_BIN_DIR}: apt-get install containernetworking-plugins"
@@ -107,29 +192,15 @@ impl CriNode {
         )
         .unwrap();
 
-        let deploy_snippet =
-            std::fs::read_to_string(workspace_root().join("deploy/containerd/config-1.x.toml"))
-                .expect("deploy/containerd/config-1.x.toml");
-        // containerd replaces its default runtime table when the config names
-        // any runtime, so runc (the default handler) is listed as in every
-        // real config.
-        let cri_config = format!(
-            r#"  sandbox_image = "{pause}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{conf}"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
-    endpoint = ["http://{reg}"]
-{deploy_snippet}"#,
-            conf = cni_conf.display(),
-            reg = registry.addr,
-        );
+        let runtimes = base.is_none();
+        let cri_config = match crate::containerd::major_version_of(bin_dir.as_deref()) {
+            1 => cri_config_v2(&pause, &cni_conf, &registry.addr, runtimes),
+            _ => cri_config_v3(&pause, &cni_conf, &registry.addr, dir.path(), runtimes),
+        };
         let containerd = Containerd::start_opts(crate::ContainerdOptions {
             bin_dir,
             cri_config,
+            base_config: base,
             ..Default::default()
         });
 

@@ -58,8 +58,11 @@ impl DockerEngine {
         };
         let bin = engine.join("bin");
         let netns = NetNs::create();
+        // The engine's own containerd (1.7), unless the suite runs on
+        // another (`WASMBOX_TEST_CONTAINERD`, containerd 2.x in `make test`).
+        let containerd_bin = crate::containerd::containerd_under_test().unwrap_or(bin.clone());
         let containerd = Containerd::start_opts(ContainerdOptions {
-            bin_dir: Some(bin.clone()),
+            bin_dir: Some(containerd_bin.clone()),
             top_level: "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]".into(),
             netns: Some(&netns),
             ..Default::default()

@@ -437,7 +437,9 @@ fn a_wasm_layer_image_retagged_between_create_and_start_runs_what_the_container_
         eprintln!("skipping: no containerd 1.7 (scripts/docker-engine.sh fetches it)");
         return;
     };
-    let node = CriNode::start_on(Some(engine.join("bin")));
+    // containerd 2.x, where the suite runs on it.
+    let bin = wasmbox_tests::containerd::containerd_under_test().unwrap_or(engine.join("bin"));
+    let node = CriNode::start_on(Some(bin));
     let artifact = ["--format", "artifact"];
     let image = node.image_packed("moving", probe(), &artifact);
     let pod = node.run_pod("pinned").expect("RunPodSandbox");
@@ -900,4 +902,78 @@ fn a_linux_containers_limits_are_set_from_its_spec_and_updated_in_place() {
     node.remove_container(&sized);
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
+}
+
+/// `containerd config default` of the containerd this suite runs on, as a
+/// node ships it.
+fn containerds_default_config() -> String {
+    let containerd = wasmbox_tests::containerd::containerd_under_test()
+        .map(|dir| dir.join("containerd"))
+        .unwrap_or_else(|| "containerd".into());
+    let out = Command::new(&containerd)
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_installers_edit_of_containerds_default_config_runs_wasm_pods() {
+    let default = containerds_default_config();
+    // The same config where the operator had turned on runc's systemd
+    // cgroup driver: the edit must keep it as it was.
+    assert!(default.contains("SystemdCgroup = false"), "{default}");
+    let systemd = default.replace("SystemdCgroup = false", "SystemdCgroup = true");
+    for (name, base) in [("default", default), ("systemd", systemd)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, &base).unwrap();
+        let out = Command::new(wasmbox_tests::workspace_bin("wasmbox-node-installer"))
+            .args(["config", "--config", config.to_str().unwrap()])
+            .output()
+            .expect("wasmbox-node-installer config");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let edited = String::from_utf8(out.stdout).unwrap();
+        // The operator's settings stay (on 2.x the images plugin's
+        // `use_local_image_pull` is set: deploy/README.md says why).
+        let kept = |text: &str| {
+            text.lines()
+                .filter(|l| !l.contains("use_local_image_pull"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let edited_lines = kept(&edited);
+        assert_eq!(
+            kept(&base),
+            edited_lines[..kept(&base).len()].to_vec(),
+            "{name}: the installer changed the operator's config instead of adding to it"
+        );
+        // Re-running it on its own output changes nothing.
+        std::fs::write(&config, &edited).unwrap();
+        let again = Command::new(wasmbox_tests::workspace_bin("wasmbox-node-installer"))
+            .args(["config", "--config", config.to_str().unwrap(), "--check"])
+            .status()
+            .unwrap();
+        assert_eq!(again.code(), Some(0), "{name}: the edited config still needs the edit");
+
+        let node = CriNode::start_from(
+            wasmbox_tests::containerd::containerd_under_test(),
+            Some(edited),
+        );
+        let image = node.image("probe", probe());
+        let pod = node.run_pod(name).expect("RunPodSandbox");
+        let (_, netns) = node.pod_network(&pod);
+        let id = node
+            .run_container(&pod, "out", &image, &["hello"], &[])
+            .expect("a container");
+        assert_eq!(node.wait_exited(&id, Duration::from_secs(30)).exit_code, 0);
+        assert_eq!(
+            node.log_lines(name, "out"),
+            vec![("stdout".to_string(), "hello from probe".to_string())]
+        );
+        node.remove_container(&id);
+        node.remove_pod(&pod);
+        node.assert_clean(&[netns]);
+    }
 }

@@ -162,6 +162,9 @@ pub fn add_runtime(config: &str, opts: &RuntimeOptions) -> Result<Edit, ConfigEr
         let mut doc = DocumentMut::new();
         doc["version"] = toml_edit::value(version);
         insert_runtime(&mut doc, version, opts).map_err(err)?;
+        if version == 3 {
+            use_local_image_pull(&mut doc).map_err(err)?;
+        }
         Ok(doc.to_string())
     };
     if config.trim().is_empty() {
@@ -195,7 +198,10 @@ pub fn add_runtime(config: &str, opts: &RuntimeOptions) -> Result<Edit, ConfigEr
         });
     }
     let version = config_version(&doc).map_err(err)?;
-    let changed = insert_runtime(&mut doc, version, opts).map_err(err)?;
+    let mut changed = insert_runtime(&mut doc, version, opts).map_err(err)?;
+    if version == 3 {
+        changed |= use_local_image_pull(&mut doc).map_err(err)?;
+    }
     Ok(if changed {
         Edit {
             text: doc.to_string(),
@@ -305,6 +311,63 @@ fn insert_runtime(
     new_runtime(&opts.handler, &opts.runtime_type, table);
     doc.set_trailing("");
     Ok(true)
+}
+
+/// The CRI images plugin of a version-3 config (containerd 2.x).
+const CRI_IMAGES: [&str; 2] = ["plugins", "io.containerd.cri.v1.images"];
+
+/// Sets `use_local_image_pull = true` in the CRI images plugin of a
+/// version-3 config; returns whether anything changed. containerd >= 2.3
+/// pulls CRI images through its Transfer Service, which unpacks only images
+/// of the host's OS, so a `wasi/wasm` image would be fetched and never
+/// unpacked; the CRI's own pull unpacks it on every 2.x. An existing key
+/// is set in place (keeping its formatting); a missing table is appended.
+fn use_local_image_pull(doc: &mut DocumentMut) -> Result<bool, ConfigErrorKind> {
+    const KEY: &str = "use_local_image_pull";
+    let end_position = max_position(doc.as_table()).map_or(1, |p| p + 1);
+    let plugins = doc
+        .as_table_mut()
+        .entry(CRI_IMAGES[0])
+        .or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+    let Some(plugins) = plugins.as_table_like_mut() else {
+        return Err(ConfigErrorKind::NotATable(CRI_IMAGES[0].to_string()));
+    };
+    let shown = format!(
+        "plugins.{}",
+        toml_edit::Key::new(CRI_IMAGES[1]).display_repr()
+    );
+    match plugins.get_mut(CRI_IMAGES[1]) {
+        None => {
+            let mut images = Table::new();
+            images.insert(KEY, toml_edit::value(true));
+            images.set_position(Some(end_position));
+            images.decor_mut().set_prefix("\n");
+            plugins.insert(CRI_IMAGES[1], Item::Table(images));
+            Ok(true)
+        }
+        Some(item) => {
+            let images = item
+                .as_table_like_mut()
+                .ok_or_else(|| ConfigErrorKind::NotATable(shown.clone()))?;
+            match images.get_mut(KEY) {
+                Some(Item::Value(v)) if v.as_bool() == Some(true) => Ok(false),
+                Some(Item::Value(v)) => {
+                    let decor = v.decor().clone();
+                    *v = true.into();
+                    *v.decor_mut() = decor;
+                    Ok(true)
+                }
+                _ => {
+                    images.insert(KEY, toml_edit::value(true));
+                    Ok(true)
+                }
+            }
+        }
+    }
 }
 
 /// Sets `runtime_type` in an existing runtime table, keeping its other keys
@@ -535,6 +598,34 @@ mod tests {
                 "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.wasmtime]"
             )
         );
+    }
+
+    #[test]
+    fn version_3_configs_get_the_cris_local_image_pull() {
+        let opts = RuntimeOptions {
+            containerd_major: 2,
+            ..Default::default()
+        };
+        let pulls_locally = |text: &str| {
+            let doc: DocumentMut = text.parse().unwrap();
+            doc["plugins"]["io.containerd.cri.v1.images"]["use_local_image_pull"].as_bool()
+        };
+        // A fresh config, and one without the images table.
+        assert_eq!(pulls_locally(&add_runtime("", &opts).unwrap().text), Some(true));
+        let bare = "version = 3\n";
+        assert_eq!(pulls_locally(&add_runtime(bare, &opts).unwrap().text), Some(true));
+        // `containerd config default` writes the key as false: set in place,
+        // its comment and the table's other keys kept.
+        let default = "version = 3\n[plugins]\n  [plugins.'io.containerd.cri.v1.images']\n    snapshotter = 'overlayfs'\n    use_local_image_pull = false # set by ops\n";
+        let edit = add_runtime(default, &opts).unwrap();
+        assert!(edit.changed);
+        assert_eq!(pulls_locally(&edit.text), Some(true));
+        assert!(edit.text.contains("    use_local_image_pull = true # set by ops\n"), "{}", edit.text);
+        assert!(edit.text.contains("snapshotter = 'overlayfs'"));
+        // Run again: nothing to change, so containerd is not restarted.
+        assert!(!add_runtime(&edit.text, &opts).unwrap().changed);
+        // Version-2 configs (containerd 1.x) do not get the key.
+        assert!(!add_runtime("version = 2\n", &RuntimeOptions::default()).unwrap().text.contains("use_local_image_pull"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod guest;
 mod rootfs;
 mod sys;
+pub use sys::MOUNT_FLAGS;
 
 pub use guest::{GuestMount, guest_mounts, make_guest_mounts, name_service_namespace};
 pub use rootfs::{ContainerMounts, RootfsMount, unmount_all, unmount_tree};

@@ -7,23 +7,42 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+/// The mount options the shim recognises, with the mount(2) flag each sets
+/// (0: the default, or propagation the guest cannot observe). `-info`
+/// reports this list to containerd as the runtime's `mountOptions`.
+pub const MOUNT_FLAGS: [(&str, libc::c_ulong); 24] = [
+    ("ro", libc::MS_RDONLY),
+    ("rw", 0),
+    ("bind", libc::MS_BIND),
+    ("rbind", libc::MS_BIND | libc::MS_REC),
+    ("nosuid", libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC),
+    ("relatime", libc::MS_RELATIME),
+    ("noatime", libc::MS_NOATIME),
+    ("strictatime", libc::MS_STRICTATIME),
+    ("private", 0),
+    ("rprivate", 0),
+    ("shared", 0),
+    ("rshared", 0),
+    ("slave", 0),
+    ("rslave", 0),
+    ("suid", 0),
+    ("dev", 0),
+    ("exec", 0),
+    ("atime", 0),
+    ("diratime", 0),
+    ("nodiratime", 0),
+    ("sync", 0),
+    ("async", 0),
+];
+
 /// A mount option that is a flag (`ro`, `nosuid`, …) rather than file system data.
 pub(super) fn mount_flag(option: &str) -> Option<libc::c_ulong> {
-    Some(match option {
-        "ro" => libc::MS_RDONLY,
-        "rw" => 0,
-        "bind" => libc::MS_BIND,
-        "rbind" => libc::MS_BIND | libc::MS_REC,
-        "nosuid" => libc::MS_NOSUID,
-        "nodev" => libc::MS_NODEV,
-        "noexec" => libc::MS_NOEXEC,
-        "relatime" => libc::MS_RELATIME,
-        "noatime" => libc::MS_NOATIME,
-        "strictatime" => libc::MS_STRICTATIME,
-        "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "suid" | "dev"
-        | "exec" | "atime" | "diratime" | "nodiratime" | "sync" | "async" => 0,
-        _ => return None,
-    })
+    MOUNT_FLAGS
+        .iter()
+        .find(|(name, _)| *name == option)
+        .map(|(_, flag)| *flag)
 }
 
 /// mount(2) with Rust strings.
