@@ -13,8 +13,8 @@
 use std::io::{IsTerminal, Read};
 
 use containerd_shim::bootstrap::{BootstrapParams, BootstrapResult, LogLevel, nearest_log_level};
-use containerd_shim::protos::protobuf::{Enum, Message};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::{Enum, Message};
 
 /// What containerd sends at most on stdin (its own cap).
 const MAX_INPUT: u64 = 10 << 20;
@@ -107,7 +107,10 @@ pub fn parse(input: &[u8], id: &str, namespace: &str) -> Result<Handshake, Boots
         }
     }
     match Any::parse_from_bytes(input) {
-        Ok(any) if !any.type_url.is_empty() && any.special_fields.unknown_fields().iter().next().is_none() => {
+        Ok(any)
+            if !any.type_url.is_empty()
+                && any.special_fields.unknown_fields().iter().next().is_none() =>
+        {
             Ok(Handshake::Legacy { options: Some(any) })
         }
         _ => Err(BootstrapError::Unreadable(input.len())),
@@ -270,9 +273,17 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_in_one_sentence() {
-        for garbage in [&b"\xff\xff\xff\xff"[..], b"{\"not\": \"protobuf\"}", b"\x0a\x05ab"] {
+        for garbage in [
+            &b"\xff\xff\xff\xff"[..],
+            b"{\"not\": \"protobuf\"}",
+            b"\x0a\x05ab",
+        ] {
             let err = parse(garbage, ID, NS).unwrap_err();
-            assert_eq!(err, BootstrapError::Unreadable(garbage.len()), "{garbage:?}");
+            assert_eq!(
+                err,
+                BootstrapError::Unreadable(garbage.len()),
+                "{garbage:?}"
+            );
         }
     }
 
@@ -291,7 +302,13 @@ mod tests {
     #[test]
     fn an_unknown_log_level_maps_to_the_nearest_known_one() {
         let mut sent = params();
-        for (wire, level) in [(-8, "trace"), (-5, "debug"), (0, "info"), (3, "warn"), (99, "error")] {
+        for (wire, level) in [
+            (-8, "trace"),
+            (-5, "debug"),
+            (0, "info"),
+            (3, "warn"),
+            (99, "error"),
+        ] {
             sent.log_level = EnumOrUnknown::from_i32(wire);
             let opts = Handshake::Bootstrap(Box::new(sent.clone()))
                 .start_opts(&containerd_shim::Flags::default());
@@ -304,7 +321,12 @@ mod tests {
         let dir = format!("/run/{}", "d".repeat(60));
         let address = format!("unix://{dir}/{}", "a".repeat(64));
         let err = check_socket_address(&address, Some(&dir)).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("socket_dir {dir} is too long: the shim's socket in it would be a 130-byte path")), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "socket_dir {dir} is too long: the shim's socket in it would be a 130-byte path"
+            )),
+            "{err}"
+        );
         assert!(check_socket_address("unix:///run/containerd/s/abc", None).is_ok());
     }
 }

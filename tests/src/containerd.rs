@@ -100,11 +100,31 @@ pub fn major_version_of(bin_dir: Option<&Path>) -> u32 {
     }
 }
 
-/// `base` with every value of `ours` set in it, table by table.
-fn merge_config(base: &str, ours: &str) -> String {
+/// `ctr`'s output without the deprecation warnings containerd ≥ 2.2 prints
+/// on its stderr (cgroup v1 on these machines), which are not the guest's.
+fn without_deprecation_warnings(mut out: Output) -> Output {
+    let text = String::from_utf8_lossy(&out.stderr);
+    if text.contains("msg=\"DEPRECATION: ") {
+        out.stderr = text
+            .lines()
+            .filter(|l| !(l.contains("level=warning") && l.contains("msg=\"DEPRECATION: ")))
+            .flat_map(|l| [l, "\n"])
+            .collect::<String>()
+            .into_bytes();
+    }
+    out
+}
+
+/// `base` with every value of `ours` set in it, table by table; `base`
+/// keeps its own version. A version-4 config (containerd ≥ 2.4) names its
+/// sockets in server plugins, which get the addresses of `ours` too.
+fn merge_config(base: &str, ours: &str, sock: &Path) -> String {
     fn merge(into: &mut toml_edit::Table, from: &toml_edit::Table) {
         for (key, item) in from.iter() {
-            match (into.get_mut(key).and_then(|i| i.as_table_mut()), item.as_table()) {
+            match (
+                into.get_mut(key).and_then(|i| i.as_table_mut()),
+                item.as_table(),
+            ) {
                 (Some(sub), Some(from_sub)) => merge(sub, from_sub),
                 _ => {
                     into.insert(key, item.clone());
@@ -113,8 +133,21 @@ fn merge_config(base: &str, ours: &str) -> String {
         }
     }
     let mut doc: toml_edit::DocumentMut = base.parse().expect("the base config is TOML");
-    let ours: toml_edit::DocumentMut = ours.parse().expect("the test's config is TOML");
+    let mut ours: toml_edit::DocumentMut = ours.parse().expect("the test's config is TOML");
+    ours.remove("version");
     merge(doc.as_table_mut(), ours.as_table());
+    if doc.get("version").and_then(|v| v.as_integer()) >= Some(4) {
+        let plugins = doc["plugins"].as_table_mut().expect("a plugins table");
+        for (server, address) in [
+            ("grpc", sock.display().to_string()),
+            ("ttrpc", format!("{}.ttrpc", sock.display())),
+            ("debug", format!("{}.debug", sock.display())),
+        ] {
+            let mut table = toml_edit::Table::new();
+            table.insert("address", toml_edit::value(address));
+            plugins.insert(&format!("io.containerd.server.v1.{server}"), table.into());
+        }
+    }
     doc.to_string()
 }
 
@@ -188,7 +221,7 @@ impl Containerd {
             ),
         };
         let config = match &opts.base_config {
-            Some(base) => merge_config(base, &config),
+            Some(base) => merge_config(base, &config, &address),
             None => config,
         };
         let config_path = dir.path().join("config.toml");
@@ -291,11 +324,13 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET ARGS…`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
+        without_deprecation_warnings(
+            self.ctr_command()
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run ctr"),
+        )
     }
 
     /// `ctr -a SOCKET`, to add arguments to and spawn (`ctr events`).
@@ -327,7 +362,7 @@ impl Containerd {
         });
         let out = child.wait_with_output().expect("wait for ctr");
         let _ = writer.join();
-        out
+        without_deprecation_warnings(out)
     }
 
     /// Imports an image archive (`wasmbox pack -o`).

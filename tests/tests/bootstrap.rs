@@ -83,7 +83,10 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn bootstrap_params_get_a_bootstrap_result_and_the_socket_lands_in_socket_dir() {
-    let dir = tempfile::Builder::new().prefix("boot").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("boot")
+        .tempdir_in("/tmp")
+        .unwrap();
     let sockets = dir.path().join("s");
     let sent = params("boot-new", Some(&sockets)).write_to_bytes().unwrap();
     let out = start(dir.path(), "boot-new", &sent);
@@ -104,7 +107,10 @@ fn bootstrap_params_get_a_bootstrap_result_and_the_socket_lands_in_socket_dir() 
 
 #[test]
 fn legacy_runtime_options_get_the_bare_address() {
-    let dir = tempfile::Builder::new().prefix("boot").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("boot")
+        .tempdir_in("/tmp")
+        .unwrap();
     let options = Any {
         type_url: "containerd.runc.v1.Options".into(),
         value: b"\x12\x04crun".to_vec(),
@@ -127,7 +133,10 @@ fn legacy_runtime_options_get_the_bare_address() {
 
 #[test]
 fn a_start_it_cannot_read_is_refused_in_one_sentence_and_starts_nothing() {
-    let dir = tempfile::Builder::new().prefix("boot").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("boot")
+        .tempdir_in("/tmp")
+        .unwrap();
     let long_dir = dir.path().join("d".repeat(80));
     let mut other = params("someone-else", None);
     other.namespace = "k8s.io".into();
@@ -179,8 +188,16 @@ fn info_describes_the_runtime_and_its_features() {
         "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
     );
     let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
-    assert_eq!(features["linux"]["mountExtensions"]["idmap"]["enabled"], false);
-    assert!(features["mountOptions"].as_array().unwrap().contains(&"ro".into()));
+    assert_eq!(
+        features["linux"]["mountExtensions"]["idmap"]["enabled"],
+        false
+    );
+    assert!(
+        features["mountOptions"]
+            .as_array()
+            .unwrap()
+            .contains(&"ro".into())
+    );
     assert!(info.annotations.contains_key("dev.wasmbox.wasi.network"));
 
     // Runtime options containerd sends are echoed; anything else is refused.

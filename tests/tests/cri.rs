@@ -914,7 +914,11 @@ fn containerds_default_config() -> String {
         .args(["config", "default"])
         .output()
         .expect("containerd config default");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -933,7 +937,11 @@ fn the_installers_edit_of_containerds_default_config_runs_wasm_pods() {
             .args(["config", "--config", config.to_str().unwrap()])
             .output()
             .expect("wasmbox-node-installer config");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let edited = String::from_utf8(out.stdout).unwrap();
         // The operator's settings stay (on 2.x the images plugin's
         // `use_local_image_pull` is set: deploy/README.md says why).
@@ -955,7 +963,11 @@ fn the_installers_edit_of_containerds_default_config_runs_wasm_pods() {
             .args(["config", "--config", config.to_str().unwrap(), "--check"])
             .status()
             .unwrap();
-        assert_eq!(again.code(), Some(0), "{name}: the edited config still needs the edit");
+        assert_eq!(
+            again.code(),
+            Some(0),
+            "{name}: the edited config still needs the edit"
+        );
 
         let node = CriNode::start_from(
             wasmbox_tests::containerd::containerd_under_test(),

@@ -51,7 +51,7 @@ pub enum ConfigErrorKind {
     #[error("has a `version` that is not an integer")]
     VersionNotInteger,
     /// `version` is an integer containerd schema we do not know.
-    #[error("has version = {0}, which this installer does not support (1, 2 and 3 are)")]
+    #[error("has version = {0}, which this installer does not support (1 to 4 are)")]
     UnsupportedVersion(i64),
     /// A key on the path to the runtime table holds something else.
     #[error("has `{0}` that is not a table")]
@@ -105,7 +105,7 @@ const RUNC_TYPE: &str = "io.containerd.runc.v2";
 /// version; the CRI plugin was renamed between schemas.
 pub fn runtimes_path(config_version: i64) -> &'static [&'static str] {
     match config_version {
-        3 => &[
+        3 | 4 => &[
             "plugins",
             "io.containerd.cri.v1.runtime",
             "containerd",
@@ -129,7 +129,8 @@ pub fn config_version(doc: &DocumentMut) -> Result<i64, ConfigErrorKind> {
     match doc.get("version") {
         None => Ok(1),
         Some(item) => match item.as_integer() {
-            Some(v @ 1..=3) => Ok(v),
+            // 4: containerd 2.4's, whose CRI plugins are those of 3.
+            Some(v @ 1..=4) => Ok(v),
             Some(v) => Err(ConfigErrorKind::UnsupportedVersion(v)),
             None => Err(ConfigErrorKind::VersionNotInteger),
         },
@@ -162,7 +163,7 @@ pub fn add_runtime(config: &str, opts: &RuntimeOptions) -> Result<Edit, ConfigEr
         let mut doc = DocumentMut::new();
         doc["version"] = toml_edit::value(version);
         insert_runtime(&mut doc, version, opts).map_err(err)?;
-        if version == 3 {
+        if version >= 3 {
             use_local_image_pull(&mut doc).map_err(err)?;
         }
         Ok(doc.to_string())
@@ -199,7 +200,7 @@ pub fn add_runtime(config: &str, opts: &RuntimeOptions) -> Result<Edit, ConfigEr
     }
     let version = config_version(&doc).map_err(err)?;
     let mut changed = insert_runtime(&mut doc, version, opts).map_err(err)?;
-    if version == 3 {
+    if version >= 3 {
         changed |= use_local_image_pull(&mut doc).map_err(err)?;
     }
     Ok(if changed {
@@ -325,14 +326,11 @@ const CRI_IMAGES: [&str; 2] = ["plugins", "io.containerd.cri.v1.images"];
 fn use_local_image_pull(doc: &mut DocumentMut) -> Result<bool, ConfigErrorKind> {
     const KEY: &str = "use_local_image_pull";
     let end_position = max_position(doc.as_table()).map_or(1, |p| p + 1);
-    let plugins = doc
-        .as_table_mut()
-        .entry(CRI_IMAGES[0])
-        .or_insert_with(|| {
-            let mut t = Table::new();
-            t.set_implicit(true);
-            Item::Table(t)
-        });
+    let plugins = doc.as_table_mut().entry(CRI_IMAGES[0]).or_insert_with(|| {
+        let mut t = Table::new();
+        t.set_implicit(true);
+        Item::Table(t)
+    });
     let Some(plugins) = plugins.as_table_like_mut() else {
         return Err(ConfigErrorKind::NotATable(CRI_IMAGES[0].to_string()));
     };
@@ -611,21 +609,37 @@ mod tests {
             doc["plugins"]["io.containerd.cri.v1.images"]["use_local_image_pull"].as_bool()
         };
         // A fresh config, and one without the images table.
-        assert_eq!(pulls_locally(&add_runtime("", &opts).unwrap().text), Some(true));
+        assert_eq!(
+            pulls_locally(&add_runtime("", &opts).unwrap().text),
+            Some(true)
+        );
         let bare = "version = 3\n";
-        assert_eq!(pulls_locally(&add_runtime(bare, &opts).unwrap().text), Some(true));
+        assert_eq!(
+            pulls_locally(&add_runtime(bare, &opts).unwrap().text),
+            Some(true)
+        );
         // `containerd config default` writes the key as false: set in place,
         // its comment and the table's other keys kept.
         let default = "version = 3\n[plugins]\n  [plugins.'io.containerd.cri.v1.images']\n    snapshotter = 'overlayfs'\n    use_local_image_pull = false # set by ops\n";
         let edit = add_runtime(default, &opts).unwrap();
         assert!(edit.changed);
         assert_eq!(pulls_locally(&edit.text), Some(true));
-        assert!(edit.text.contains("    use_local_image_pull = true # set by ops\n"), "{}", edit.text);
+        assert!(
+            edit.text
+                .contains("    use_local_image_pull = true # set by ops\n"),
+            "{}",
+            edit.text
+        );
         assert!(edit.text.contains("snapshotter = 'overlayfs'"));
         // Run again: nothing to change, so containerd is not restarted.
         assert!(!add_runtime(&edit.text, &opts).unwrap().changed);
         // Version-2 configs (containerd 1.x) do not get the key.
-        assert!(!add_runtime("version = 2\n", &RuntimeOptions::default()).unwrap().text.contains("use_local_image_pull"));
+        assert!(
+            !add_runtime("version = 2\n", &RuntimeOptions::default())
+                .unwrap()
+                .text
+                .contains("use_local_image_pull")
+        );
     }
 
     #[test]
@@ -739,7 +753,7 @@ mod tests {
         assert!(!m.contains('\n'), "{m}");
         assert!(msg("version = 2\nplugins = 3\n").contains("`plugins` that is not a table"));
         assert!(msg("version = \"2\"\n").contains("not an integer"));
-        assert!(msg("version = 4\n").contains("version = 4"));
+        assert!(msg("version = 5\n").contains("version = 5"));
         assert!(msg("version = 2\nplugins = { a = 1 }\n").contains("inline table"));
         assert!(
             msg("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = []\n")

@@ -241,16 +241,35 @@ impl Membership {
     /// holds locked while it backs out of a failed join).
     fn back_out(&self) -> Result<()> {
         let pid = std::process::id().to_string();
-        for procs in &self.original {
-            std::fs::write(procs, &pid)
-                .with_context(|| format!("moving the shim back to {}", procs.display()))?;
+        // A thread the process starts while it is being moved can be left
+        // in the old cgroup (cgroup v1 moves a thread group thread by
+        // thread), and the rmdir then fails with EBUSY: move again, briefly.
+        let mut attempts = 0;
+        loop {
+            for procs in &self.original {
+                std::fs::write(procs, &pid)
+                    .with_context(|| format!("moving the shim back to {}", procs.display()))?;
+            }
+            let busy = self
+                .created
+                .iter()
+                .find_map(|dir| match std::fs::remove_dir(dir) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => Some((dir, e)),
+                    Ok(()) => None,
+                });
+            match busy {
+                None => return Ok(()),
+                Some((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Some((dir, e)) => {
+                    return Err(e)
+                        .with_context(|| format!("removing the cgroup {}", dir.display()));
+                }
+            }
         }
-        for dir in &self.created {
-            // A cgroup is removed with rmdir even though it lists files.
-            std::fs::remove_dir(dir)
-                .with_context(|| format!("removing the cgroup {}", dir.display()))?;
-        }
-        Ok(())
     }
 }
 
