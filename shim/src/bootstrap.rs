@@ -21,6 +21,10 @@ const MAX_INPUT: u64 = 10 << 20;
 /// The longest path a unix socket address holds (`sun_path` less its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
+/// The environment variable `start` passes the server's log level in
+/// (containerd 2.3+ sends a level; older ones only `-debug`).
+pub const SHIM_LOG_LEVEL: &str = "WASMBOX_SHIM_LOG_LEVEL";
+
 /// The protocol the shim answers containerd in.
 const PROTOCOL: &str = "ttrpc";
 
@@ -141,11 +145,14 @@ impl Handshake {
         }
     }
 
-    /// The bytes `start` prints for a server at `address`.
-    pub fn answer(&self, address: &str) -> Vec<u8> {
+    /// The bytes `start` prints for a server at `address` that serves the
+    /// task API `version` (3, but 2 for the shim sandbox controller: a pod
+    /// server runs the pod's containers, and containerd runs `start` for
+    /// each container only for a version-2 shim).
+    pub fn answer(&self, address: &str, version: i32) -> Vec<u8> {
         match self {
             Handshake::Bootstrap(_) => BootstrapResult {
-                version: containerd_shim::protos::TASK_API_VERSION,
+                version,
                 address: address.to_string(),
                 protocol: PROTOCOL.to_string(),
                 ..Default::default()
@@ -290,12 +297,12 @@ mod tests {
     #[test]
     fn the_answer_is_a_bootstrap_result_or_the_bare_address() {
         let address = "unix:///run/containerd/s/0123";
-        let new = Handshake::Bootstrap(Box::new(params())).answer(address);
+        let new = Handshake::Bootstrap(Box::new(params())).answer(address, 3);
         let result = BootstrapResult::parse_from_bytes(&new).unwrap();
         assert_eq!(result.address, address);
         assert_eq!(result.protocol, "ttrpc");
         assert_eq!(result.version, 3);
-        let old = Handshake::Legacy { options: None }.answer(address);
+        let old = Handshake::Legacy { options: None }.answer(address, 3);
         assert_eq!(old, address.as_bytes());
     }
 

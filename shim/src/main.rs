@@ -77,7 +77,8 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     // This process outlives its guests: big modules may start on Winch
     // code and tier up in the background (waited for below).
     wasmbox_engine::tiering::enable();
-    let level = std::env::var(SHIM_LOG_LEVEL).unwrap_or_else(|_| "info".into());
+    let level = std::env::var(containerd_shim_wasmtime::bootstrap::SHIM_LOG_LEVEL)
+        .unwrap_or_else(|_| "info".into());
     containerd_shim::logger::init(flags.debug, &level, &flags.namespace, &flags.id)
         .context("opening the shim log")?;
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set")?;
@@ -88,13 +89,34 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         exit: Arc::new(ExitSignal::default()),
     };
     let service: Arc<dyn containerd_shim::Task + Send + Sync> =
-        Arc::new(shim.task_service(ttrpc_address, Arc::new(namespaces)));
+        Arc::new(shim.task_service(ttrpc_address.clone(), Arc::new(namespaces)));
     let mut methods = containerd_shim::protos::shim::shim_ttrpc::create_task(service.clone());
     for (name, handler) in containerd_shim::protos::shim::shim_ttrpc::create_task(service) {
         methods.insert(
             name.replace("containerd.task.v3.", "containerd.task.v2."),
             handler,
         );
+    }
+    // Started by containerd 2.x's shim sandbox controller: this process
+    // serves the pod's Sandbox API (`pod/controller.rs`).
+    let bundle = std::env::current_dir()?;
+    if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&bundle) {
+        use containerd_shim_wasmtime::pod::controller::{ControllerConfig, SandboxController};
+        let controller = SandboxController::new(
+            ControllerConfig {
+                id: flags.id.clone(),
+                namespace: flags.namespace.clone(),
+                containerd_address: flags.address.clone(),
+                ttrpc_address: ttrpc_address.clone(),
+                socket: flags.socket.clone(),
+                log_level: level.clone(),
+                bundle,
+            },
+            shim.exit.clone(),
+        );
+        methods.extend(containerd_shim_protos::sandbox_sync::create_sandbox(
+            Arc::new(controller),
+        ));
     }
 
     let path = flags.socket.trim_start_matches("unix://").to_string();
@@ -136,27 +158,35 @@ fn start_and_print_address(flags: Flags) -> anyhow::Result<()> {
     let input = bootstrap::read_stdin()?;
     let handshake = bootstrap::parse(&input, &flags.id, &flags.namespace)?;
     let opts = handshake.start_opts(&flags);
-    // A pod's containers join the shim of its sandbox.
+    // A pod's containers join the shim of its sandbox, or its pod server
+    // where containerd's shim sandbox controller made the pod.
     let cwd = std::env::current_dir().unwrap_or_default();
     let grouping = containerd_shim_wasmtime::pod::grouping(&cwd, &flags.id);
     let existing = opts.socket_address(&grouping);
     bootstrap::check_socket_address(&existing, opts.socket_dir.as_deref())?;
-    let address = if grouping != opts.id && shim_is_serving(&existing) {
+    let pod_server = opts.socket_address(&containerd_shim_wasmtime::pod::pod_server_grouping(
+        &grouping,
+    ));
+    let controller = containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&cwd);
+    let address = if grouping != opts.id && shim_is_serving(&pod_server) {
+        pod_server
+    } else if grouping != opts.id && shim_is_serving(&existing) {
         existing
     } else {
         let level = bootstrap::log_level(&opts);
-        containerd_shim::spawn(opts, &grouping, vec![(SHIM_LOG_LEVEL, level)])?.1
+        containerd_shim::spawn(opts, &grouping, vec![(bootstrap::SHIM_LOG_LEVEL, level)])?.1
+    };
+    let version = if controller {
+        2
+    } else {
+        containerd_shim::protos::TASK_API_VERSION
     };
     containerd_shim::util::write_address(&address)?;
     let mut out = std::io::stdout().lock();
-    out.write_all(&handshake.answer(&address))
+    out.write_all(&handshake.answer(&address, version))
         .and_then(|_| out.flush())
         .context("writing the answer to containerd")
 }
-
-/// The environment variable `start` passes the server's log level in
-/// (containerd 2.3+ sends a level; older ones only `-debug`).
-const SHIM_LOG_LEVEL: &str = "WASMBOX_SHIM_LOG_LEVEL";
 
 /// The `-info` action: the runtime options containerd sends (if any) on
 /// stdin, the `RuntimeInfo` (`info.rs`) on stdout.

@@ -375,6 +375,11 @@ impl Containerd {
         );
     }
 
+    /// containerd's state directory (`state` in its config).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The bundle directory containerd gives the shim for container `id`.
     pub fn bundle_dir(&self, id: &str) -> PathBuf {
         self.dir

@@ -26,6 +26,9 @@ use crate::{Containerd, Registry, RegistryAuth, Wasmbox, wait_until};
 
 /// The RuntimeClass handler the tests (and `deploy/`) use.
 pub const HANDLER: &str = "wasmtime";
+/// The same runtime with containerd 2.x's shim sandbox controller
+/// (`sandboxer = "shim"`): the shim makes the pod through the Sandbox API.
+pub const SHIM_SANDBOXER_HANDLER: &str = "wasmtime-sandboxer";
 /// CNI plugins from Debian's containernetworking-plugins.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
@@ -69,7 +72,7 @@ fn cri_config_v3(
 ) -> String {
     let runtimes = if runtimes {
         format!(
-            "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n    runtime_type = 'io.containerd.runc.v2'\n{}",
+            "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n    runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{SHIM_SANDBOXER_HANDLER}]\n    runtime_type = 'io.containerd.wasmtime.v1'\n    sandboxer = 'shim'\n{}",
             deploy_snippet("config-2.x.toml")
         )
     } else {
@@ -266,6 +269,11 @@ impl CriNode {
 
     /// RunPodSandbox with the Wasm runtime handler.
     pub fn run_pod(&self, name: &str) -> Result<Pod, tonic::Status> {
+        self.run_pod_on(name, HANDLER)
+    }
+
+    /// RunPodSandbox with runtime handler `handler`.
+    pub fn run_pod_on(&self, name: &str, handler: &str) -> Result<Pod, tonic::Status> {
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_string(),
@@ -289,7 +297,7 @@ impl CriNode {
             .runtime
             .block_on(rt.run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: HANDLER.to_string(),
+                runtime_handler: handler.to_string(),
             }))?
             .into_inner()
             .pod_sandbox_id;

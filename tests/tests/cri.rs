@@ -989,3 +989,101 @@ fn the_installers_edit_of_containerds_default_config_runs_wasm_pods() {
         node.assert_clean(&[netns]);
     }
 }
+
+/// The pids of this node's shims whose command line has `what`.
+fn shims_with(node: &CriNode, what: &str) -> Vec<u32> {
+    shim_pids(node)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(what))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn with_sandboxer_shim_a_pod_has_no_sandbox_container_and_runs_wasm_and_linux_containers() {
+    use wasmbox_tests::cri::SHIM_SANDBOXER_HANDLER;
+    if wasmbox_tests::containerd::major_version_of(None) < 2 {
+        eprintln!("skipping: sandboxer = \"shim\" is containerd 2.x's (make test runs it on 2.1)");
+        return;
+    }
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let busybox = node.linux_image();
+    let pod = node
+        .run_pod_on("sandboxed", SHIM_SANDBOXER_HANDLER)
+        .expect("RunPodSandbox through the shim's Sandbox API");
+    // No sandbox ("pause") container: containerd keeps no container for
+    // the pod, only the shim's controller and its pod server run.
+    let containers = node
+        .containerd
+        .ctr(&["-n", "k8s.io", "containers", "ls", "-q"]);
+    assert!(
+        !String::from_utf8_lossy(&containers.stdout).contains(&pod.id),
+        "a sandbox container was made: {}",
+        String::from_utf8_lossy(&containers.stdout)
+    );
+    let pod_shims = shims_with(&node, &pod.id);
+    assert_eq!(
+        pod_shims.len(),
+        2,
+        "the controller and the pod server: {pod_shims:?}"
+    );
+
+    let wasm = node
+        .run_container(&pod, "wasm", &image, &["hello"], &[])
+        .expect("a Wasm container");
+    assert_eq!(
+        node.wait_exited(&wasm, Duration::from_secs(30)).exit_code,
+        0
+    );
+    assert_eq!(
+        node.log_lines("sandboxed", "wasm"),
+        vec![("stdout".to_string(), "hello from probe".to_string())]
+    );
+    // The Linux container joins the pod's UTS namespace (its hostname) and
+    // network (an address of the pod's CNI range), held by the pod server.
+    let linux = node
+        .run_container(
+            &pod,
+            "linux",
+            &busybox,
+            &["sh", "-c", "hostname; busybox ip -4 -o addr show eth0"],
+            &[],
+        )
+        .expect("a Linux container");
+    assert_eq!(
+        node.wait_exited(&linux, Duration::from_secs(30)).exit_code,
+        0
+    );
+    let lines = node.log_lines("sandboxed", "linux");
+    assert_eq!(
+        lines.first().map(|l| l.1.as_str()),
+        Some("sandboxed"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|(_, l)| l.contains("inet 10.2")),
+        "the pod's network: {lines:?}"
+    );
+    // Both ran in the pod server, not in shims of their own.
+    assert_eq!(shims_with(&node, &pod.id).len(), 2);
+
+    for id in [&wasm, &linux] {
+        node.remove_container(id);
+    }
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+    let controller_state = node
+        .containerd
+        .state_dir()
+        .join("io.containerd.sandbox.controller.v1.shim/k8s.io")
+        .join(&pod.id);
+    assert!(
+        !controller_state.exists(),
+        "{} left",
+        controller_state.display()
+    );
+}

@@ -10,6 +10,7 @@
 //! namespaces before it starts any thread: every container of the pod then
 //! shares them, and a guest's sockets reach the pod's network only.
 
+pub mod controller;
 pub mod namespaces;
 
 use std::path::Path;
@@ -41,6 +42,28 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
         .and_then(|spec| annotation(&spec, ANNOTATION_SANDBOX_ID).map(str::to_string))
         .filter(|sandbox| !sandbox.is_empty())
         .unwrap_or_else(|| id.to_string())
+}
+
+/// The directory containerd 2.x's shim sandbox controller (`sandboxer =
+/// "shim"`) keeps a pod's bundle in: `<state>/<this>/<namespace>/<id>`.
+const SANDBOX_CONTROLLER_STATE: &str = "io.containerd.sandbox.controller.v1.shim";
+
+/// Whether `bundle` is a pod's bundle of containerd's shim sandbox
+/// controller: the shim started there serves the Sandbox API (`controller.rs`).
+pub fn is_sandbox_controller_bundle(bundle: &Path) -> bool {
+    !bundle.join("config.json").exists()
+        && bundle
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|name| name == SANDBOX_CONTROLLER_STATE)
+}
+
+/// The grouping (socket name) of the process that runs a pod's containers
+/// when containerd's shim sandbox controller made the pod: a second shim
+/// process, started in the pod's namespaces once containerd has named them.
+pub fn pod_server_grouping(sandbox_id: &str) -> String {
+    format!("{sandbox_id}/pod")
 }
 
 /// Whether `spec` is a container of a pod other than its sandbox: it joins
@@ -81,6 +104,23 @@ mod tests {
         let alone = spec_with(&[]);
         assert!(!is_sandbox(&alone) && !is_pod_member(&alone));
         assert_eq!(annotation(&member, ANNOTATION_SANDBOX_ID), Some("pod1"));
+    }
+
+    #[test]
+    fn only_a_spec_less_bundle_of_the_shim_sandbox_controller_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir
+            .path()
+            .join(SANDBOX_CONTROLLER_STATE)
+            .join("k8s.io")
+            .join("pod1");
+        std::fs::create_dir_all(&bundle).unwrap();
+        assert!(is_sandbox_controller_bundle(&bundle));
+        let task = dir.path().join("io.containerd.runtime.v2.task/k8s.io/pod1");
+        std::fs::create_dir_all(&task).unwrap();
+        assert!(!is_sandbox_controller_bundle(&task));
+        Spec::default().save(bundle.join("config.json")).unwrap();
+        assert!(!is_sandbox_controller_bundle(&bundle));
     }
 
     #[test]
