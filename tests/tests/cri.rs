@@ -1087,3 +1087,33 @@ fn with_sandboxer_shim_a_pod_has_no_sandbox_container_and_runs_wasm_and_linux_co
         controller_state.display()
     );
 }
+
+#[test]
+fn a_wasm_artifact_through_the_cri_needs_a_command_and_runs_with_one() {
+    // containerd 1.6 cannot unpack images of raw Wasm layers.
+    if wasmbox_tests::containerd::major_version_of(None) < 2 {
+        eprintln!("skipping: Wasm-layer images need containerd >= 1.7.7 (make test runs this on 2.1)");
+        return;
+    }
+    let node = CriNode::start();
+    let image = node.image_packed("artifact", probe(), &["--format", "artifact"]);
+    let pod = node.run_pod("artifact").expect("RunPodSandbox");
+    // The CNCF artifact's config has no entrypoint for the CRI to build a
+    // command from: said in one sentence, at create.
+    let err = node
+        .create_container(&pod, "bare", &image, &[], &[])
+        .expect_err("an artifact with neither command nor args");
+    assert!(err.message().contains("no command specified"), "{}", err.message());
+    // With the command a pod spec gives (`command: [/module.wasm]`), it runs.
+    let mut config = container_config("with-command", &image, &["hello"]);
+    config.command = vec!["/module.wasm".to_string()];
+    let id = node.run_container_with(&pod, config).expect("a container");
+    assert_eq!(node.wait_exited(&id, Duration::from_secs(30)).exit_code, 0);
+    assert_eq!(
+        node.log_lines("artifact", "with-command"),
+        vec![("stdout".to_string(), "hello from probe".to_string())]
+    );
+    node.remove_container(&id);
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
