@@ -575,6 +575,21 @@ impl CriNode {
         (ip, netns)
     }
 
+    /// The pod's state as PodSandboxStatus reports it (`SandboxReady`, …).
+    pub fn pod_state(&self, pod: &Pod) -> Result<k8s_cri::v1::PodSandboxState, tonic::Status> {
+        let mut rt = self.rt.clone();
+        Ok(self
+            .runtime
+            .block_on(rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            }))?
+            .into_inner()
+            .status
+            .map(|s| s.state())
+            .unwrap_or(k8s_cri::v1::PodSandboxState::SandboxNotready))
+    }
+
     /// StopPodSandbox + RemovePodSandbox, as the kubelet does on pod delete.
     pub fn remove_pod(&self, pod: &Pod) {
         let mut rt = self.rt.clone();

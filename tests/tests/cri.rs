@@ -1092,7 +1092,9 @@ fn with_sandboxer_shim_a_pod_has_no_sandbox_container_and_runs_wasm_and_linux_co
 fn a_wasm_artifact_through_the_cri_needs_a_command_and_runs_with_one() {
     // containerd 1.6 cannot unpack images of raw Wasm layers.
     if wasmbox_tests::containerd::major_version_of(None) < 2 {
-        eprintln!("skipping: Wasm-layer images need containerd >= 1.7.7 (make test runs this on 2.1)");
+        eprintln!(
+            "skipping: Wasm-layer images need containerd >= 1.7.7 (make test runs this on 2.1)"
+        );
         return;
     }
     let node = CriNode::start();
@@ -1103,7 +1105,11 @@ fn a_wasm_artifact_through_the_cri_needs_a_command_and_runs_with_one() {
     let err = node
         .create_container(&pod, "bare", &image, &[], &[])
         .expect_err("an artifact with neither command nor args");
-    assert!(err.message().contains("no command specified"), "{}", err.message());
+    assert!(
+        err.message().contains("no command specified"),
+        "{}",
+        err.message()
+    );
     // With the command a pod spec gives (`command: [/module.wasm]`), it runs.
     let mut config = container_config("with-command", &image, &["hello"]);
     config.command = vec!["/module.wasm".to_string()];
@@ -1114,6 +1120,44 @@ fn a_wasm_artifact_through_the_cri_needs_a_command_and_runs_with_one() {
         vec![("stdout".to_string(), "hello from probe".to_string())]
     );
     node.remove_container(&id);
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
+
+#[test]
+fn a_shim_sandboxed_pod_and_its_container_live_on_across_a_containerd_restart() {
+    use k8s_cri::v1::{ContainerState, PodSandboxState};
+    use wasmbox_tests::cri::SHIM_SANDBOXER_HANDLER;
+    if wasmbox_tests::containerd::major_version_of(None) < 2 {
+        eprintln!("skipping: sandboxer = \"shim\" is containerd 2.x's (make test runs it on 2.1)");
+        return;
+    }
+    let mut node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node
+        .run_pod_on("survivor", SHIM_SANDBOXER_HANDLER)
+        .expect("RunPodSandbox");
+    let sleeper = node
+        .run_container(&pod, "sleeper", &image, &["sleep"], &[])
+        .expect("a container");
+    let shims = shims_with(&node, &pod.id);
+    node.containerd.restart();
+    // The CRI answers a moment after containerd's own API.
+    let state = wait_until(Duration::from_secs(20), "the CRI answering again", || {
+        node.pod_state(&pod).map_err(|e| e.message().to_string())
+    });
+    assert_eq!(state, PodSandboxState::SandboxReady);
+    assert_eq!(
+        node.container_status(&sleeper).state(),
+        ContainerState::ContainerRunning
+    );
+    assert_eq!(
+        shims_with(&node, &pod.id),
+        shims,
+        "the pod's shims are the same"
+    );
+    node.stop_container(&sleeper, 2).expect("StopContainer");
+    node.remove_container(&sleeper);
     node.remove_pod(&pod);
     node.assert_clean(&[]);
 }
