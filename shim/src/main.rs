@@ -98,10 +98,10 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         );
     }
     // Started by containerd 2.x's shim sandbox controller: this process
-    // serves the pod's Sandbox API (`pod/controller.rs`).
+    // serves the pod's Sandbox API (`service/sandbox.rs`).
     let bundle = std::env::current_dir()?;
     if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&bundle) {
-        use containerd_shim_wasmtime::pod::controller::{ControllerConfig, SandboxController};
+        use containerd_shim_wasmtime::service::sandbox::{ControllerConfig, SandboxController};
         let controller = SandboxController::new(
             ControllerConfig {
                 id: flags.id.clone(),

@@ -219,32 +219,40 @@ fn containerd_accepts_the_edit() {
         ("containerd-version1.toml", 1),
     ] {
         let edited = check_fixture(name, version);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        fs::write(&path, &edited).unwrap();
-        let out = Command::new("containerd")
-            .arg("--config")
-            .arg(&path)
-            .args(["config", "dump"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: containerd config dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dumped = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            runtime_type(&dumped, 2, "wasmtime").as_deref(),
-            Some("io.containerd.wasmtime.v1"),
-            "{name}:\n{dumped}"
-        );
-        assert_eq!(
-            runtime_type(&dumped, 2, "runc").as_deref(),
-            Some("io.containerd.runc.v2"),
-            "{name}"
-        );
+        dump_has_both_runtimes(Path::new("containerd"), name, &edited, 2);
     }
+}
+
+/// `containerd config dump` of `config` by the containerd at `containerd`,
+/// asserted to name the wasmtime and runc runtimes in the schema `version`
+/// it writes; the dump is returned.
+fn dump_has_both_runtimes(containerd: &Path, name: &str, config: &str, version: i64) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    fs::write(&path, config).unwrap();
+    let out = Command::new(containerd)
+        .arg("--config")
+        .arg(&path)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: containerd config dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumped = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        runtime_type(&dumped, version, "wasmtime").as_deref(),
+        Some("io.containerd.wasmtime.v1"),
+        "{name}:\n{dumped}"
+    );
+    assert_eq!(
+        runtime_type(&dumped, version, "runc").as_deref(),
+        Some("io.containerd.runc.v2"),
+        "{name}"
+    );
+    dumped
 }
 
 /// containerd 2.x (the private one `make test` fetches, scripts/containerd2.sh)
@@ -268,30 +276,7 @@ fn containerd_2_accepts_the_version_3_edit() {
         ("a fresh config", String::new()),
     ] {
         let edited = add_runtime(&original, &opts).unwrap().text;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.toml");
-        fs::write(&path, &edited).unwrap();
-        let out = Command::new(&containerd)
-            .arg("--config")
-            .arg(&path)
-            .args(["config", "dump"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: containerd config dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dumped = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            runtime_type(&dumped, 3, "wasmtime").as_deref(),
-            Some("io.containerd.wasmtime.v1"),
-            "{name}:\n{dumped}"
-        );
-        assert_eq!(
-            runtime_type(&dumped, 3, "runc").as_deref(),
-            Some("io.containerd.runc.v2")
-        );
+        let dumped = dump_has_both_runtimes(&containerd, name, &edited, 3);
         let doc: toml_edit::DocumentMut = dumped.parse().unwrap();
         assert_eq!(
             doc["plugins"]["io.containerd.cri.v1.images"]["use_local_image_pull"].as_bool(),

@@ -10,7 +10,6 @@
 //! namespaces before it starts any thread: every container of the pod then
 //! shares them, and a guest's sockets reach the pod's network only.
 
-pub mod controller;
 pub mod namespaces;
 
 use std::path::Path;
@@ -49,7 +48,7 @@ pub fn grouping(bundle: &Path, id: &str) -> String {
 const SANDBOX_CONTROLLER_STATE: &str = "io.containerd.sandbox.controller.v1.shim";
 
 /// Whether `bundle` is a pod's bundle of containerd's shim sandbox
-/// controller: the shim started there serves the Sandbox API (`controller.rs`).
+/// controller: the shim started there serves the Sandbox API (`service/sandbox.rs`).
 pub fn is_sandbox_controller_bundle(bundle: &Path) -> bool {
     !bundle.join("config.json").exists()
         && bundle

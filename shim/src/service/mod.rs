@@ -4,9 +4,12 @@
 //! to one of its execs, sends the events (`events.rs`, exits held back by
 //! the start gate) and maps errors to ttrpc codes ([`ShimError`]), nothing
 //! else. Its `task_*` methods are plain functions, tested without ttrpc.
+//! `sandbox.rs` is the other service a shim may serve: containerd 2.x's
+//! Sandbox API, for pods made with `sandboxer = "shim"`.
 
 pub mod events;
 mod exec;
+pub mod sandbox;
 pub mod stats;
 mod ttrpc;
 

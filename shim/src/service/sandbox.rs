@@ -32,7 +32,7 @@ use containerd_shim_protos::sandbox_api as sb;
 use containerd_shim_protos::sandbox_sync::Sandbox;
 use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 
-use super::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID, pod_server_grouping};
+use crate::pod::{ANNOTATION_CONTAINER_TYPE, ANNOTATION_SANDBOX_ID, pod_server_grouping};
 
 /// How long a task API call to the pod server may take (all but `Wait`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,7 +258,20 @@ fn forwarded(what: &str) -> impl FnOnce(ttrpc::Error) -> ttrpc::Error + '_ {
 }
 
 fn now() -> Timestamp {
-    crate::service::timestamp(SystemTime::now())
+    super::timestamp(SystemTime::now())
+}
+
+/// Ends the pod's sandbox task (any signal does) and with it the pod's
+/// process namespace; its wait then returns.
+fn kill_sandbox_task(client: &TaskClient, id: &str) -> ttrpc::Result<api::Empty> {
+    client.kill(
+        ctx(),
+        &api::KillRequest {
+            id: id.to_string(),
+            signal: libc::SIGKILL as u32,
+            ..Default::default()
+        },
+    )
 }
 
 fn ctx() -> ttrpc::context::Context {
@@ -349,17 +362,7 @@ impl Sandbox for SandboxController {
         let Ok(client) = self.client() else {
             return Ok(Default::default());
         };
-        // The sandbox task ends at any signal, and with it the pod's
-        // process namespace; its wait then returns.
-        let killed = client.kill(
-            ctx(),
-            &api::KillRequest {
-                id: req.sandbox_id.clone(),
-                signal: libc::SIGKILL as u32,
-                ..Default::default()
-            },
-        );
-        if let Err(e) = killed {
+        if let Err(e) = kill_sandbox_task(&client, &req.sandbox_id) {
             log::warn!(id = req.sandbox_id.as_str(); "stopping the pod's sandbox task: {e}");
         }
         Ok(Default::default())
@@ -462,14 +465,7 @@ impl Sandbox for SandboxController {
         self.check_id(&req.sandbox_id)?;
         let pod = self.pod.lock().unwrap().take();
         if let Some(pod) = pod {
-            let _ = pod.client.kill(
-                ctx(),
-                &api::KillRequest {
-                    id: req.sandbox_id.clone(),
-                    signal: libc::SIGKILL as u32,
-                    ..Default::default()
-                },
-            );
+            let _ = kill_sandbox_task(&pod.client, &req.sandbox_id);
             let _ = pod.client.delete(
                 ctx(),
                 &api::DeleteRequest {
