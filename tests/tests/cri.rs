@@ -1161,3 +1161,26 @@ fn a_shim_sandboxed_pod_and_its_container_live_on_across_a_containerd_restart() 
     node.remove_pod(&pod);
     node.assert_clean(&[]);
 }
+
+#[test]
+fn a_pods_shim_killed_with_sigkill_leaves_nothing_once_the_pod_is_removed() {
+    // containerd 2.0 stopped running `SHIM delete` after an old-protocol
+    // shim died (fixed later for shim versions up to 3): on every version
+    // this suite runs on, what the dead shim mounted is gone with the pod.
+    let node = CriNode::start();
+    let image = node.image("probe", probe());
+    let pod = node.run_pod("killed").expect("RunPodSandbox");
+    let (_, netns) = node.pod_network(&pod);
+    let sleeper = node
+        .run_container(&pod, "sleeper", &image, &["sleep"], &[])
+        .expect("a container");
+    let shims = shim_pids(&node);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    // SAFETY: kill(2) of the pod's shim, a process this test's containerd started.
+    assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);
+    let status = node.wait_exited(&sleeper, Duration::from_secs(20));
+    assert_ne!(status.exit_code, 0, "a killed container reported success");
+    node.remove_container(&sleeper);
+    node.remove_pod(&pod);
+    node.assert_clean(&[netns]);
+}
