@@ -538,6 +538,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sandbox_id_this_shim_was_not_started_for_is_refused_in_one_sentence() {
+        let bundle = tempfile::tempdir().unwrap();
+        let controller = SandboxController::new(
+            ControllerConfig {
+                id: "pod1".into(),
+                namespace: "k8s.io".into(),
+                containerd_address: String::new(),
+                ttrpc_address: String::new(),
+                socket: "unix:///run/containerd/s/x".into(),
+                log_level: "info".into(),
+                bundle: bundle.path().to_path_buf(),
+            },
+            Arc::new(ExitSignal::default()),
+        );
+        let Err(ttrpc::Error::RpcStatus(refused)) = controller.check_id("pod2") else {
+            panic!("another sandbox's id was accepted");
+        };
+        assert_eq!(refused.code(), Code::NOT_FOUND);
+        assert_eq!(
+            refused.message(),
+            "sandbox pod2 is not served here: this shim serves sandbox pod1"
+        );
+        assert!(controller.check_id("pod1").is_ok());
+        // Before CreateSandbox there is no pod server to ask, and nothing
+        // was written into the bundle.
+        assert!(controller.client().is_err());
+        assert_eq!(std::fs::read_dir(bundle.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn the_hostname_is_read_off_a_pod_sandbox_config() {
         // metadata (1) { name (1): "p" }, hostname (2): "web-0", log_directory (3).
         let wire = b"\x0a\x03\x0a\x01p\x12\x05web-0\x1a\x04/log";
