@@ -2461,3 +2461,37 @@ fn a_guest_filling_its_memory_to_the_limit_sees_malloc_fail_and_exits_0() {
     }
     node.containerd.assert_clean();
 }
+
+#[test]
+fn ctr_plugins_inspect_runtime_shows_the_shims_runtime_info() {
+    if wasmbox_tests::containerd::major_version_of(None) < 2 {
+        eprintln!("skipping: runtime introspection is containerd 2.x's (make test runs it on 2.1)");
+        return;
+    }
+    let node = Node::new();
+    let out = node
+        .containerd
+        .ctr(&["plugins", "inspect-runtime", "--runtime", RUNTIME]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // containerd ran `-info`, decoded the RuntimeInfo and the runtime-spec
+    // features in it, and prints them as JSON.
+    let info: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    assert_eq!(info["Name"], RUNTIME, "{info}");
+    assert_eq!(
+        info["Features"]["linux"]["mountExtensions"]["idmap"]["enabled"], false,
+        "{info}"
+    );
+    assert!(
+        info["Features"]["mountOptions"]
+            .as_array()
+            .is_some_and(|o| o.contains(&"nosuid".into())),
+        "{info}"
+    );
+    assert!(
+        info["Annotations"]["dev.wasmbox.wasi.network"]
+            .as_str()
+            .is_some_and(|m| m.contains("WASI network access")),
+        "{info}"
+    );
+}
