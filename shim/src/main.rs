@@ -24,16 +24,15 @@ const RUNTIME_ID: &str = wasmbox_format::RUNTIME_TYPE;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Ok(flags) = containerd_shim::parse(&args[1..])
-        && flags.info
-    {
+    let parsed = containerd_shim::parse(&args[1..]);
+    if parsed.as_ref().is_ok_and(|flags| flags.info) {
         if let Err(e) = print_runtime_info() {
             eprintln!("{RUNTIME_ID}: {e:#}");
             std::process::exit(1);
         }
         return;
     }
-    if let Ok(flags) = containerd_shim::parse(&args[1..])
+    if let Ok(flags) = parsed
         && !flags.version
     {
         let result = match flags.action.as_str() {
