@@ -274,7 +274,18 @@ impl CriNode {
 
     /// RunPodSandbox with runtime handler `handler`.
     pub fn run_pod_on(&self, name: &str, handler: &str) -> Result<Pod, tonic::Status> {
-        let config = PodSandboxConfig {
+        self.run_pod_with(name, handler, |_| {})
+    }
+
+    /// RunPodSandbox with runtime handler `handler` and the pod config
+    /// `edit` makes of the usual one (a cgroup parent, …).
+    pub fn run_pod_with(
+        &self,
+        name: &str,
+        handler: &str,
+        edit: impl FnOnce(&mut PodSandboxConfig),
+    ) -> Result<Pod, tonic::Status> {
+        let mut config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.to_string(),
                 uid: format!("uid-{name}"),
@@ -292,6 +303,7 @@ impl CriNode {
             }),
             ..Default::default()
         };
+        edit(&mut config);
         let mut rt = self.rt.clone();
         let id = self
             .runtime

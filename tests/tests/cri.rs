@@ -1012,9 +1012,26 @@ fn with_sandboxer_shim_a_pod_has_no_sandbox_container_and_runs_wasm_and_linux_co
     let node = CriNode::start();
     let image = node.image("probe", probe());
     let busybox = node.linux_image();
+    // The kubelet names the pod's cgroup parent (cgroupfs driver here).
+    let parent = format!("/wasmbox-test-sandboxer-{}", std::process::id());
     let pod = node
-        .run_pod_on("sandboxed", SHIM_SANDBOXER_HANDLER)
+        .run_pod_with("sandboxed", SHIM_SANDBOXER_HANDLER, |config| {
+            config.linux.as_mut().unwrap().cgroup_parent = parent.clone();
+        })
         .expect("RunPodSandbox through the shim's Sandbox API");
+    // The pod server holds the pod's cgroup, under that parent.
+    let pod_cgroup = Path::new("/sys/fs/cgroup/memory")
+        .join(parent.trim_start_matches('/'))
+        .join(&pod.id);
+    let members = std::fs::read_to_string(pod_cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("{}: {e}", pod_cgroup.display()));
+    assert!(
+        shims_with(&node, &pod.id)
+            .iter()
+            .any(|pid| members.lines().any(|m| m == pid.to_string())),
+        "no shim of the pod in {}: {members:?}",
+        pod_cgroup.display()
+    );
     // No sandbox ("pause") container: containerd keeps no container for
     // the pod, only the shim's controller and its pod server run.
     let containers = node
@@ -1086,6 +1103,12 @@ fn with_sandboxer_shim_a_pod_has_no_sandbox_container_and_runs_wasm_and_linux_co
         "{} left",
         controller_state.display()
     );
+    assert!(!pod_cgroup.exists(), "{} left", pod_cgroup.display());
+    // The parent is the kubelet's to remove, here the test's.
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join(parent.trim_start_matches('/')));
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(parent.trim_start_matches('/')));
 }
 
 #[test]

@@ -117,8 +117,21 @@ impl SandboxController {
         // The bundle containerd started this shim in (its cwd); the pod
         // server starts there too.
         let bundle = self.config.bundle.clone();
-        let hostname = req.options.as_ref().and_then(|o| pod_hostname(&o.value));
-        let spec = sandbox_spec(&self.config.id, &req.netns_path, hostname.as_deref())?;
+        let options = req
+            .options
+            .as_ref()
+            .map(|o| o.value.as_slice())
+            .unwrap_or_default();
+        let mut spec = sandbox_spec(
+            &self.config.id,
+            &req.netns_path,
+            pod_hostname(options).as_deref(),
+        )?;
+        // The pod server joins the pod's cgroup as a sandbox task does: the
+        // pod's accounting and the kubelet's pod-level limits.
+        if let (Some(parent), Some(linux)) = (pod_cgroup_parent(options), spec.linux_mut()) {
+            linux.set_cgroups_path(Some(pod_cgroups_path(&parent, &self.config.id).into()));
+        }
         let config = bundle.join("config.json");
         let partial = bundle.join(".config.json.partial");
         spec.save(&partial)
@@ -236,12 +249,44 @@ pub fn sandbox_spec(id: &str, netns_path: &str, hostname: Option<&str>) -> anyho
 /// The `hostname` (field 2) of a CRI `PodSandboxConfig`, read off the wire
 /// without the CRI's types.
 pub fn pod_hostname(pod_sandbox_config: &[u8]) -> Option<String> {
-    let message = Empty::parse_from_bytes(pod_sandbox_config).ok()?;
-    match message.special_fields.unknown_fields().get(2)? {
-        UnknownValueRef::LengthDelimited(bytes) => String::from_utf8(bytes.to_vec())
-            .ok()
-            .filter(|h| !h.is_empty()),
+    wire_string(pod_sandbox_config, &[2])
+}
+
+/// The `linux.cgroup_parent` (fields 8, then 1) of a CRI `PodSandboxConfig`:
+/// where the kubelet wants the pod's cgroup.
+pub fn pod_cgroup_parent(pod_sandbox_config: &[u8]) -> Option<String> {
+    wire_string(pod_sandbox_config, &[8, 1])
+}
+
+/// The non-empty string at the field numbers `path` (nested messages, then
+/// the string) of a protobuf message, read as unknown fields.
+fn wire_string(message: &[u8], path: &[u32]) -> Option<String> {
+    let (&last, outer) = path.split_last()?;
+    let mut bytes = message.to_vec();
+    for &field in outer {
+        bytes = length_delimited(&bytes, field)?;
+    }
+    String::from_utf8(length_delimited(&bytes, last)?)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn length_delimited(message: &[u8], field: u32) -> Option<Vec<u8>> {
+    let message = Empty::parse_from_bytes(message).ok()?;
+    match message.special_fields.unknown_fields().get(field)? {
+        UnknownValueRef::LengthDelimited(bytes) => Some(bytes.to_vec()),
         _ => None,
+    }
+}
+
+/// The pod's cgroup under `parent`, named as containerd's CRI names a
+/// sandbox container's: `parent.slice:cri-containerd:ID` with the systemd
+/// cgroup driver, `parent/ID` with cgroupfs.
+pub fn pod_cgroups_path(parent: &str, id: &str) -> String {
+    if parent.ends_with(".slice") {
+        format!("{parent}:cri-containerd:{id}")
+    } else {
+        format!("{}/{id}", parent.trim_end_matches('/'))
     }
 }
 
@@ -568,11 +613,22 @@ mod tests {
     }
 
     #[test]
-    fn the_hostname_is_read_off_a_pod_sandbox_config() {
-        // metadata (1) { name (1): "p" }, hostname (2): "web-0", log_directory (3).
-        let wire = b"\x0a\x03\x0a\x01p\x12\x05web-0\x1a\x04/log";
+    fn the_hostname_and_cgroup_parent_are_read_off_a_pod_sandbox_config() {
+        // metadata (1) { name (1): "p" }, hostname (2): "web-0", log_directory (3),
+        // linux (8) { cgroup_parent (1): "/kubepods/pod1" }.
+        let wire = b"\x0a\x03\x0a\x01p\x12\x05web-0\x1a\x04/log\x42\x10\x0a\x0e/kubepods/pod1";
         assert_eq!(pod_hostname(wire).as_deref(), Some("web-0"));
+        assert_eq!(pod_cgroup_parent(wire).as_deref(), Some("/kubepods/pod1"));
+        assert_eq!(
+            pod_cgroups_path("/kubepods/pod1", "sb"),
+            "/kubepods/pod1/sb"
+        );
+        assert_eq!(
+            pod_cgroups_path("kubepods-pod1.slice", "sb"),
+            "kubepods-pod1.slice:cri-containerd:sb"
+        );
         assert_eq!(pod_hostname(b"\x0a\x03\x0a\x01p"), None);
+        assert_eq!(pod_cgroup_parent(b"\x0a\x03\x0a\x01p"), None);
         assert_eq!(pod_hostname(b"\xff\xff"), None);
     }
 
