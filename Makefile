@@ -1,6 +1,6 @@
 # The README's two commands are `make demo` and `make test`; both install what
 # is missing first.
-.PHONY: deps docker-engine containerd2 build demo test bench lint clean
+.PHONY: deps docker-engine containerd2 signing-tools build demo test bench lint clean
 
 deps:
 	@scripts/install-deps.sh
@@ -16,19 +16,24 @@ docker-engine:
 containerd2:
 	@scripts/containerd2.sh >/dev/null
 
+# cosign, notation and oras (Debian unstable's, unpacked into
+# .cache/signing-tools) for the signing interop tests.
+signing-tools:
+	@scripts/signing-tools.sh >/dev/null
+
 build: deps
 	cargo build --workspace --bins
 
 demo: deps
 	scripts/demo.sh
 
-test: deps docker-engine containerd2
+test: deps docker-engine containerd2 signing-tools
 	cargo build --workspace --bins
 	@echo "Testing against: $$(containerd --version) (shim and CRI tests);" \
 	  "$$(.cache/docker-engine/bin/dockerd --version) with $$(.cache/docker-engine/bin/containerd --version) (Docker tests)"
 	cargo test --workspace
-	@echo "Again on $$(.cache/containerd-2/bin/containerd --version): the shim, CRI and Docker suites"
-	WASMBOX_TEST_CONTAINERD=$(CURDIR)/.cache/containerd-2/bin cargo test --workspace --test shim --test cri --test docker
+	@echo "Again on $$(.cache/containerd-2/bin/containerd --version): the shim, CRI, Docker and signing suites"
+	WASMBOX_TEST_CONTAINERD=$(CURDIR)/.cache/containerd-2/bin cargo test --workspace --test shim --test cri --test docker --test signing
 
 # Issue 11's measurements in one run (bench/results/latest.{tsv,md,png});
 # output_race.sh, startup.sh and idle.sh also run alone.

@@ -21,4 +21,5 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod run;
+pub mod signing;
 pub mod store;

@@ -178,8 +178,68 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Make an ECDSA P-256 key pair as cosign does: PREFIX.key (sealed with
+    /// the password in WASMBOX_PASSWORD or COSIGN_PASSWORD, else asked for)
+    /// and PREFIX.pub.
+    GenerateKey {
+        #[arg(long, default_value = "cosign", value_name = "PREFIX")]
+        output_key_prefix: String,
+    },
+    /// Sign an image in a registry, the way cosign stores signatures, with a
+    /// private key (cosign's or `wasmbox generate-key`'s).
+    Sign {
+        reference: ImageRef,
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Which of cosign's forms to write: the bundle referrer (cosign 3),
+        /// the `.sig` tag (cosign 2, podman, skopeo, CRI-O), or both.
+        #[arg(long, value_enum, default_value = "both")]
+        format: SignFormatArg,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image's signatures: a cosign signature by --key, or what a
+    /// containers policy.json (--policy) asks of the image.
+    Verify {
+        reference: ImageRef,
+        /// A public key (cosign.pub): accept a cosign signature by it.
+        #[arg(
+            long,
+            value_name = "KEY",
+            required_unless_present = "policy",
+            conflicts_with = "policy"
+        )]
+        key: Option<PathBuf>,
+        /// A containers policy.json (containers-policy.json(5)).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+/// `wasmbox sign --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SignFormatArg {
+    Bundle,
+    Legacy,
+    Both,
+}
+
+impl From<SignFormatArg> for wasmbox::signing::SignatureForms {
+    fn from(f: SignFormatArg) -> Self {
+        match f {
+            SignFormatArg::Bundle => Self::Bundle,
+            SignFormatArg::Legacy => Self::Legacy,
+            SignFormatArg::Both => Self::Both,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -291,6 +351,74 @@ fn run_guest(endpoints: &Endpoints, request: &wasmbox::run::RunRequest) -> Resul
     Ok(engine.run(&program, &spec, not_killed))
 }
 
+/// The password for a sealed key: WASMBOX_PASSWORD, else COSIGN_PASSWORD
+/// (so scripts written for cosign work), else asked for on the terminal.
+fn password(key: &Path) -> Result<Vec<u8>> {
+    for var in ["WASMBOX_PASSWORD", "COSIGN_PASSWORD"] {
+        if let Some(p) = std::env::var_os(var) {
+            return Ok(p.into_encoded_bytes());
+        }
+    }
+    let pem =
+        std::fs::read(key).with_context(|| format!("cannot read the key {}", key.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("ENCRYPTED") {
+        return Ok(Vec::new());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!(
+            "the key {} is sealed with a password: set WASMBOX_PASSWORD (there is no terminal to ask on)",
+            key.display()
+        );
+    }
+    let p = rpassword::prompt_password(format!("Password for {}: ", key.display()))
+        .context("reading the password")?;
+    Ok(p.into_bytes())
+}
+
+/// `wasmbox generate-key`: refuses to replace either file.
+fn generate_key(prefix: &str) -> Result<()> {
+    let private = PathBuf::from(format!("{prefix}.key"));
+    let public = PathBuf::from(format!("{prefix}.pub"));
+    for path in [&private, &public] {
+        if path.exists() {
+            bail!(
+                "{} exists; remove it or choose another --output-key-prefix",
+                path.display()
+            );
+        }
+    }
+    let password = match ["WASMBOX_PASSWORD", "COSIGN_PASSWORD"]
+        .iter()
+        .find_map(std::env::var_os)
+    {
+        Some(p) => p.into_encoded_bytes(),
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            let first = rpassword::prompt_password("Password for the private key: ")
+                .context("reading the password")?;
+            let again =
+                rpassword::prompt_password("Password again: ").context("reading the password")?;
+            if first != again {
+                bail!("the two passwords differ; nothing was written");
+            }
+            first.into_bytes()
+        }
+        None => bail!(
+            "set WASMBOX_PASSWORD to the password for the private key (there is no terminal to ask on)"
+        ),
+    };
+    let key = wasmbox_trust::PrivateKey::generate();
+    let sealed = key.to_encrypted_pem(&password);
+    format::write_atomic(&private, sealed.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", private.display()))?;
+    if let Err(e) = format::write_atomic(&public, key.public_key().to_pem().as_bytes(), 0o644) {
+        let _ = std::fs::remove_file(&private);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", public.display())));
+    }
+    println!("Private key written to {}", private.display());
+    println!("Public key written to {}", public.display());
+    Ok(())
+}
+
 fn open_store(dir: Option<&Path>) -> Result<wasmbox::store::Store> {
     Endpoints {
         store_dir: dir,
@@ -302,6 +430,65 @@ fn open_store(dir: Option<&Path>) -> Result<wasmbox::store::Store> {
 async fn run(cli: Cli) -> Result<()> {
     let store_dir = cli.store.as_deref();
     match cli.command {
+        Command::GenerateKey { output_key_prefix } => generate_key(&output_key_prefix),
+        Command::Sign {
+            reference,
+            key,
+            format,
+            registry,
+            json,
+        } => {
+            let password = password(&key)?;
+            let pem = std::fs::read(&key)
+                .with_context(|| format!("cannot read the key {}", key.display()))?;
+            let key =
+                wasmbox_trust::PrivateKey::from_pem(&pem, &password, &key.display().to_string())?;
+            let registry = Registry::new(reference.registry(), &registry.into())?;
+            let signed = wasmbox::signing::sign(&registry, &reference, &key, format.into()).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"reference": reference.to_string(), "digest": signed.digest, "written": signed.written})
+                );
+            } else {
+                println!("Signed {reference}@{}", signed.digest);
+                for line in &signed.written {
+                    println!("  {line}");
+                }
+            }
+            Ok(())
+        }
+        Command::Verify {
+            reference,
+            key,
+            policy,
+            registry,
+            json,
+        } => {
+            let policy = match (&key, &policy) {
+                (Some(key), _) => wasmbox::signing::key_policy(key)?,
+                (None, Some(path)) => wasmbox_trust::Policy::load(path)?,
+                (None, None) => bail!("wasmbox verify needs --key or --policy"),
+            };
+            let registry = Registry::new(reference.registry(), &registry.into())?;
+            let (digest, verdict) =
+                wasmbox::signing::verify(&registry, &reference, &policy).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"reference": reference.to_string(), "digest": digest, "scope": verdict.scope, "acceptedBy": verdict.accepted_by})
+                );
+            } else {
+                println!(
+                    "Verified {reference}@{digest} (policy scope {})",
+                    verdict.scope
+                );
+                for line in &verdict.accepted_by {
+                    println!("  accepted: {line}");
+                }
+            }
+            Ok(())
+        }
         Command::Pack(args) => pack(store_dir, *args).await,
         Command::Push {
             reference,

@@ -160,6 +160,117 @@ impl Registry {
         Manifest::from_bytes(bytes.to_vec()).with_context(|| what.clone())
     }
 
+    /// The manifest `reference` names, exactly as the registry holds it
+    /// (no index is followed), or `None` when the registry has no such
+    /// manifest. Checked against the digest when the reference has one.
+    pub async fn raw_manifest(&self, reference: &Reference) -> Result<Option<bytes::Bytes>> {
+        let what = format!("fetching the manifest {reference}");
+        let accepted = [
+            format::MEDIA_TYPE_OCI_MANIFEST,
+            format::MEDIA_TYPE_OCI_INDEX,
+            format::MEDIA_TYPE_DOCKER_MANIFEST,
+            format::MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+        ];
+        match self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &accepted)
+            .await
+        {
+            Ok((bytes, _)) => {
+                if let Some(expected) = reference.digest() {
+                    let expected: format::Digest = expected.parse()?;
+                    expected
+                        .verify(&bytes)
+                        .map_err(|e| anyhow!("{what}: the registry sent content that {e}"))?;
+                }
+                Ok(Some(bytes))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.explain(e, &what)),
+        }
+    }
+
+    /// A whole blob of `reference`'s repository, at most `max_bytes`,
+    /// checked against its digest.
+    pub async fn blob_bytes(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>> {
+        let what = format!("pulling blob {} of {reference}", short(digest));
+        let sized = self
+            .client
+            .pull_blob_stream(reference, digest)
+            .await
+            .map_err(|e| self.explain(e, &what))?;
+        let mut stream = sized.stream;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| what.clone())?;
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > max_bytes {
+                bail!("{what}: it is larger than {max_bytes} bytes");
+            }
+        }
+        let expected: format::Digest = digest.parse()?;
+        expected
+            .verify(&bytes)
+            .map_err(|e| anyhow!("{what}: the registry sent content that {e}"))?;
+        Ok(bytes)
+    }
+
+    /// Pushes `data` as a blob of `reference`'s repository, unless it is there.
+    pub async fn push_blob_bytes(&self, reference: &Reference, data: &[u8]) -> Result<String> {
+        let digest = format::Digest::of(data).to_string();
+        let what = format!("pushing blob {} to {reference}", short(&digest));
+        let present = self
+            .client
+            .blob_exists(reference, &digest)
+            .await
+            .map_err(|e| self.explain(e, &what))?;
+        if !present {
+            self.client
+                .push_blob(reference, data.to_vec(), &digest)
+                .await
+                .map_err(|e| self.explain(e, &what))?;
+        }
+        Ok(digest)
+    }
+
+    /// Pushes a manifest (or index) to `reference` (a tag or its digest).
+    pub async fn push_manifest_bytes(
+        &self,
+        reference: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<()> {
+        let what = format!("pushing the manifest {reference}");
+        self.client
+            .auth(reference, &self.auth, oci_client::RegistryOperation::Push)
+            .await
+            .map_err(|e| self.explain(e, &what))?;
+        self.client
+            .push_manifest_raw(reference, bytes.to_vec(), media_type.parse()?)
+            .await
+            .map_err(|e| self.explain(e, &what))?;
+        Ok(())
+    }
+
+    /// The digests of the manifests that refer to `subject` (a digest
+    /// reference): oci-client asks the referrers API and, on a registry
+    /// without it (404), reads the `sha256-<hex>` tag.
+    pub async fn referrer_digests(&self, subject: &Reference) -> Result<Vec<String>> {
+        // The registry's token for this repository is stored on the first
+        // manifest request, which every caller makes before this one.
+        let index = self
+            .client
+            .pull_referrers(subject, None)
+            .await
+            .map_err(|e| self.explain(e, &format!("listing the referrers of {subject}")))?;
+        Ok(index.manifests.into_iter().map(|m| m.digest).collect())
+    }
+
     /// One sentence saying what failed and what the registry answered.
     fn explain(&self, err: OciDistributionError, what: &str) -> anyhow::Error {
         let host = &self.host;
@@ -245,6 +356,22 @@ impl Registry {
             }
             other => anyhow!("{what}: {}", first_line(&other.to_string())),
         }
+    }
+}
+
+/// Whether the registry answered that the manifest does not exist.
+fn is_not_found(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::ServerError { code: 404, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                oci_client::errors::OciErrorCode::ManifestUnknown
+                    | oci_client::errors::OciErrorCode::NameUnknown
+            )
+        }),
+        _ => false,
     }
 }
 

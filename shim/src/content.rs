@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use containerd_client::services::v1::{
-    Container, GetContainerRequest, GetImageRequest, ReadContentRequest,
+    Container, GetContainerRequest, GetImageRequest, ListImagesRequest, ReadContentRequest,
     containers_client::ContainersClient, content_client::ContentClient,
     images_client::ImagesClient,
 };
@@ -51,15 +51,50 @@ impl ImageSource {
         Ok(Some(dest.to_path_buf()))
     }
 
-    async fn fetch_wasm_layer(&self) -> Result<Option<Vec<u8>>> {
-        let channel = containerd_client::connect(&self.containerd_address)
+    /// The image containerd pinned for the container: its name and the
+    /// manifest (or index) digest it resolved to; `None` when the
+    /// container has no image.
+    pub fn pinned_image(&self) -> Result<Option<PinnedImage>> {
+        if self.containerd_address.is_empty() {
+            return Ok(None);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for containerd's API")?;
+        runtime.block_on(async {
+            let channel = self.connect().await?;
+            let Some(resolved) = self.resolve(&channel).await? else {
+                return Ok(None);
+            };
+            let name = if resolved.name.starts_with("sha256:") {
+                // The CRI names a container's image by its ID; the
+                // repository is in another name of the same target.
+                self.name_of_target(&channel, &resolved.target.digest)
+                    .await?
+            } else {
+                Some(resolved.name)
+            };
+            Ok(Some(PinnedImage {
+                name,
+                digest: resolved.target.digest,
+            }))
+        })
+    }
+
+    async fn connect(&self) -> Result<Channel> {
+        containerd_client::connect(&self.containerd_address)
             .await
             .with_context(|| {
                 format!(
                     "connecting to containerd at {} to read the image",
                     self.containerd_address
                 )
-            })?;
+            })
+    }
+
+    /// The container's image record: the name it goes by and its target.
+    async fn resolve(&self, channel: &Channel) -> Result<Option<Resolved>> {
         let ns = self.namespace.as_str();
         let container = ContainersClient::new(channel.clone())
             .get(with_namespace!(
@@ -77,24 +112,60 @@ impl ImageSource {
         // A CRI container's image is named by its ID too (CRI keeps such a
         // name for every image it pulls), so a re-tag between
         // CreateContainer and StartContainer cannot change what it runs.
-        let image_name = match &pinned_config {
+        let name = match &pinned_config {
             Some(id) => id.clone(),
             None if container.image.is_empty() => return Ok(None),
             None => container.image,
         };
         let target = ImagesClient::new(channel.clone())
-            .get(with_namespace!(
-                GetImageRequest {
-                    name: image_name.clone()
-                },
-                ns
-            ))
+            .get(with_namespace!(GetImageRequest { name: name.clone() }, ns))
             .await
-            .with_context(|| format!("asking containerd for image {image_name}"))?
+            .with_context(|| format!("asking containerd for image {name}"))?
             .into_inner()
             .image
             .and_then(|i| i.target)
-            .with_context(|| format!("image {image_name} has no target descriptor"))?;
+            .with_context(|| format!("image {name} has no target descriptor"))?;
+        Ok(Some(Resolved {
+            name,
+            target,
+            pinned_config,
+        }))
+    }
+
+    /// A registry name (not an ID) of an image whose target is `digest`.
+    async fn name_of_target(&self, channel: &Channel, digest: &str) -> Result<Option<String>> {
+        let images = ImagesClient::new(channel.clone())
+            .list(with_namespace!(
+                ListImagesRequest {
+                    filters: vec![format!("target.digest=={digest}")],
+                },
+                self.namespace.as_str()
+            ))
+            .await
+            .with_context(|| format!("asking containerd for the names of image {digest}"))?
+            .into_inner()
+            .images;
+        let mut names: Vec<String> = images
+            .into_iter()
+            .map(|i| i.name)
+            .filter(|n| !n.starts_with("sha256:"))
+            .collect();
+        // A name with a tag reads better in messages than one with a digest.
+        names.sort_by_key(|n| n.contains('@'));
+        Ok(names.into_iter().next())
+    }
+
+    async fn fetch_wasm_layer(&self) -> Result<Option<Vec<u8>>> {
+        let channel = self.connect().await?;
+        let ns = self.namespace.as_str();
+        let Some(Resolved {
+            name: image_name,
+            target,
+            pinned_config,
+        }) = self.resolve(&channel).await?
+        else {
+            return Ok(None);
+        };
         let content = Content { channel, ns };
         let manifest = content
             .manifest_of(&target.media_type, &target.digest)
@@ -129,6 +200,22 @@ impl ImageSource {
             .with_context(|| format!("reading the Wasm layer {digest} of {image_name}"))?;
         Ok(Some(bytes))
     }
+}
+
+/// The image a container runs, as containerd pinned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedImage {
+    /// A registry name of the image (`host/repo:tag` or `host/repo@digest`),
+    /// if containerd has one.
+    pub name: Option<String>,
+    /// The manifest or index digest the name resolved to when pulled.
+    pub digest: String,
+}
+
+struct Resolved {
+    name: String,
+    target: containerd_client::types::Descriptor,
+    pinned_config: Option<String>,
 }
 
 /// The extension in which containerd's CRI keeps a container's metadata,

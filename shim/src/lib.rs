@@ -31,6 +31,7 @@ pub mod service;
 pub mod spec;
 pub mod stdio;
 pub mod task;
+pub mod verification;
 
 /// The engine lives in its own crate so that `wasmbox run` shares it.
 pub use wasmbox_engine as engine;

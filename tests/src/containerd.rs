@@ -233,11 +233,18 @@ impl Containerd {
             path = format!("{}:{path}", bin_dir.display());
         }
         let path = format!("{}:{path}", shim.parent().unwrap().display());
-        // Its shims keep compiled modules in its temp dir, not the machine's.
-        let mut env = vec![(
-            "WASMBOX_CACHE_DIR".to_string(),
-            dir.path().join("module-cache").display().to_string(),
-        )];
+        // Its shims keep compiled modules and policy verdicts in its temp
+        // dir, not the machine's.
+        let mut env = vec![
+            (
+                "WASMBOX_CACHE_DIR".to_string(),
+                dir.path().join("module-cache").display().to_string(),
+            ),
+            (
+                "WASMBOX_VERIFIED_DIR".to_string(),
+                dir.path().join("verified").display().to_string(),
+            ),
+        ];
         env.extend(opts.env.iter().cloned());
         let mut cmd = Command::new(&containerd);
         cmd.arg("--config")

@@ -148,6 +148,16 @@ impl CriNode {
     /// runtimes, e.g. as `deploy/`'s installer wrote them): only the
     /// test's paths, CNI, sandbox image and registry are set in it.
     pub fn start_from(bin_dir: Option<PathBuf>, base: Option<String>) -> CriNode {
+        CriNode::start_with_env(bin_dir, base, Vec::new())
+    }
+
+    /// [`CriNode::start_from`] with `env` added to containerd's environment
+    /// (so to its shims'), e.g. `WASMBOX_POLICY`.
+    pub fn start_with_env(
+        bin_dir: Option<PathBuf>,
+        base: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> CriNode {
         assert!(
             Path::new(CNI_BIN_DIR).join("bridge").exists(),
             "CNI plugins missing in {CNI_BIN_DIR}: apt-get install containernetworking-plugins"
@@ -204,6 +214,7 @@ impl CriNode {
             bin_dir,
             cri_config,
             base_config: base,
+            env,
             ..Default::default()
         });
 
@@ -397,7 +408,8 @@ impl CriNode {
         image
     }
 
-    fn pull(&self, image: &str) {
+    /// PullImage, as the kubelet does before creating a container.
+    pub fn pull(&self, image: &str) {
         let mut images = self.images.clone();
         self.runtime
             .block_on(images.pull_image(PullImageRequest {

@@ -49,6 +49,12 @@ impl DockerEngine {
     /// Starts the engine, or prints one line and returns `None` where no
     /// engine has been fetched (a machine without Debian's archive).
     pub fn start() -> Option<DockerEngine> {
+        DockerEngine::start_with_env(Vec::new())
+    }
+
+    /// [`DockerEngine::start`] with `env` added to its containerd's
+    /// environment (so to its shims'), e.g. `WASMBOX_POLICY`.
+    pub fn start_with_env(env: Vec<(String, String)>) -> Option<DockerEngine> {
         let Some(engine) = engine_dir() else {
             eprintln!(
                 "skipping: no Docker Engine in {} (scripts/docker-engine.sh fetches it; make test runs it)",
@@ -65,6 +71,7 @@ impl DockerEngine {
             bin_dir: Some(containerd_bin.clone()),
             top_level: "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]".into(),
             netns: Some(&netns),
+            env,
             ..Default::default()
         });
         let registry = Registry::start_in(RegistryAuth::None, Some(&netns));

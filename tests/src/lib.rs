@@ -21,6 +21,7 @@ pub mod guests;
 pub mod linux_image;
 pub mod netns;
 pub mod registry;
+pub mod signing;
 pub mod token_server;
 
 pub use cli::Wasmbox;

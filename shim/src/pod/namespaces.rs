@@ -40,6 +40,10 @@ pub struct Namespaces {
     /// --pid --kill-child sleep infinity`, whose child is the namespace's
     /// first process, as the pause process is in a runc pod. Killed with the sandbox.
     pod_pid_holder: Arc<Mutex<Option<u32>>>,
+    /// containerd's network namespace, the one the shim started in: the
+    /// shim's own requests to registries (the run-time policy) go out from
+    /// there, never from a container's network.
+    host_network: Option<Arc<std::fs::File>>,
 }
 
 impl Namespaces {
@@ -47,7 +51,12 @@ impl Namespaces {
     /// into the namespaces the container in `bundle` should have (see the
     /// module doc). Call before the shim starts any thread.
     pub fn enter_for(bundle: &Path) -> Result<Namespaces> {
-        let mut entered = Namespaces::default();
+        let mut entered = Namespaces {
+            host_network: std::fs::File::open("/proc/thread-self/ns/net")
+                .ok()
+                .map(Arc::new),
+            ..Namespaces::default()
+        };
         let Ok(spec) = Spec::load(bundle.join("config.json")) else {
             return Ok(entered);
         };
@@ -227,6 +236,32 @@ fn network_namespace(spec: &Spec) -> Option<Option<&Path>> {
         .iter()
         .find(|n| n.typ() == LinuxNamespaceType::Network)?;
     Some(entry.path().as_deref())
+}
+
+impl Namespaces {
+    /// Runs `work` on a thread of its own in containerd's network namespace
+    /// (where registries are reachable as containerd reaches them), or here
+    /// when the shim entered none.
+    pub fn in_host_network<T: Send>(&self, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let Some(host) = &self.host_network else {
+            return work();
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns(2) on a descriptor we hold open; it moves
+                    // only this short-lived thread (and threads it starts),
+                    // touching no memory.
+                    if unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .context("entering containerd's network namespace");
+                    }
+                    work()
+                })
+                .join()
+                .unwrap_or_else(|_| anyhow::bail!("the thread asking the registry panicked"))
+        })
+    }
 }
 
 fn join(path: &Path) -> Result<()> {

@@ -82,6 +82,19 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
         let sandbox = sandbox::Sandbox::create(request.id, &spec, kinds.namespaces.clone(), bundle);
         return Ok(Task::new(request, Box::new(sandbox), ProcessIo::default()));
     }
+    let image = ImageSource {
+        containerd_address: kinds.containerd_address.clone(),
+        namespace: kinds.namespace.clone(),
+        container_id: request.id.to_string(),
+    };
+    // Every container but the pod's sandbox (containerd's own pause image,
+    // set by the node's config) meets the policy, Wasm and Linux alike,
+    // before anything of it is mounted, joined or started.
+    if let Some(policy) = crate::verification::configured_policy()? {
+        kinds
+            .namespaces
+            .in_host_network(|| crate::verification::check_container(&policy, &image))?;
+    }
     // The rootfs is mounted nodev,nosuid for a Wasm guest: the kind is
     // read from it (`linux::detect`). A Linux container's is then mounted
     // again as runc expects it (exactly as containerd gave it).
@@ -93,11 +106,6 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
             linux::LinuxTask::create(&kinds.namespace, request, &spec, &kinds.namespaces)?;
         return Ok(Task::new(request, Box::new(linux), io));
     }
-    let image = ImageSource {
-        containerd_address: kinds.containerd_address.clone(),
-        namespace: kinds.namespace.clone(),
-        container_id: request.id.to_string(),
-    };
     let network = kinds.namespaces.guest_network(&spec);
     let (wasm, io) = wasm::WasmTask::create(request, &spec, rootfs, network, &image)?;
     Ok(Task::new(request, Box::new(wasm), io))

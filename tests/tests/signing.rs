@@ -1,0 +1,741 @@
+//! Signing and verification with the real tools on a local registry
+//! (distribution 2.8: no referrers API, so the `sha256-<hex>` tag schema):
+//! wasmbox signs what cosign verifies and verifies what cosign signs, in
+//! both of cosign's forms; containers/image `policy.json` scopes decide as
+//! skopeo's engine does; the shim refuses at create, through ctr, what the
+//! policy does not accept, and leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use wasmbox_tests::signing::Cosign;
+use wasmbox_tests::{Containerd, ContainerdOptions, Registry, RegistryAuth, Wasmbox, guests};
+
+const RUNTIME: &str = "io.containerd.wasmtime.v1";
+const PASSWORD: &str = "correct horse";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The hello module printing `text` (up to 15 bytes, padded) instead, so
+/// each image has a digest of its own.
+fn variant(text: &str) -> String {
+    let padded = format!("{text:<15.15}");
+    guests::HELLO_WAT.replace("hello from wasm", &padded)
+}
+
+/// A registry, the wasmbox CLI and a scratch directory.
+struct Bench {
+    registry: Registry,
+    w: Wasmbox,
+    hello: PathBuf,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let w = Wasmbox::new();
+        let hello = w.dir().join("hello.wat");
+        std::fs::write(&hello, guests::HELLO_WAT).unwrap();
+        Bench {
+            registry: Registry::start(RegistryAuth::None),
+            w,
+            hello,
+        }
+    }
+
+    /// Packs and pushes `module` as `name`; returns `(reference, reference@digest)`.
+    fn push(&self, name: &str, module: &Path) -> (String, String) {
+        let image = self.registry.image(name);
+        let out = self.w.ok(&[
+            "pack",
+            module.to_str().unwrap(),
+            "-t",
+            &image,
+            "--push",
+            "--plain-http",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let digest = v["digest"].as_str().unwrap().to_string();
+        let repo = image.rsplit_once(':').unwrap().0.to_string();
+        (image, format!("{repo}@{digest}"))
+    }
+
+    /// A module that prints `text` (so each image has its own digest).
+    fn module(&self, text: &str) -> PathBuf {
+        let path = self.w.dir().join(format!("{text}.wat"));
+        std::fs::write(&path, variant(text)).unwrap();
+        path
+    }
+
+    /// `wasmbox generate-key` into `dir`, sealed with [`PASSWORD`].
+    fn generate_key(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let prefix = dir.join("wasmbox");
+        let out = self
+            .w
+            .command()
+            .args([
+                "generate-key",
+                "--output-key-prefix",
+                prefix.to_str().unwrap(),
+            ])
+            .env("WASMBOX_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (dir.join("wasmbox.key"), dir.join("wasmbox.pub"))
+    }
+
+    fn sign(&self, key: &Path, image: &str, format: &str) -> Output {
+        self.w
+            .command()
+            .args([
+                "sign",
+                image,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+                "--format",
+                format,
+            ])
+            .env("WASMBOX_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    }
+
+    fn verify(&self, image: &str, how: &[&str]) -> Output {
+        let mut args = vec!["verify", image, "--plain-http"];
+        args.extend_from_slice(how);
+        self.w.run(&args)
+    }
+}
+
+#[test]
+fn cosign_verifies_what_wasmbox_signs_in_both_forms() {
+    let b = Bench::new();
+    let (key, public) = b.generate_key(&b.w.dir().join("keys"));
+    let cosign = Cosign::new(&b.w.dir().join("cosign-home"));
+    let (_, other_public) = cosign.generate_key_pair("");
+    for form in ["bundle", "legacy", "both"] {
+        let (image, _) = b.push(&format!("signed-{form}:v1"), &b.module(form));
+        let out = b.sign(&key, &image, form);
+        assert!(
+            out.status.success(),
+            "wasmbox sign --format {form}: {}",
+            stderr(&out)
+        );
+        let out = cosign.verify(&public, &image);
+        assert!(
+            out.status.success(),
+            "cosign verify of wasmbox's {form} signature: {}",
+            stderr(&out)
+        );
+        // The same check fails with a key that did not sign.
+        let out = cosign.verify(&other_public, &image);
+        assert!(
+            !out.status.success(),
+            "cosign verify with another key passed ({form})"
+        );
+    }
+    // An unsigned image: cosign finds nothing.
+    let (image, _) = b.push("unsigned:v1", &b.module("unsigned"));
+    assert!(!cosign.verify(&public, &image).status.success());
+}
+
+#[test]
+fn wasmbox_verifies_what_cosign_signs_in_both_forms_and_signs_with_cosigns_key() {
+    let b = Bench::new();
+    let cosign = Cosign::new(&b.w.dir().join("cosign-home"));
+    let (key, public) = cosign.generate_key_pair(PASSWORD);
+    let (_, bundle_at) = b.push("cosign-bundle:v1", &b.module("bundle"));
+    cosign.sign_bundle(&key, PASSWORD, &bundle_at);
+    let (_, legacy_at) = b.push("cosign-legacy:v1", &b.module("legacy"));
+    cosign.sign_legacy(&key, PASSWORD, &legacy_at);
+    for (image, form) in [
+        (&bundle_at, "cosign bundle"),
+        (&legacy_at, "cosign .sig tag"),
+    ] {
+        let out = b.verify(image, &["--key", public.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "wasmbox verify {image}: {}",
+            stderr(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("accepted: {form} by key")),
+            "{stdout}"
+        );
+    }
+    // Another key: refused, in one sentence naming the image and why.
+    let (_, other_public) = b.generate_key(&b.w.dir().join("other"));
+    let err = b.w.fails(&[
+        "verify",
+        &bundle_at,
+        "--plain-http",
+        "--key",
+        other_public.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "image {bundle_at} is not signed by a key that the policy for"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("none of its 1 signature verifies with the policy's key"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // An unsigned image.
+    let (unsigned, _) = b.push("unsigned:v1", &b.module("unsigned"));
+    let err = b.w.fails(&[
+        "verify",
+        &unsigned,
+        "--plain-http",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(err.contains("it has no cosign signature"), "{err}");
+    // wasmbox opens cosign's sealed key (COSIGN_PASSWORD works too) and
+    // its signature joins cosign's in the `.sig` tag, both verifying.
+    let out =
+        b.w.command()
+            .args([
+                "sign",
+                &legacy_at,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+            ])
+            .env("COSIGN_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cosign.verify(&public, &legacy_at);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The `.sig` tag now holds cosign's payload and wasmbox's, both signed.
+    let tag = format!(
+        "{}/cosign-legacy:{}",
+        b.registry.addr,
+        legacy_at.rsplit_once('@').unwrap().1.replacen(':', "-", 1) + ".sig"
+    );
+    let manifest = b.w.inspect(&tag, &["--remote", "--plain-http"]);
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(2),
+        "{manifest}"
+    );
+}
+
+#[test]
+fn keys_and_passwords_that_cannot_be_used_are_refused_in_one_sentence() {
+    let b = Bench::new();
+    let (key, public) = b.generate_key(&b.w.dir().join("keys"));
+    let (image, _) = b.push("app:v1", &b.hello);
+    // A wrong password: nothing is pushed.
+    let out =
+        b.w.command()
+            .args([
+                "sign",
+                &image,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+            ])
+            .env("WASMBOX_PASSWORD", "wrong")
+            .output()
+            .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot be opened with this password"), "{err}");
+    let err = b.w.fails(&[
+        "verify",
+        &image,
+        "--plain-http",
+        "--key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("it has no cosign signature"),
+        "the failed sign left a signature: {err}"
+    );
+    // A public key that is not P-256 (Ed25519), and a file that is no key.
+    let ed = b.w.dir().join("ed25519.pub");
+    std::fs::write(
+        &ed,
+        "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let err = b.w.fails(&[
+        "verify",
+        &image,
+        "--plain-http",
+        "--key",
+        ed.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not an ECDSA P-256 public key"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let err = b.w.fails(&[
+        "verify",
+        &image,
+        "--plain-http",
+        "--key",
+        b.hello.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not a PEM public key"), "{err}");
+    // generate-key does not replace a key.
+    let out =
+        b.w.command()
+            .args([
+                "generate-key",
+                "--output-key-prefix",
+                key.with_extension("").to_str().unwrap(),
+            ])
+            .env("WASMBOX_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("wasmbox.key exists"),
+        "{}",
+        stderr(&out)
+    );
+    // A malformed policy.
+    let policy = b.w.dir().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"sigstoreSigned","keyPath":"/nonexistent.pub"}]}"#,
+    )
+    .unwrap();
+    let err = b.w.fails(&[
+        "verify",
+        &image,
+        "--plain-http",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot read the key /nonexistent.pub"),
+        "{err}"
+    );
+    std::fs::write(&policy, "{\"default\": [").unwrap();
+    let err = b.w.fails(&[
+        "verify",
+        &image,
+        "--plain-http",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not valid JSON"), "{err}");
+}
+
+/// A policy: reject by default; `open` accepts anything; `signed` needs a
+/// cosign signature by `public` (matchRepository, as cosign's identities
+/// need); `strict` the same key with the default identity rule.
+fn write_policy(dir: &Path, registry: &str, public: &Path) -> PathBuf {
+    let path = dir.join("policy.json");
+    let key = public.display();
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{
+  "default": [{{"type": "reject"}}],
+  "transports": {{
+    "docker": {{
+      "{registry}/open": [{{"type": "insecureAcceptAnything"}}],
+      "{registry}/signed": [{{"type": "sigstoreSigned", "keyPath": "{key}", "signedIdentity": {{"type": "matchRepository"}}}}],
+      "{registry}/strict": [{{"type": "sigstoreSigned", "keyPath": "{key}"}}]
+    }}
+  }}
+}}"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn policy_scopes_decide_as_containers_policy_json_says_and_as_skopeo_does() {
+    let b = Bench::new();
+    let (key, public) = b.generate_key(&b.w.dir().join("keys"));
+    let policy = write_policy(b.w.dir(), &b.registry.addr, &public);
+    let (open, _) = b.push("open:v1", &b.module("open"));
+    let (elsewhere, _) = b.push("elsewhere:v1", &b.module("elsewhere"));
+    let (signed, signed_at) = b.push("signed:v1", &b.module("signed"));
+    let (strict, _) = b.push("strict:v1", &b.module("strict"));
+    for image in [&signed, &strict] {
+        assert!(b.sign(&key, image, "both").status.success());
+    }
+    let (unsigned, _) = b.push("signed:unsigned", &b.module("unsigned"));
+    let p = ["--policy", policy.to_str().unwrap()];
+    let verdict = |image: &str| -> Result<String, String> {
+        let out = b.verify(image, &p);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(stderr(&out))
+        }
+    };
+    let accepted = verdict(&open).unwrap();
+    assert!(
+        accepted.contains("accepted: insecureAcceptAnything"),
+        "{accepted}"
+    );
+    let refused = verdict(&elsewhere).unwrap_err();
+    assert!(refused.contains("is rejected by the policy"), "{refused}");
+    assert!(verdict(&signed).unwrap().contains("by key"));
+    assert!(verdict(&signed_at).is_ok());
+    let refused = verdict(&unsigned).unwrap_err();
+    assert!(
+        refused.contains("is not signed by a key that the policy for"),
+        "{refused}"
+    );
+    // cosign's identities name a repository only: the default rule refuses
+    // them and says what to write.
+    let refused = verdict(&strict).unwrap_err();
+    assert!(
+        refused.contains("signedIdentity matchRepoDigestOrExact does not accept"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(r#""signedIdentity": {"type": "matchRepository"}"#),
+        "{refused}"
+    );
+    // The signed tag moved to an unsigned image: its digest has no signature.
+    let (moved, _) = b.push("signed:v1", &b.module("tampered"));
+    assert!(
+        verdict(&moved)
+            .unwrap_err()
+            .contains("it has no cosign signature")
+    );
+
+    // skopeo's engine (containers/image) on the same policy and images.
+    // Debian 12's skopeo has sigstore verification patched out ("Debian-local
+    // change: sigstore disabled"), so it is compared where no signature is
+    // verified: the scopes, reject, insecureAcceptAnything, no signature.
+    wasmbox_tests::require_tool("skopeo");
+    let registries_d = b.w.dir().join("registries.d");
+    std::fs::create_dir_all(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("default.yaml"),
+        "default-docker:\n  use-sigstore-attachments: true\n",
+    )
+    .unwrap();
+    let skopeo_accepts = |image: &str| {
+        let dest = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("skopeo")
+            .args([
+                "--policy",
+                policy.to_str().unwrap(),
+                "--registries.d",
+                registries_d.to_str().unwrap(),
+            ])
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                &format!("docker://{image}"),
+            ])
+            .arg(format!("dir:{}", dest.path().display()))
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    for image in [&open, &elsewhere, &unsigned, &moved] {
+        assert_eq!(
+            skopeo_accepts(image),
+            verdict(image).is_ok(),
+            "skopeo and wasmbox disagree on {image}"
+        );
+    }
+}
+
+/// A containerd whose shims enforce `policy`.
+fn containerd_with_policy(policy: &Path) -> Containerd {
+    Containerd::start_opts(ContainerdOptions {
+        env: vec![("WASMBOX_POLICY".into(), policy.display().to_string())],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn the_shim_refuses_at_create_what_the_policy_does_not_accept_through_ctr() {
+    let b = Bench::new();
+    let (key, public) = b.generate_key(&b.w.dir().join("keys"));
+    let policy = write_policy(b.w.dir(), &b.registry.addr, &public);
+    let containerd = containerd_with_policy(&policy);
+    let (signed, _) = b.push("signed:v1", &b.hello);
+    assert!(b.sign(&key, &signed, "both").status.success());
+    let (unsigned, unsigned_at) = b.push("signed:unsigned", &b.module("unsigned"));
+    let (open, _) = b.push("open:v1", &b.module("open"));
+    let (elsewhere, _) = b.push("elsewhere:v1", &b.module("elsewhere"));
+    for image in [&signed, &unsigned, &open, &elsewhere] {
+        let out = containerd.ctr(&["images", "pull", "--plain-http", image]);
+        assert!(out.status.success(), "ctr pull {image}: {}", stderr(&out));
+    }
+    let run =
+        |image: &str, id: &str| containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, image, id]);
+    let out = run(&signed, "signed");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
+    let out = run(&open, "open");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Refused at create: the sentence reaches ctr, nothing is left.
+    let out = run(&unsigned, "unsigned");
+    assert!(!out.status.success());
+    let repo = format!("{}/signed", b.registry.addr);
+    assert!(
+        stderr(&out).contains(&format!(
+            "image {unsigned_at} is not signed by a key that the policy for {repo} accepts (it has no cosign signature)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    containerd.ctr(&["containers", "rm", "unsigned"]);
+    let out = run(&elsewhere, "elsewhere");
+    assert!(
+        stderr(&out).contains("is rejected by the policy"),
+        "{}",
+        stderr(&out)
+    );
+    containerd.ctr(&["containers", "rm", "elsewhere"]);
+    containerd.assert_clean();
+    // containerd's record of a ctr container names its image, not a
+    // digest: the shim checks what the name holds when the task is
+    // created. A tag moved to an unsigned image after the container was
+    // made is refused, though its snapshot holds the signed module (the
+    // CRI pins the image ID; see the CRI test).
+    let out = containerd.ctr(&[
+        "containers",
+        "create",
+        "--runtime",
+        RUNTIME,
+        &signed,
+        "pinned",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, moved_at) = b.push("signed:v1", &b.module("moved"));
+    let out = containerd.ctr(&["images", "pull", "--plain-http", &signed]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = containerd.ctr(&["tasks", "start", "pinned"]);
+    assert!(
+        stderr(&out).contains(&format!("image {moved_at} is not signed by a key")),
+        "{}",
+        stderr(&out)
+    );
+    containerd.ctr(&["containers", "rm", "pinned"]);
+    containerd.assert_clean();
+}
+
+#[test]
+fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_accept() {
+    let keys = tempfile::tempdir().unwrap();
+    let w = Wasmbox::new();
+    let (key, public) = {
+        let prefix = keys.path().join("wasmbox");
+        let out = w
+            .command()
+            .args([
+                "generate-key",
+                "--output-key-prefix",
+                prefix.to_str().unwrap(),
+            ])
+            .env("WASMBOX_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (
+            keys.path().join("wasmbox.key"),
+            keys.path().join("wasmbox.pub"),
+        )
+    };
+    // The policy is written before the node starts, naming its registry's
+    // repositories: the node's registry address is known only after, so
+    // the policy scopes by repository path under every host ("" is the
+    // docker transport's default).
+    let policy = keys.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}}}}}"#,
+            public.display()
+        ),
+    )
+    .unwrap();
+    let node = wasmbox_tests::cri::CriNode::start_with_env(
+        wasmbox_tests::containerd::containerd_under_test(),
+        None,
+        vec![("WASMBOX_POLICY".into(), policy.display().to_string())],
+    );
+    let hello = node.w.dir().join("hello.wat");
+    std::fs::write(&hello, guests::HELLO_WAT).unwrap();
+    let signed = format!("{}/signed:v1", node.registry.addr);
+    node.w.ok(&[
+        "pack",
+        hello.to_str().unwrap(),
+        "-t",
+        &signed,
+        "--push",
+        "--plain-http",
+    ]);
+    let sign = |image: &str| {
+        let out = node
+            .w
+            .command()
+            .args([
+                "sign",
+                image,
+                "--key",
+                key.to_str().unwrap(),
+                "--plain-http",
+            ])
+            .env("WASMBOX_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    sign(&signed);
+    node.pull(&signed);
+    let unsigned_wat = node.w.dir().join("unsigned.wat");
+    std::fs::write(&unsigned_wat, variant("unsigned")).unwrap();
+    let unsigned = node.image("unsigned", &unsigned_wat);
+    let busybox = node.linux_image();
+
+    let pod = node
+        .run_pod("signed-pod")
+        .expect("the pod's sandbox is not checked");
+    let id = node
+        .run_container(&pod, "signed", &signed, &[], &[])
+        .expect("a signed Wasm container starts");
+    node.wait_exited(&id, std::time::Duration::from_secs(30));
+    // Refused at StartContainer (where containerd creates the task), with
+    // the sentence the kubelet shows in `kubectl describe pod`.
+    let id = node
+        .create_container(&pod, "unsigned", &unsigned, &[], &[])
+        .unwrap();
+    let err = node.start_container(&id).unwrap_err();
+    assert!(
+        err.message()
+            .contains("is not signed by a key that the policy for")
+            && err.message().contains("/unsigned accepts"),
+        "{}",
+        err.message()
+    );
+    node.remove_container(&id);
+    // The pod's Linux container meets the same policy: unsigned, refused...
+    let id = node
+        .create_container(&pod, "linux", &busybox, &["true"], &[])
+        .unwrap();
+    let err = node.start_container(&id).unwrap_err();
+    assert!(
+        err.message()
+            .contains("/busybox accepts (it has no cosign signature)"),
+        "{}",
+        err.message()
+    );
+    node.remove_container(&id);
+    // ...signed, it runs.
+    sign(&busybox);
+    let id = node
+        .run_container(&pod, "linux-signed", &busybox, &["true"], &[])
+        .expect("a signed Linux container starts");
+    node.wait_exited(&id, std::time::Duration::from_secs(30));
+    node.remove_pod(&pod);
+    node.assert_clean(&[]);
+}
+
+#[test]
+fn docker_run_shows_the_refusal_and_runs_what_the_policy_accepts() {
+    let keys = tempfile::tempdir().unwrap();
+    let w = Wasmbox::new();
+    let prefix = keys.path().join("wasmbox");
+    let out = w
+        .command()
+        .args([
+            "generate-key",
+            "--output-key-prefix",
+            prefix.to_str().unwrap(),
+        ])
+        .env("WASMBOX_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (key, public) = (
+        keys.path().join("wasmbox.key"),
+        keys.path().join("wasmbox.pub"),
+    );
+    let policy = keys.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
+            public.display()
+        ),
+    )
+    .unwrap();
+    let Some(docker) = wasmbox_tests::docker::DockerEngine::start_with_env(vec![(
+        "WASMBOX_POLICY".into(),
+        policy.display().to_string(),
+    )]) else {
+        return;
+    };
+    let hello = w.dir().join("hello.wat");
+    std::fs::write(&hello, guests::HELLO_WAT).unwrap();
+    let in_netns = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = w.command();
+        cmd.args(args).envs(env.iter().copied());
+        docker.netns().enter(&mut cmd);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "wasmbox {args:?}: {}", stderr(&out));
+    };
+    let signed = format!("{}:v1", docker.registry.image("signed"));
+    let unsigned = format!("{}:v1", docker.registry.image("unsigned"));
+    for image in [&signed, &unsigned] {
+        in_netns(
+            &[
+                "pack",
+                hello.to_str().unwrap(),
+                "-t",
+                image,
+                "--push",
+                "--plain-http",
+            ],
+            &[],
+        );
+    }
+    in_netns(
+        &[
+            "sign",
+            &signed,
+            "--key",
+            key.to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[("WASMBOX_PASSWORD", PASSWORD)],
+    );
+    let run = |image: &str| {
+        docker.run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--platform",
+            "wasi/wasm",
+            image,
+        ])
+    };
+    let out = run(&signed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
+    let out = run(&unsigned);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not signed by a key that the policy for")
+            && stderr(&out).contains("it has no cosign signature"),
+        "{}",
+        stderr(&out)
+    );
+    docker.assert_clean();
+}
