@@ -200,25 +200,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check an image's signatures: a cosign signature by --key, or what a
-    /// containers policy.json (--policy) asks of the image.
+    /// Check an image's signatures: a cosign signature by --key, what a
+    /// containers policy.json (--policy) asks of the image, or a notation
+    /// signature under notation's trust policy (--notation).
+    #[command(group = clap::ArgGroup::new("how").required(true))]
     Verify {
         reference: ImageRef,
         /// A public key (cosign.pub): accept a cosign signature by it.
-        #[arg(
-            long,
-            value_name = "KEY",
-            required_unless_present = "policy",
-            conflicts_with = "policy"
-        )]
+        #[arg(long, value_name = "KEY", group = "how")]
         key: Option<PathBuf>,
         /// A containers policy.json (containers-policy.json(5)).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", group = "how")]
         policy: Option<PathBuf>,
+        /// notation's configuration directory (its trustpolicy.json and
+        /// truststore/): accept a notation signature as `notation verify` would.
+        #[arg(long, value_name = "DIR", group = "how")]
+        notation: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryFlags,
         #[arg(long)]
         json: bool,
+    },
+    /// Attach an SPDX 2.3 SBOM of an image's module to the image in its
+    /// registry (as `pack --sbom` does), and print it.
+    Sbom {
+        reference: ImageRef,
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// Print the document only; attach nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
@@ -288,6 +299,10 @@ struct PackArgs {
     /// Exported function to run when the module is not a WASI command.
     #[arg(long, value_name = "NAME")]
     export: Option<String>,
+    /// Attach an SPDX 2.3 SBOM of the module to the pushed image (as an OCI
+    /// referrer); needs --push and a module with a producers section.
+    #[arg(long, requires = "push")]
+    sbom: bool,
     #[arg(long)]
     json: bool,
 }
@@ -322,6 +337,25 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Sbom {
+        reference,
+        registry,
+        dry_run,
+    } = &cli.command
+    {
+        return match sbom(
+            cli.store.as_deref(),
+            reference,
+            &registry.clone().into(),
+            *dry_run,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wasmbox: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -349,6 +383,54 @@ fn run_guest(endpoints: &Endpoints, request: &wasmbox::run::RunRequest) -> Resul
     let program = engine.load(&spec)?;
     let (_kill, not_killed) = wasmbox_engine::KillSwitch::new();
     Ok(engine.run(&program, &spec, not_killed))
+}
+
+/// `wasmbox sbom`: the module is read from the image in the registry (as
+/// `wasmbox run docker://REF` reads it, on its own runtime), then the
+/// document is attached on another.
+fn sbom(
+    store_dir: Option<&Path>,
+    reference: &ImageRef,
+    options: &RegistryOptions,
+    dry_run: bool,
+) -> Result<()> {
+    let endpoints = Endpoints {
+        store_dir,
+        registry: options,
+    };
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let target = format!("docker://{reference}");
+    let request = wasmbox::run::RunRequest {
+        target: &target,
+        args: &[],
+        env: &[],
+        dirs: &[],
+    };
+    // The module as `wasmbox run` would load it from the image.
+    let spec = wasmbox::run::prepare(&endpoints, &request, scratch.path())?;
+    let module = wasmbox::module::WasmModule::load(&spec.module, spec.export.as_deref())?;
+    let file_name = spec
+        .module
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "module.wasm".into());
+    let document = wasmbox::sbom::spdx(
+        &module,
+        &file_name,
+        reference.as_str(),
+        std::time::SystemTime::now(),
+    )?;
+    if !dry_run {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let registry = Registry::new(reference.registry(), options)?;
+        let digest = runtime.block_on(wasmbox::sbom::attach(&registry, reference, &document))?;
+        eprintln!("Attached SBOM {digest} to {reference}");
+    }
+    println!("{}", String::from_utf8_lossy(&document));
+    Ok(())
 }
 
 /// The password for a sealed key: WASMBOX_PASSWORD, else COSIGN_PASSWORD
@@ -431,6 +513,7 @@ async fn run(cli: Cli) -> Result<()> {
     let store_dir = cli.store.as_deref();
     match cli.command {
         Command::GenerateKey { output_key_prefix } => generate_key(&output_key_prefix),
+        Command::Sbom { .. } => unreachable!("handled before the runtime starts"),
         Command::Sign {
             reference,
             key,
@@ -460,10 +543,33 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify {
             reference,
+            notation: Some(dir),
+            registry,
+            json,
+            ..
+        } => {
+            let policy = wasmbox_trust::notation::TrustPolicy::load(&dir)?;
+            let registry = Registry::new(reference.registry(), &registry.into())?;
+            let (digest, accepted) =
+                wasmbox::signing::verify_notation(&registry, &reference, &policy).await?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"reference": reference.to_string(), "digest": digest, "acceptedBy": [accepted]})
+                );
+            } else {
+                println!("Verified {reference}@{digest}");
+                println!("  accepted: {accepted}");
+            }
+            Ok(())
+        }
+        Command::Verify {
+            reference,
             key,
             policy,
             registry,
             json,
+            ..
         } => {
             let policy = match (&key, &policy) {
                 (Some(key), _) => wasmbox::signing::key_policy(key)?,
@@ -655,6 +761,19 @@ async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
         os: args.os,
         created: PackOptions::created_from_env()?,
     };
+    // The SBOM is made before anything is stored: a module it cannot
+    // describe stops the pack.
+    let sbom = if args.sbom {
+        let module = wasmbox::module::WasmModule::load(&args.module, args.export.as_deref())?;
+        Some(wasmbox::sbom::spdx(
+            &module,
+            &options.module_name,
+            args.tag.as_str(),
+            options.created,
+        )?)
+    } else {
+        None
+    };
     let registry: RegistryOptions = args.registry.clone().into();
     let endpoints = Endpoints {
         store_dir,
@@ -701,8 +820,18 @@ async fn pack(store_dir: Option<&Path>, args: PackArgs) -> Result<()> {
         }
         pushed = Some(report);
     }
+    let mut sbom_digest = None;
+    if let Some(document) = &sbom {
+        let registry = Registry::new(args.tag.registry(), &registry)?;
+        let digest = wasmbox::sbom::attach(&registry, &args.tag, document).await?;
+        if !args.json {
+            println!("Attached SBOM {digest} (application/spdx+json)");
+        }
+        sbom_digest = Some(digest);
+    }
     if args.json {
         let out = json!({
+            "sbom": sbom_digest,
             "reference": args.tag.to_string(),
             "digest": packed.digest,
             "os": packed.os,
@@ -751,7 +880,12 @@ async fn inspect(
     let source = location.open_source(&endpoints)?;
     let manifest = source.manifest().await?;
     let config = image::read_blob(&source, manifest.config()).await?;
-    image::describe(&name, manifest.bytes(), &config)
+    let mut info = image::describe(&name, manifest.bytes(), &config)?;
+    if let Location::Registry(reference) = &location {
+        let registry = Registry::new(reference.registry(), options)?;
+        info.attached = Some(wasmbox::referrers::attached(&registry, reference).await?);
+    }
+    Ok(info)
 }
 
 fn print_info(info: &ImageInfo) {
@@ -796,6 +930,25 @@ fn print_info(info: &ImageInfo) {
             human_size(l.size),
             l.digest
         );
+    }
+    if let Some(attached) = &info.attached {
+        for (kind, title) in [
+            ("signature", "Signatures"),
+            ("sbom", "SBOMs"),
+            ("other", "Attached"),
+        ] {
+            let of_kind: Vec<_> = attached.iter().filter(|a| a.kind == kind).collect();
+            if of_kind.is_empty() && kind == "other" {
+                continue;
+            }
+            println!(
+                "{title}: {}",
+                if of_kind.is_empty() { "none" } else { "" }.trim_end()
+            );
+            for a in of_kind {
+                println!("  {:<48} {}", a.format, a.digest);
+            }
+        }
     }
 }
 

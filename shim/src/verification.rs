@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest as _, Sha256};
 use wasmbox::reference::ImageRef;
+use wasmbox::referrers::Repository;
 use wasmbox::registry::{Registry, RegistryOptions};
-use wasmbox::signing::Repository;
 use wasmbox_trust::{DockerRef, Policy, TrustError};
 
 use crate::content::ImageSource;

@@ -739,3 +739,185 @@ fn docker_run_shows_the_refusal_and_runs_what_the_policy_accepts() {
     );
     docker.assert_clean();
 }
+
+#[test]
+fn notation_signatures_verify_under_notations_trust_policy() {
+    let b = Bench::new();
+    let notation = wasmbox_tests::signing::Tool::new("notation", &b.w.dir().join("notation-home"));
+    notation.ok(&["cert", "generate-test", "--default", "wasmbox-test"], &[]);
+    let config = b.w.dir().join("notation-home/.config/notation");
+    std::fs::write(
+        config.join("trustpolicy.json"),
+        r#"{"version":"1.0","trustPolicies":[{"name":"wasmbox-test","registryScopes":["*"],"signatureVerification":{"level":"strict"},"trustStores":["ca:wasmbox-test"],"trustedIdentities":["*"]}]}"#,
+    )
+    .unwrap();
+    let (_, signed_at) = b.push("notation:v1", &b.module("notation"));
+    notation.ok(&["sign", "--insecure-registry", &signed_at], &[]);
+    // notation itself accepts it, and so does wasmbox, from the same files.
+    notation.ok(&["verify", "--insecure-registry", &signed_at], &[]);
+    let out = b.verify(&signed_at, &["--notation", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("notation signature by CN=wasmbox-test"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Unsigned, and signed by a certificate the trust store does not hold.
+    let (unsigned, _) = b.push("notation:unsigned", &b.module("notation-unsigned"));
+    let err = b.w.fails(&[
+        "verify",
+        &unsigned,
+        "--plain-http",
+        "--notation",
+        config.to_str().unwrap(),
+    ]);
+    assert!(err.contains("it has no notation signature"), "{err}");
+    let stranger = wasmbox_tests::signing::Tool::new("notation", &b.w.dir().join("stranger-home"));
+    stranger.ok(&["cert", "generate-test", "--default", "stranger"], &[]);
+    let (_, other_at) = b.push("notation:other", &b.module("notation-other"));
+    stranger.ok(&["sign", "--insecure-registry", &other_at], &[]);
+    let err = b.w.fails(&[
+        "verify",
+        &other_at,
+        "--plain-http",
+        "--notation",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("its signing certificate is not in the trust policy's trust stores"),
+        "{err}"
+    );
+}
+
+/// A C program compiled by clang: its producers section names C and clang.
+fn c_module(dir: &Path) -> PathBuf {
+    let wasm = dir.join("hello-c.wasm");
+    wasmbox_tests::compile_c(
+        "#include <stdio.h>\nint main(void) { puts(\"hello from C\"); return 0; }\n",
+        &wasm,
+    );
+    wasm
+}
+
+#[test]
+fn sboms_attach_as_referrers_that_oras_discovers_and_inspect_shows() {
+    let b = Bench::new();
+    let module = c_module(b.w.dir());
+    let image = b.registry.image("sbom:v1");
+    let out = b.w.ok(&[
+        "pack",
+        module.to_str().unwrap(),
+        "-t",
+        &image,
+        "--push",
+        "--plain-http",
+        "--sbom",
+        "--json",
+    ]);
+    let packed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let digest = packed["digest"].as_str().unwrap();
+    let sbom_digest = packed["sbom"].as_str().unwrap();
+    let at = format!("{}/sbom@{digest}", b.registry.addr);
+
+    // oras (through the referrers tag schema of this registry) lists it...
+    let oras = wasmbox_tests::signing::Tool::new("oras", &b.w.dir().join("oras-home"));
+    let listed: serde_json::Value =
+        serde_json::from_str(&oras.ok(&["discover", "--plain-http", "--format", "json", &at], &[]))
+            .unwrap();
+    let referrers = listed["referrers"].as_array().unwrap();
+    let entry = referrers
+        .iter()
+        .find(|r| r["artifactType"] == "application/spdx+json")
+        .unwrap_or_else(|| panic!("oras discover lists no SBOM: {listed}"));
+    assert_eq!(entry["digest"], sbom_digest);
+    // ...and its document names the module by the digest of its bytes.
+    let pulled = b.w.dir().join("pulled");
+    oras.ok(
+        &[
+            "pull",
+            "--plain-http",
+            "-o",
+            pulled.to_str().unwrap(),
+            &format!("{}/sbom@{sbom_digest}", b.registry.addr),
+        ],
+        &[],
+    );
+    let file = std::fs::read_dir(&pulled)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    let module_digest = wasmbox::format::Digest::of(&std::fs::read(&module).unwrap());
+    assert_eq!(
+        doc["packages"][0]["checksums"][0]["checksumValue"],
+        module_digest.hex()
+    );
+    let names: Vec<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("clang")), "{names:?}");
+
+    // A signature next to it: inspect shows both kinds.
+    let (key, _) = b.generate_key(&b.w.dir().join("keys"));
+    assert!(b.sign(&key, &image, "both").status.success());
+    let info = b.w.inspect(&image, &["--remote", "--plain-http"]);
+    let kinds: Vec<(String, String)> = info["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_string(),
+                a["format"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("sbom", "SPDX"),
+        ("signature", "cosign bundle"),
+        ("signature", "cosign .sig tag"),
+    ] {
+        assert!(
+            kinds.contains(&(expected.0.to_string(), expected.1.to_string())),
+            "{kinds:?}"
+        );
+    }
+    let text = b.w.ok(&["inspect", &image, "--remote", "--plain-http"]);
+    assert!(
+        text.contains("Signatures:") && text.contains("SBOMs:"),
+        "{text}"
+    );
+
+    // `wasmbox sbom` attaches one to an image already pushed.
+    let (plain, plain_at) = b.push("sbom-later:v1", &module);
+    b.w.ok(&["sbom", &plain, "--plain-http"]);
+    let listed = oras.ok(
+        &["discover", "--plain-http", "--format", "json", &plain_at],
+        &[],
+    );
+    assert!(listed.contains("application/spdx+json"), "{listed}");
+
+    // A module with no producers section: refused before anything is stored.
+    let err = b.w.fails(&[
+        "pack",
+        b.hello.to_str().unwrap(),
+        "-t",
+        &b.registry.image("bare:v1"),
+        "--push",
+        "--plain-http",
+        "--sbom",
+    ]);
+    assert!(err.contains("hello.wasm has no producers section"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        !b.w.images().iter().any(|i| i.contains("bare")),
+        "{:?}",
+        b.w.images()
+    );
+}

@@ -12,6 +12,7 @@
 
 pub mod cosign;
 pub mod keys;
+pub mod notation;
 pub mod policy;
 pub mod reference;
 pub mod referrers;

@@ -80,6 +80,35 @@ pub async fn cosign_signatures<S: SignatureSource>(
     Ok(found)
 }
 
+/// Every notation signature envelope of `digest`: `(media type, envelope)`.
+pub async fn notation_envelopes<S: SignatureSource>(
+    source: &S,
+    digest: &str,
+) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
+    let mut found = Vec::new();
+    for rd in source.referrers(digest).await? {
+        let Some(manifest) = source.manifest(&rd).await? else {
+            continue;
+        };
+        if referrers::artifact_type_of(&manifest).as_deref()
+            != Some(crate::notation::ARTIFACT_TYPE_SIGNATURE)
+        {
+            continue;
+        }
+        let m: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
+            TrustError::Malformed(format!("the signature {rd} is not an image manifest ({e})"))
+        })?;
+        for layer in m.layers() {
+            let media_type = layer.media_type().to_string();
+            let envelope = source
+                .blob(layer.digest().as_ref(), cosign::MAX_SIGNATURE_BYTES)
+                .await?;
+            found.push((media_type, envelope));
+        }
+    }
+    Ok(found)
+}
+
 /// Checks `image` (a reference with the manifest digest it resolved to,
 /// `digest`) against `policy`. `Err(Refused)` says, in one sentence, why
 /// it may not run.

@@ -38,6 +38,23 @@ pub struct ImageInfo {
     pub layers: Vec<LayerInfo>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Signatures, SBOMs and other artifacts attached to the image, for an
+    /// image read from a registry (`None` where there are no referrers to ask).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Vec<AttachedInfo>>,
+}
+
+/// An artifact that refers to the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachedInfo {
+    /// `signature`, `sbom` or `other`.
+    pub kind: String,
+    /// What wrote it, as far as its type tells: `cosign bundle`, `cosign
+    /// .sig tag`, `notation`, `SPDX`, `CycloneDX`, or the artifact type.
+    pub format: String,
+    pub artifact_type: String,
+    /// The artifact's manifest digest (the `.sig` tag's, for cosign's legacy form).
+    pub digest: String,
 }
 
 /// One blob in [`ImageInfo`].
@@ -92,6 +109,7 @@ pub fn describe(reference: &str, manifest_bytes: &[u8], config_bytes: &[u8]) -> 
         config: LayerInfo::from(config_desc),
         layers: manifest.layers().iter().map(LayerInfo::from).collect(),
         annotations,
+        attached: None,
     };
     if config_desc.media_type().to_string() == format::MEDIA_TYPE_WASM_CONFIG {
         let config: WasmArtifactConfig = serde_json::from_slice(config_bytes)

@@ -22,7 +22,7 @@ use oci_spec::image::{Descriptor, DescriptorBuilder, ImageManifest, MediaType};
 use serde::Serialize;
 
 pub use build::{AddSpec, Blob, Compression, Image, ImageFormat, PackOptions, build};
-pub use inspect::{ImageInfo, LayerInfo, describe};
+pub use inspect::{AttachedInfo, ImageInfo, LayerInfo, describe};
 
 use crate::format::{self, Digest, Hasher};
 use crate::progress::Progress;

@@ -1,0 +1,491 @@
+//! Notary Project (notation) signatures: a referrer of artifact type
+//! `application/vnd.cncf.notary.signature` whose layer is a JWS envelope
+//! (`application/jose+json`, notation's default) signing
+//! `{"targetArtifact": descriptor}` with the key of the first certificate
+//! in its `x5c` chain; and notation's trust policy (`trustpolicy.json`)
+//! with its trust store (`truststore/x509/ca/<name>/`), as `notation
+//! verify` reads them.
+//!
+//! Verified here: the envelope's integrity (PS256/384/512 or ES256 over
+//! the JWS signing input), that it names the image's digest, that the
+//! signing certificate is one of the trust store's, is valid now, and
+//! matches the policy's trusted identities, and that the envelope has not
+//! expired. Not yet: chains through an intermediate CA (the signing
+//! certificate must itself be in the trust store), COSE envelopes,
+//! timestamps (TSA) and revocation (OCSP/CRL).
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use p256::pkcs8::DecodePublicKey;
+use serde_json::Value;
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Encode};
+
+use crate::TrustError;
+
+pub const ARTIFACT_TYPE_SIGNATURE: &str = "application/vnd.cncf.notary.signature";
+pub const MEDIA_TYPE_JWS: &str = "application/jose+json";
+pub const MEDIA_TYPE_COSE: &str = "application/cose";
+const PAYLOAD_CONTENT_TYPE: &str = "application/vnd.cncf.notary.payload.v1+json";
+const SIGNING_SCHEME: &str = "io.cncf.notary.signingScheme";
+const EXPIRY: &str = "io.cncf.notary.expiry";
+
+/// notation's trust policy and the certificates of its trust stores.
+pub struct TrustPolicy {
+    origin: String,
+    policies: Vec<PolicyStatement>,
+}
+
+struct PolicyStatement {
+    name: String,
+    scopes: Vec<String>,
+    level: String,
+    certificates: Vec<Vec<u8>>,
+    identities: Vec<String>,
+}
+
+impl TrustPolicy {
+    /// Reads `dir/trustpolicy.json` and the trust stores it names under
+    /// `dir/truststore/x509/` (notation's config directory layout).
+    pub fn load(dir: &Path) -> Result<TrustPolicy, TrustError> {
+        let path = dir.join("trustpolicy.json");
+        let origin = path.display().to_string();
+        let bad =
+            |why: String| TrustError::Policy(format!("the notation trust policy {origin} {why}"));
+        let bytes = std::fs::read(&path).map_err(|e| {
+            TrustError::Policy(format!(
+                "cannot read the notation trust policy {origin}: {e}"
+            ))
+        })?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("is not valid JSON ({e})")))?;
+        let statements = v
+            .get("trustPolicies")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("has no trustPolicies list".into()))?;
+        let strings = |s: &Value, key: &str| -> Vec<String> {
+            s.get(key)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut policies = Vec::new();
+        for s in statements {
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let level = s
+                .pointer("/signatureVerification/level")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("has no signatureVerification.level in \"{name}\"")))?
+                .to_string();
+            if !["strict", "permissive", "audit", "skip"].contains(&level.as_str()) {
+                return Err(bad(format!(
+                    "has an unknown level \"{level}\" in \"{name}\""
+                )));
+            }
+            let mut certificates = Vec::new();
+            for store in strings(s, "trustStores") {
+                let (kind, store_name) = store.split_once(':').ok_or_else(|| {
+                    bad(format!(
+                        "names a trust store \"{store}\" that is not TYPE:NAME"
+                    ))
+                })?;
+                certificates.extend(read_store(
+                    &dir.join("truststore/x509").join(kind).join(store_name),
+                )?);
+            }
+            policies.push(PolicyStatement {
+                scopes: strings(s, "registryScopes"),
+                identities: strings(s, "trustedIdentities"),
+                name,
+                level,
+                certificates,
+            });
+        }
+        Ok(TrustPolicy { origin, policies })
+    }
+
+    /// The statement for `repository` (`host/path`): an exact scope, else `*`.
+    fn statement(&self, repository: &str) -> Option<&PolicyStatement> {
+        self.policies
+            .iter()
+            .find(|p| p.scopes.iter().any(|s| s == repository))
+            .or_else(|| {
+                self.policies
+                    .iter()
+                    .find(|p| p.scopes.iter().any(|s| s == "*"))
+            })
+    }
+
+    /// Checks the signature envelopes of the image `digest` in `repository`:
+    /// `Ok` names what accepted it, `Err(Refused)` says why not.
+    pub fn check(
+        &self,
+        repository: &str,
+        digest: &str,
+        envelopes: &[(String, Vec<u8>)],
+        now: SystemTime,
+    ) -> Result<String, TrustError> {
+        let Some(statement) = self.statement(repository) else {
+            return Err(TrustError::Refused(format!(
+                "no statement of the notation trust policy {} applies to {repository}",
+                self.origin
+            )));
+        };
+        if statement.level == "skip" {
+            return Ok(format!(
+                "notation trust policy \"{}\" (level skip)",
+                statement.name
+            ));
+        }
+        let mut reason = "it has no notation signature".to_string();
+        for (media_type, envelope) in envelopes {
+            if media_type != MEDIA_TYPE_JWS {
+                reason = format!(
+                    "its notation signature is a {media_type} envelope, which wasmbox does not verify yet (sign with notation's default, JWS)"
+                );
+                continue;
+            }
+            match verify_jws(envelope, digest, statement, now) {
+                Ok(subject) => {
+                    return Ok(format!(
+                        "notation signature by {subject} (trust policy \"{}\", level {})",
+                        statement.name, statement.level
+                    ));
+                }
+                Err(why) => reason = why,
+            }
+        }
+        if statement.level == "audit" {
+            return Ok(format!(
+                "notation trust policy \"{}\" (level audit: {reason})",
+                statement.name
+            ));
+        }
+        Err(TrustError::Refused(format!(
+            "image {repository}@{digest} is not signed as the notation trust policy {} (\"{}\") requires: {reason}",
+            self.origin, statement.name
+        )))
+    }
+}
+
+fn read_store(dir: &Path) -> Result<Vec<Vec<u8>>, TrustError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        TrustError::Policy(format!(
+            "cannot read the notation trust store {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let mut certs = Vec::new();
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| TrustError::Policy(format!("cannot read {}: {e}", path.display())))?;
+        for der in pem_certificates(&bytes) {
+            certs.push(der);
+        }
+    }
+    Ok(certs)
+}
+
+/// The DER of each `CERTIFICATE` block (or the file itself if it is DER).
+fn pem_certificates(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return vec![bytes.to_vec()];
+    };
+    text.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .filter_map(|block| block.split("-----END CERTIFICATE-----").next())
+        .filter_map(|b64| {
+            STANDARD
+                .decode(b64.split_whitespace().collect::<String>())
+                .ok()
+        })
+        .collect()
+}
+
+/// Verifies one JWS envelope; `Ok` is the signer's subject.
+fn verify_jws(
+    envelope: &[u8],
+    digest: &str,
+    statement: &PolicyStatement,
+    now: SystemTime,
+) -> Result<String, String> {
+    let v: Value =
+        serde_json::from_slice(envelope).map_err(|_| "its JWS envelope is not JSON".to_string())?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .ok_or(format!("its JWS envelope has no {k}"))
+    };
+    let protected_b64 = field("protected")?;
+    let payload_b64 = field("payload")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(field("signature")?)
+        .map_err(|_| "its JWS signature is not base64url".to_string())?;
+    let protected: Value = URL_SAFE_NO_PAD
+        .decode(protected_b64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("its JWS protected header is not base64url JSON")?;
+    let header = |k: &str| protected.get(k).and_then(Value::as_str);
+    if header("cty") != Some(PAYLOAD_CONTENT_TYPE) {
+        return Err("its JWS payload is not a notation payload".into());
+    }
+    if header(SIGNING_SCHEME) != Some("notary.x509") {
+        return Err("it uses a signing scheme other than notary.x509 (signing authorities are not supported yet)".into());
+    }
+    let crit: Vec<&str> = protected
+        .get("crit")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !crit.contains(&SIGNING_SCHEME) {
+        return Err("its JWS header does not mark the signing scheme critical".into());
+    }
+    if let Some(expiry) = header(EXPIRY) {
+        let expiry = humantime::parse_rfc3339_weak(expiry)
+            .map_err(|_| "its expiry is not a time".to_string())?;
+        if expiry < now {
+            return Err("the signature has expired".into());
+        }
+    }
+    // Integrity: the signature over `protected.payload` with the leaf key.
+    let chain: Vec<Vec<u8>> = v
+        .pointer("/header/x5c")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|c| STANDARD.decode(c).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let leaf_der = chain
+        .first()
+        .ok_or("its JWS header has no certificate chain (x5c)")?;
+    let leaf = Certificate::from_der(leaf_der)
+        .map_err(|_| "its signing certificate is not X.509".to_string())?;
+    let spki = leaf
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|_| "its signing certificate has no public key".to_string())?;
+    let signing_input = format!("{protected_b64}.{payload_b64}");
+    let alg = header("alg").unwrap_or("");
+    if !verify_signature(alg, &spki, signing_input.as_bytes(), &signature)? {
+        return Err("its signature does not verify with its signing certificate's key".into());
+    }
+    // It signs this image.
+    let payload: Value = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("its payload is not base64url JSON")?;
+    let signed = payload
+        .pointer("/targetArtifact/digest")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if signed != digest {
+        return Err(format!("its signature names another image, {signed}"));
+    }
+    // Authenticity: the signing certificate is one the trust store holds
+    // (a chain through an intermediate CA is not followed yet).
+    if !statement.certificates.iter().any(|c| c == leaf_der) {
+        return Err(
+            if chain.len() > 1
+                && chain[1..]
+                    .iter()
+                    .any(|c| statement.certificates.contains(c))
+            {
+                "its signing certificate chains to the trust store through an intermediate CA, which wasmbox does not verify yet".into()
+            } else {
+                "its signing certificate is not in the trust policy's trust stores".into()
+            },
+        );
+    }
+    let validity = &leaf.tbs_certificate.validity;
+    let now_unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if now_unix < validity.not_before.to_unix_duration()
+        || now_unix > validity.not_after.to_unix_duration()
+    {
+        return Err("its signing certificate is not valid now (expired or not yet valid)".into());
+    }
+    let subject = leaf.tbs_certificate.subject.to_string();
+    let trusted = statement.identities.iter().any(|id| {
+        id == "*"
+            || id
+                .strip_prefix("x509.subject:")
+                .is_some_and(|dn| same_dn(dn.trim(), &subject))
+    });
+    if !trusted {
+        return Err(format!(
+            "its signer {subject} is not among the trust policy's trusted identities"
+        ));
+    }
+    Ok(subject)
+}
+
+/// Distinguished names compared as sets of `TYPE=value` (order and spaces aside).
+fn same_dn(a: &str, b: &str) -> bool {
+    let set = |s: &str| {
+        let mut parts: Vec<String> = s.split(',').map(|p| p.trim().replace(" = ", "=")).collect();
+        parts.sort();
+        parts
+    };
+    set(a) == set(b)
+}
+
+fn verify_signature(
+    alg: &str,
+    spki: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<bool, String> {
+    use rsa::signature::Verifier as _;
+    let rsa_key = || {
+        rsa::RsaPublicKey::from_public_key_der(spki)
+            .map_err(|_| format!("its {alg} signature is made with a key that is not RSA"))
+    };
+    Ok(match alg {
+        "PS256" | "PS384" | "PS512" => {
+            let key = rsa_key()?;
+            let Ok(sig) = rsa::pss::Signature::try_from(signature) else {
+                return Ok(false);
+            };
+            match alg {
+                "PS256" => rsa::pss::VerifyingKey::<sha2::Sha256>::new(key)
+                    .verify(message, &sig)
+                    .is_ok(),
+                "PS384" => rsa::pss::VerifyingKey::<sha2::Sha384>::new(key)
+                    .verify(message, &sig)
+                    .is_ok(),
+                _ => rsa::pss::VerifyingKey::<sha2::Sha512>::new(key)
+                    .verify(message, &sig)
+                    .is_ok(),
+            }
+        }
+        "ES256" => {
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki).map_err(|_| {
+                "its ES256 signature is made with a key that is not P-256".to_string()
+            })?;
+            // JWS carries ECDSA signatures as r‖s.
+            let Ok(sig) = p256::ecdsa::Signature::from_slice(signature) else {
+                return Ok(false);
+            };
+            key.verify(message, &sig).is_ok()
+        }
+        other => {
+            return Err(format!(
+                "its signature algorithm {other} is not supported by wasmbox yet (PS256/384/512 and ES256 are)"
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/notation");
+    const DIGEST: &str = "sha256:be023cadd423f27cf78d513df0b5d95c4900b8247c4da3d96e1241c9ff13e466";
+
+    /// notation's config directory holding the sample's certificate.
+    fn config_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("truststore/x509/ca/wasmbox-test");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::copy(
+            format!("{DATA}/wasmbox-test.crt"),
+            store.join("wasmbox-test.crt"),
+        )
+        .unwrap();
+        std::fs::copy(
+            format!("{DATA}/trustpolicy.json"),
+            dir.path().join("trustpolicy.json"),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// When the sample was made: its certificate is valid for a day from then.
+    fn signing_day() -> SystemTime {
+        humantime::parse_rfc3339("2026-12-05T07:00:00Z").unwrap()
+    }
+
+    fn envelope() -> Vec<(String, Vec<u8>)> {
+        vec![(
+            MEDIA_TYPE_JWS.into(),
+            std::fs::read(format!("{DATA}/envelope.jws.json")).unwrap(),
+        )]
+    }
+
+    #[test]
+    fn a_jws_envelope_from_notation_verifies_against_its_trust_store() {
+        let dir = config_dir();
+        let policy = TrustPolicy::load(dir.path()).unwrap();
+        let ok = policy
+            .check("r.io/app", DIGEST, &envelope(), signing_day())
+            .unwrap();
+        assert!(ok.contains("CN=wasmbox-test"), "{ok}");
+        // Another digest, a later day, an empty trust store: refused.
+        let other = format!("sha256:{}", "0".repeat(64));
+        let err = policy
+            .check("r.io/app", &other, &envelope(), signing_day())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names another image"), "{err}");
+        let later = signing_day() + std::time::Duration::from_secs(3 * 86400);
+        let err = policy
+            .check("r.io/app", DIGEST, &envelope(), later)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid now"), "{err}");
+        std::fs::remove_file(
+            dir.path()
+                .join("truststore/x509/ca/wasmbox-test/wasmbox-test.crt"),
+        )
+        .unwrap();
+        let policy = TrustPolicy::load(dir.path()).unwrap();
+        let err = policy
+            .check("r.io/app", DIGEST, &envelope(), signing_day())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not in the trust policy's trust stores"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tampered_envelope_fails_integrity() {
+        let dir = config_dir();
+        let policy = TrustPolicy::load(dir.path()).unwrap();
+        let mut v: Value = serde_json::from_slice(&envelope()[0].1).unwrap();
+        let other = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"targetArtifact":{{"digest":"sha256:{}","mediaType":"x","size":1}}}}"#,
+            "1".repeat(64)
+        ));
+        v["payload"] = Value::String(other);
+        let tampered = vec![(MEDIA_TYPE_JWS.to_string(), serde_json::to_vec(&v).unwrap())];
+        let err = policy
+            .check("r.io/app", DIGEST, &tampered, signing_day())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not verify"), "{err}");
+    }
+}
