@@ -81,9 +81,11 @@ state = "$dir/state"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
 TOML
-  # Its shims keep compiled modules under DIR, not in the machine's cache.
-  PATH="$bindir:$PATH" WASMBOX_CACHE_DIR="$dir/module-cache" \
-    containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  # Its shims keep compiled modules and policy verdicts under DIR, not in
+  # the machine's cache; CONTAINERD_ENV adds NAME=VALUE words (WASMBOX_POLICY).
+  # shellcheck disable=SC2086
+  PATH="$bindir:$PATH" WASMBOX_CACHE_DIR="$dir/module-cache" WASMBOX_VERIFIED_DIR="$dir/verified" \
+    env ${CONTAINERD_ENV:-} containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   SERVICE_PIDS="$SERVICE_PIDS $!"
   CTR="ctr -a $dir/containerd.sock"
   wait_until "$dir/containerd.log" $CTR version

@@ -174,6 +174,11 @@ enum Command {
         /// For an image read from a registry (`docker://REF`).
         #[command(flatten)]
         registry: RegistryFlags,
+        /// Run only an image this containers policy.json accepts (its
+        /// signatures are read from the image's registry), as the shim's
+        /// WASMBOX_POLICY does.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
         /// Arguments after the module (replace the image's Cmd).
         #[arg(last = true)]
         args: Vec<String>,
@@ -315,19 +320,31 @@ fn main() -> ExitCode {
         dirs,
         registry,
         args,
+        policy,
     } = &cli.command
     {
-        // The engine runs the guest on its own runtime, so this stays synchronous.
-        let request = wasmbox::run::RunRequest {
-            target,
-            args,
-            env,
-            dirs,
-        };
         let registry: RegistryOptions = registry.clone().into();
         let endpoints = Endpoints {
             store_dir: cli.store.as_deref(),
             registry: &registry,
+        };
+        // The engine runs the guest on its own runtime, so this stays synchronous.
+        let checked = match policy {
+            Some(policy) => verified_target(&endpoints, target, policy),
+            None => Ok(target.clone()),
+        };
+        let target = match checked {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("wasmbox: error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let request = wasmbox::run::RunRequest {
+            target: &target,
+            args,
+            env,
+            dirs,
         };
         return match run_guest(&endpoints, &request) {
             Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
@@ -373,6 +390,62 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wasmbox run --policy`: checks the image `target` names against the
+/// policy and returns the target to run, pinned to the digest checked (an
+/// image of the store is checked by the digest the store holds).
+fn verified_target(endpoints: &Endpoints, target: &str, policy_path: &Path) -> Result<String> {
+    let policy = wasmbox_trust::Policy::load(policy_path)?;
+    if Path::new(target).is_file() {
+        bail!(
+            "{target} is a module file; --policy checks images from a registry (REF in the store, or docker://REF)"
+        );
+    }
+    let location: Location = target.parse().map_err(anyhow::Error::msg)?;
+    let (reference, stored_digest) = match location {
+        Location::Registry(r) if target.starts_with("docker://") => (r, None),
+        Location::Registry(r) | Location::Store(r) => {
+            let stored = endpoints
+                .store()?
+                .resolve(&r)?
+                .with_context(|| format!("{r} is not in the local store"))?;
+            (r, Some(stored.manifest.digest().to_string()))
+        }
+        other => bail!(
+            "{other} is not in a registry; --policy checks images whose signatures a registry holds (REF in the store, or docker://REF)"
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let registry = Registry::new(reference.registry(), endpoints.registry)?;
+    let repo = wasmbox::referrers::Repository::new(&registry, &reference);
+    let digest = match stored_digest {
+        Some(d) => d,
+        None => runtime.block_on(repo.resolve())?.digest().to_string(),
+    };
+    let image = wasmbox_trust::DockerRef::parse(reference.as_str())
+        .with_context(|| format!("{reference} is not a reference a policy can scope"))?
+        .with_digest(&digest);
+    let verdict = runtime.block_on(wasmbox_trust::verify::check(
+        &policy, &image, &digest, &repo,
+    ))?;
+    eprintln!(
+        "wasmbox: policy accepts {image}: {}",
+        verdict.accepted_by.join(", ")
+    );
+    let repository = format!(
+        "{}/{}",
+        reference.registry(),
+        reference.reference().repository()
+    );
+    Ok(if target.starts_with("docker://") {
+        format!("docker://{repository}@{digest}")
+    } else {
+        target.to_string()
+    })
 }
 
 /// `wasmbox run`: returns the guest's exit status.

@@ -404,6 +404,34 @@ fn policy_scopes_decide_as_containers_policy_json_says_and_as_skopeo_does() {
         refused.contains(r#""signedIdentity": {"type": "matchRepository"}"#),
         "{refused}"
     );
+    // `wasmbox run --policy` runs what the policy accepts, pinned to the
+    // digest it checked, and refuses the rest before anything runs.
+    let policy_arg = policy.to_str().unwrap();
+    let out = b.w.ok(&[
+        "run",
+        "--policy",
+        policy_arg,
+        "--plain-http",
+        &format!("docker://{signed}"),
+    ]);
+    assert_eq!(out, format!("{:<15}\n", "signed"));
+    let err = b.w.fails(&[
+        "run",
+        "--policy",
+        policy_arg,
+        "--plain-http",
+        &format!("docker://{unsigned}"),
+    ]);
+    assert!(
+        err.contains("is not signed by a key that the policy for"),
+        "{err}"
+    );
+    let err =
+        b.w.fails(&["run", "--policy", policy_arg, b.hello.to_str().unwrap()]);
+    assert!(
+        err.contains("is a module file; --policy checks images from a registry"),
+        "{err}"
+    );
     // The signed tag moved to an unsigned image: its digest has no signature.
     let (moved, _) = b.push("signed:v1", &b.module("tampered"));
     assert!(
