@@ -494,7 +494,7 @@ fn the_shim_refuses_at_create_what_the_policy_does_not_accept_through_ctr() {
     let (key, public) = b.generate_key(&b.w.dir().join("keys"));
     let policy = write_policy(b.w.dir(), &b.registry.addr, &public);
     let containerd = containerd_with_policy(&policy);
-    let (signed, _) = b.push("signed:v1", &b.hello);
+    let (signed, signed_at) = b.push("signed:v1", &b.hello);
     assert!(b.sign(&key, &signed, "both").status.success());
     let (unsigned, unsigned_at) = b.push("signed:unsigned", &b.module("unsigned"));
     let (open, _) = b.push("open:v1", &b.module("open"));
@@ -522,6 +522,31 @@ fn the_shim_refuses_at_create_what_the_policy_does_not_accept_through_ctr() {
         stderr(&out)
     );
     containerd.ctr(&["containers", "rm", "unsigned"]);
+    // A signature lifted from the signed image onto another one (its `.sig`
+    // tag copied): it verifies with the key, but names the other digest.
+    let (tampered, tampered_at) = b.push("signed:tampered", &b.module("tampered"));
+    let sig_tag = |at: &str| {
+        let (repo, digest) = at.rsplit_once('@').unwrap();
+        format!("{repo}:{}.sig", digest.replacen(':', "-", 1))
+    };
+    b.w.ok(&[
+        "copy",
+        &sig_tag(&signed_at),
+        &sig_tag(&tampered_at),
+        "--plain-http",
+    ]);
+    let out = containerd.ctr(&["images", "pull", "--plain-http", &tampered]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&tampered, "tampered");
+    assert!(
+        stderr(&out).contains(&format!(
+            "image {tampered_at} is not signed by a key that the policy for {repo} accepts (its signature by the policy's key names another image, {}",
+            signed_at.rsplit_once('@').unwrap().1
+        )),
+        "{}",
+        stderr(&out)
+    );
+    containerd.ctr(&["containers", "rm", "tampered"]);
     let out = run(&elsewhere, "elsewhere");
     assert!(
         stderr(&out).contains("is rejected by the policy"),
