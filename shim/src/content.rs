@@ -37,14 +37,7 @@ impl ImageSource {
     /// Writes the image's Wasm layer to `dest` and returns `dest`, or `None`
     /// when the container has no image or its image has no Wasm layer.
     pub fn wasm_layer_to(&self, dest: &Path) -> Result<Option<PathBuf>> {
-        if self.containerd_address.is_empty() {
-            return Ok(None);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a runtime for containerd's API")?;
-        let Some(bytes) = runtime.block_on(self.fetch_wasm_layer())? else {
+        let Some(bytes) = self.ask_containerd(self.fetch_wasm_layer())? else {
             return Ok(None);
         };
         std::fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
@@ -55,14 +48,7 @@ impl ImageSource {
     /// manifest (or index) digest it resolved to; `None` when the
     /// container has no image.
     pub fn pinned_image(&self) -> Result<Option<PinnedImage>> {
-        if self.containerd_address.is_empty() {
-            return Ok(None);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a runtime for containerd's API")?;
-        runtime.block_on(async {
+        self.ask_containerd(async {
             let channel = self.connect().await?;
             let Some(resolved) = self.resolve(&channel).await? else {
                 return Ok(None);
@@ -80,6 +66,22 @@ impl ImageSource {
                 digest: resolved.target.digest,
             }))
         })
+    }
+
+    /// Runs `work` against containerd's API on a runtime of its own; `None`
+    /// when the shim was given no containerd address.
+    fn ask_containerd<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<Option<T>>>,
+    ) -> Result<Option<T>> {
+        if self.containerd_address.is_empty() {
+            return Ok(None);
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime for containerd's API")?
+            .block_on(work)
     }
 
     async fn connect(&self) -> Result<Channel> {

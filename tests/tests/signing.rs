@@ -25,6 +25,41 @@ fn variant(text: &str) -> String {
     guests::HELLO_WAT.replace("hello from wasm", &padded)
 }
 
+/// `wasmbox generate-key` into `dir`, sealed with [`PASSWORD`]: `(key, public key)`.
+fn generate_key(w: &Wasmbox, dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let prefix = dir.join("wasmbox");
+    let out = w
+        .command()
+        .args([
+            "generate-key",
+            "--output-key-prefix",
+            prefix.to_str().unwrap(),
+        ])
+        .env("WASMBOX_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (dir.join("wasmbox.key"), dir.join("wasmbox.pub"))
+}
+
+/// `wasmbox sign IMAGE --key KEY --format FORMAT` with [`PASSWORD`].
+fn sign(w: &Wasmbox, key: &Path, image: &str, format: &str) -> Output {
+    w.command()
+        .args([
+            "sign",
+            image,
+            "--key",
+            key.to_str().unwrap(),
+            "--plain-http",
+            "--format",
+            format,
+        ])
+        .env("WASMBOX_PASSWORD", PASSWORD)
+        .output()
+        .unwrap()
+}
+
 /// A registry, the wasmbox CLI and a scratch directory.
 struct Bench {
     registry: Registry,
@@ -69,40 +104,19 @@ impl Bench {
         path
     }
 
-    /// `wasmbox generate-key` into `dir`, sealed with [`PASSWORD`].
     fn generate_key(&self, dir: &Path) -> (PathBuf, PathBuf) {
-        std::fs::create_dir_all(dir).unwrap();
-        let prefix = dir.join("wasmbox");
-        let out = self
-            .w
-            .command()
-            .args([
-                "generate-key",
-                "--output-key-prefix",
-                prefix.to_str().unwrap(),
-            ])
-            .env("WASMBOX_PASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        (dir.join("wasmbox.key"), dir.join("wasmbox.pub"))
+        generate_key(&self.w, dir)
     }
 
     fn sign(&self, key: &Path, image: &str, format: &str) -> Output {
-        self.w
-            .command()
-            .args([
-                "sign",
-                image,
-                "--key",
-                key.to_str().unwrap(),
-                "--plain-http",
-                "--format",
-                format,
-            ])
-            .env("WASMBOX_PASSWORD", PASSWORD)
-            .output()
-            .unwrap()
+        sign(&self.w, key, image, format)
+    }
+
+    /// `wasmbox verify` that must fail; its stderr.
+    fn refused(&self, image: &str, how: &[&str]) -> String {
+        let mut args = vec!["verify", image, "--plain-http"];
+        args.extend_from_slice(how);
+        self.w.fails(&args)
     }
 
     fn verify(&self, image: &str, how: &[&str]) -> Output {
@@ -171,13 +185,7 @@ fn wasmbox_verifies_what_cosign_signs_in_both_forms_and_signs_with_cosigns_key()
     }
     // Another key: refused, in one sentence naming the image and why.
     let (_, other_public) = b.generate_key(&b.w.dir().join("other"));
-    let err = b.w.fails(&[
-        "verify",
-        &bundle_at,
-        "--plain-http",
-        "--key",
-        other_public.to_str().unwrap(),
-    ]);
+    let err = b.refused(&bundle_at, &["--key", other_public.to_str().unwrap()]);
     assert!(
         err.contains(&format!(
             "image {bundle_at} is not signed by a key that the policy for"
@@ -191,13 +199,7 @@ fn wasmbox_verifies_what_cosign_signs_in_both_forms_and_signs_with_cosigns_key()
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     // An unsigned image.
     let (unsigned, _) = b.push("unsigned:v1", &b.module("unsigned"));
-    let err = b.w.fails(&[
-        "verify",
-        &unsigned,
-        "--plain-http",
-        "--key",
-        public.to_str().unwrap(),
-    ]);
+    let err = b.refused(&unsigned, &["--key", public.to_str().unwrap()]);
     assert!(err.contains("it has no cosign signature"), "{err}");
     // wasmbox opens cosign's sealed key (COSIGN_PASSWORD works too) and
     // its signature joins cosign's in the `.sig` tag, both verifying.
@@ -251,13 +253,7 @@ fn keys_and_passwords_that_cannot_be_used_are_refused_in_one_sentence() {
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(err.contains("cannot be opened with this password"), "{err}");
-    let err = b.w.fails(&[
-        "verify",
-        &image,
-        "--plain-http",
-        "--key",
-        public.to_str().unwrap(),
-    ]);
+    let err = b.refused(&image, &["--key", public.to_str().unwrap()]);
     assert!(
         err.contains("it has no cosign signature"),
         "the failed sign left a signature: {err}"
@@ -269,22 +265,10 @@ fn keys_and_passwords_that_cannot_be_used_are_refused_in_one_sentence() {
         "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n",
     )
     .unwrap();
-    let err = b.w.fails(&[
-        "verify",
-        &image,
-        "--plain-http",
-        "--key",
-        ed.to_str().unwrap(),
-    ]);
+    let err = b.refused(&image, &["--key", ed.to_str().unwrap()]);
     assert!(err.contains("is not an ECDSA P-256 public key"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let err = b.w.fails(&[
-        "verify",
-        &image,
-        "--plain-http",
-        "--key",
-        b.hello.to_str().unwrap(),
-    ]);
+    let err = b.refused(&image, &["--key", b.hello.to_str().unwrap()]);
     assert!(err.contains("is not a PEM public key"), "{err}");
     // generate-key does not replace a key.
     let out =
@@ -310,25 +294,13 @@ fn keys_and_passwords_that_cannot_be_used_are_refused_in_one_sentence() {
         r#"{"default":[{"type":"sigstoreSigned","keyPath":"/nonexistent.pub"}]}"#,
     )
     .unwrap();
-    let err = b.w.fails(&[
-        "verify",
-        &image,
-        "--plain-http",
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let err = b.refused(&image, &["--policy", policy.to_str().unwrap()]);
     assert!(
         err.contains("cannot read the key /nonexistent.pub"),
         "{err}"
     );
     std::fs::write(&policy, "{\"default\": [").unwrap();
-    let err = b.w.fails(&[
-        "verify",
-        &image,
-        "--plain-http",
-        "--policy",
-        policy.to_str().unwrap(),
-    ]);
+    let err = b.refused(&image, &["--policy", policy.to_str().unwrap()]);
     assert!(err.contains("is not valid JSON"), "{err}");
 }
 
@@ -585,29 +557,7 @@ fn the_shim_refuses_at_create_what_the_policy_does_not_accept_through_ctr() {
 #[test]
 fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_accept() {
     let keys = tempfile::tempdir().unwrap();
-    let w = Wasmbox::new();
-    let (key, public) = {
-        let prefix = keys.path().join("wasmbox");
-        let out = w
-            .command()
-            .args([
-                "generate-key",
-                "--output-key-prefix",
-                prefix.to_str().unwrap(),
-            ])
-            .env("WASMBOX_PASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        (
-            keys.path().join("wasmbox.key"),
-            keys.path().join("wasmbox.pub"),
-        )
-    };
-    // The policy is written before the node starts, naming its registry's
-    // repositories: the node's registry address is known only after, so
-    // the policy scopes by repository path under every host ("" is the
-    // docker transport's default).
+    let (key, public) = generate_key(&Wasmbox::new(), keys.path());
     let policy = keys.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -634,19 +584,7 @@ fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_a
         "--plain-http",
     ]);
     let sign = |image: &str| {
-        let out = node
-            .w
-            .command()
-            .args([
-                "sign",
-                image,
-                "--key",
-                key.to_str().unwrap(),
-                "--plain-http",
-            ])
-            .env("WASMBOX_PASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+        let out = sign(&node.w, &key, image, "both");
         assert!(out.status.success(), "{}", stderr(&out));
     };
     sign(&signed);
@@ -703,22 +641,7 @@ fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_a
 fn docker_run_shows_the_refusal_and_runs_what_the_policy_accepts() {
     let keys = tempfile::tempdir().unwrap();
     let w = Wasmbox::new();
-    let prefix = keys.path().join("wasmbox");
-    let out = w
-        .command()
-        .args([
-            "generate-key",
-            "--output-key-prefix",
-            prefix.to_str().unwrap(),
-        ])
-        .env("WASMBOX_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let (key, public) = (
-        keys.path().join("wasmbox.key"),
-        keys.path().join("wasmbox.pub"),
-    );
+    let (key, public) = generate_key(&w, keys.path());
     let policy = keys.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -817,25 +740,13 @@ fn notation_signatures_verify_under_notations_trust_policy() {
     );
     // Unsigned, and signed by a certificate the trust store does not hold.
     let (unsigned, _) = b.push("notation:unsigned", &b.module("notation-unsigned"));
-    let err = b.w.fails(&[
-        "verify",
-        &unsigned,
-        "--plain-http",
-        "--notation",
-        config.to_str().unwrap(),
-    ]);
+    let err = b.refused(&unsigned, &["--notation", config.to_str().unwrap()]);
     assert!(err.contains("it has no notation signature"), "{err}");
     let stranger = wasmbox_tests::signing::Tool::new("notation", &b.w.dir().join("stranger-home"));
     stranger.ok(&["cert", "generate-test", "--default", "stranger"], &[]);
     let (_, other_at) = b.push("notation:other", &b.module("notation-other"));
     stranger.ok(&["sign", "--insecure-registry", &other_at], &[]);
-    let err = b.w.fails(&[
-        "verify",
-        &other_at,
-        "--plain-http",
-        "--notation",
-        config.to_str().unwrap(),
-    ]);
+    let err = b.refused(&other_at, &["--notation", config.to_str().unwrap()]);
     assert!(
         err.contains("its signing certificate is not in the trust policy's trust stores"),
         "{err}"
