@@ -601,6 +601,31 @@ fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_a
         .run_container(&pod, "signed", &signed, &[], &[])
         .expect("a signed Wasm container starts");
     node.wait_exited(&id, std::time::Duration::from_secs(30));
+    // The CRI pins a container to the image ID it was created from: one
+    // created before the tag moves to an unsigned image still starts (it
+    // runs what was checked)...
+    let pinned = node
+        .create_container(&pod, "pinned", &signed, &[], &[])
+        .unwrap();
+    let moved = node.w.dir().join("moved.wat");
+    std::fs::write(&moved, variant("moved")).unwrap();
+    let moved_image = node.image("signed", &moved);
+    assert_eq!(moved_image, signed);
+    node.start_container(&pinned)
+        .expect("the container pinned to the signed image starts");
+    node.wait_exited(&pinned, std::time::Duration::from_secs(30));
+    // ...and one created after it is refused.
+    let id = node
+        .create_container(&pod, "moved", &signed, &[], &[])
+        .unwrap();
+    let err = node.start_container(&id).unwrap_err();
+    assert!(
+        err.message()
+            .contains("/signed accepts (it has no cosign signature)"),
+        "{}",
+        err.message()
+    );
+    node.remove_container(&id);
     // Refused at StartContainer (where containerd creates the task), with
     // the sentence the kubelet shows in `kubectl describe pod`.
     let id = node
@@ -707,6 +732,29 @@ fn docker_run_shows_the_refusal_and_runs_what_the_policy_accepts() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from wasm\n");
     let out = run(&unsigned);
     assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not signed by a key that the policy for")
+            && stderr(&out).contains("it has no cosign signature"),
+        "{}",
+        stderr(&out)
+    );
+    // The signed tag re-pushed with an unsigned module and pulled again:
+    // `docker run` of the same name is refused.
+    let moved = w.dir().join("moved.wat");
+    std::fs::write(&moved, variant("moved")).unwrap();
+    in_netns(
+        &[
+            "pack",
+            moved.to_str().unwrap(),
+            "-t",
+            &signed,
+            "--push",
+            "--plain-http",
+        ],
+        &[],
+    );
+    docker.ok(&["pull", "--platform", "wasi/wasm", &signed]);
+    let out = run(&signed);
     assert!(
         stderr(&out).contains("is not signed by a key that the policy for")
             && stderr(&out).contains("it has no cosign signature"),
