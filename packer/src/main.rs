@@ -191,15 +191,20 @@ enum Command {
         output_key_prefix: String,
     },
     /// Sign an image in a registry, the way cosign stores signatures, with a
-    /// private key (cosign's or `wasmbox generate-key`'s).
+    /// private key (cosign's or `wasmbox generate-key`'s), or as notation
+    /// does (`--format notation --cert`).
     Sign {
         reference: ImageRef,
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
         /// Which of cosign's forms to write: the bundle referrer (cosign 3),
-        /// the `.sig` tag (cosign 2, podman, skopeo, CRI-O), or both.
+        /// the `.sig` tag (cosign 2, podman, skopeo, CRI-O), or both; or a
+        /// notation signature (with --cert).
         #[arg(long, value_enum, default_value = "both")]
         format: SignFormatArg,
+        /// The certificate (chain, PEM, leaf first) of --key, for --format notation.
+        #[arg(long, value_name = "PEM")]
+        cert: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryFlags,
         #[arg(long)]
@@ -241,21 +246,13 @@ enum Command {
 }
 
 /// `wasmbox sign --format`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SignFormatArg {
     Bundle,
     Legacy,
     Both,
-}
-
-impl From<SignFormatArg> for wasmbox::signing::SignatureForms {
-    fn from(f: SignFormatArg) -> Self {
-        match f {
-            SignFormatArg::Bundle => Self::Bundle,
-            SignFormatArg::Legacy => Self::Legacy,
-            SignFormatArg::Both => Self::Both,
-        }
-    }
+    /// A notation (Notary Project) JWS signature; needs --cert.
+    Notation,
 }
 
 #[derive(clap::Args)]
@@ -591,16 +588,44 @@ async fn run(cli: Cli) -> Result<()> {
             reference,
             key,
             format,
+            cert,
             registry,
             json,
         } => {
             let password = password(&key)?;
             let pem = std::fs::read(&key)
                 .with_context(|| format!("cannot read the key {}", key.display()))?;
-            let key =
-                wasmbox_trust::PrivateKey::from_pem(&pem, &password, &key.display().to_string())?;
+            let what = key.display().to_string();
             let registry = Registry::new(reference.registry(), &registry.into())?;
-            let signed = wasmbox::signing::sign(&registry, &reference, &key, format.into()).await?;
+            let signed = match (format, cert) {
+                (SignFormatArg::Notation, Some(cert)) => {
+                    let chain_pem = std::fs::read(&cert).with_context(|| {
+                        format!("cannot read the certificate {}", cert.display())
+                    })?;
+                    let chain = wasmbox_trust::notation::certificate_chain(
+                        &chain_pem,
+                        &cert.display().to_string(),
+                    )?;
+                    let key =
+                        wasmbox_trust::notation::SigningKey::from_pem(&pem, &password, &what)?;
+                    wasmbox::signing::sign_notation(&registry, &reference, &key, &chain).await?
+                }
+                (SignFormatArg::Notation, None) => {
+                    bail!(
+                        "--format notation needs --cert, the signing key's certificate (chain) as PEM"
+                    )
+                }
+                (_, Some(_)) => bail!("--cert is for --format notation only"),
+                (format, None) => {
+                    let key = wasmbox_trust::PrivateKey::from_pem(&pem, &password, &what)?;
+                    let forms = match format {
+                        SignFormatArg::Bundle => wasmbox::signing::SignatureForms::Bundle,
+                        SignFormatArg::Legacy => wasmbox::signing::SignatureForms::Legacy,
+                        _ => wasmbox::signing::SignatureForms::Both,
+                    };
+                    wasmbox::signing::sign(&registry, &reference, &key, forms).await?
+                }
+            };
             if json {
                 println!(
                     "{}",

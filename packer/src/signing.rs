@@ -33,6 +33,45 @@ pub struct Signed {
     pub written: Vec<String>,
 }
 
+/// Signs the manifest `name` resolves to as `notation sign` does: a JWS
+/// envelope referrer, with `key` and its certificate `chain` (leaf first).
+pub async fn sign_notation(
+    registry: &Registry,
+    name: &ImageRef,
+    key: &wasmbox_trust::notation::SigningKey,
+    chain: &[Vec<u8>],
+) -> Result<Signed> {
+    use wasmbox_trust::notation;
+    let repo = Repository::new(registry, name);
+    let subject = repo.resolve().await?;
+    let envelope = notation::jws_envelope(
+        key,
+        chain,
+        &serde_json::to_value(&subject)?,
+        std::time::SystemTime::now(),
+    )?;
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let thumbprints = notation::chain_thumbprints(chain);
+    let at = attach(
+        &repo,
+        &subject,
+        notation::ARTIFACT_TYPE_SIGNATURE,
+        notation::MEDIA_TYPE_JWS,
+        None,
+        &envelope,
+        &[
+            (notation::ANNOTATION_THUMBPRINTS, thumbprints.as_str()),
+            ("org.opencontainers.image.created", created.as_str()),
+        ],
+    )
+    .await
+    .with_context(|| format!("storing the notation signature of {name}"))?;
+    Ok(Signed {
+        digest: subject.digest().to_string(),
+        written: vec![format!("notation signature {at}")],
+    })
+}
+
 /// Signs the manifest `name` resolves to with `key`, in `forms`.
 pub async fn sign(
     registry: &Registry,

@@ -786,6 +786,27 @@ fn notation_signatures_verify_under_notations_trust_policy() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // wasmbox signs as notation does, with notation's test key and
+    // certificate: `notation verify` accepts it.
+    let (_, by_wasmbox) = b.push("notation:by-wasmbox", &b.module("notation-wasmbox"));
+    let local = config.join("localkeys");
+    b.w.ok(&[
+        "sign",
+        &by_wasmbox,
+        "--format",
+        "notation",
+        "--key",
+        local.join("wasmbox-test.key").to_str().unwrap(),
+        "--cert",
+        local.join("wasmbox-test.crt").to_str().unwrap(),
+        "--plain-http",
+    ]);
+    notation.ok(&["verify", "--insecure-registry", &by_wasmbox], &[]);
+    assert!(
+        b.verify(&by_wasmbox, &["--notation", config.to_str().unwrap()])
+            .status
+            .success()
+    );
     // Unsigned, and signed by a certificate the trust store does not hold.
     let (unsigned, _) = b.push("notation:unsigned", &b.module("notation-unsigned"));
     let err = b.refused(&unsigned, &["--notation", config.to_str().unwrap()]);
