@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end: build, start a local registry, pack examples/hello,
 # push it, pull it back into a fresh store and show what it is, then pull it
-# into a private containerd and run it there with the wasmtime shim, and last
-# through a private Docker Engine with `docker run`.
+# sign it, pull it into a private containerd that enforces a signature
+# policy and run it there with the wasmtime shim (and see an unsigned image
+# refused), and last through a private Docker Engine with `docker run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -35,11 +36,28 @@ WASMBOX_STORE=$work/pulled "$wasmbox" inspect "$image"
 echo "== skopeo (an independent client) sees the same manifest"
 skopeo inspect --tls-verify=false "docker://$image" | grep -E '"(Digest|Architecture|Os)"'
 
-echo "== containerd: ctr image pull + ctr run --runtime io.containerd.wasmtime.v1"
-start_containerd "$work/containerd" "$PWD/target/debug"
+echo "== wasmbox generate-key + wasmbox sign $image (cosign's formats) + wasmbox verify"
+(cd "$work" && WASMBOX_PASSWORD=demo "$wasmbox" generate-key)
+WASMBOX_PASSWORD=demo "$wasmbox" sign "$image" --key "$work/cosign.key" --plain-http
+"$wasmbox" verify "$image" --key "$work/cosign.pub" --plain-http
+cat >"$work/policy.json" <<JSON
+{"default": [{"type": "sigstoreSigned", "keyPath": "$work/cosign.pub", "signedIdentity": {"type": "matchRepository"}}]}
+JSON
+
+echo "== containerd with WASMBOX_POLICY (only images signed by that key run): ctr image pull + ctr run --runtime io.containerd.wasmtime.v1"
+CONTAINERD_ENV="WASMBOX_POLICY=$work/policy.json" start_containerd "$work/containerd" "$PWD/target/debug"
 $CTR image pull --plain-http "$image" >/dev/null
 $CTR run --rm --runtime io.containerd.wasmtime.v1 "$image" demo-hello
 $CTR run --rm --runtime io.containerd.wasmtime.v1 --env GREETING=Bonjour "$image" demo-args /hello.wasm containerd
+unsigned=$REGISTRY/examples/unsigned:latest
+WASMBOX_STORE=$work/store "$wasmbox" pack "$work/hello.wasm" -t "$unsigned" --push --plain-http >/dev/null
+$CTR image pull --plain-http "$unsigned" >/dev/null
+echo "-- an unsigned image is refused at create:"
+if $CTR run --rm --runtime io.containerd.wasmtime.v1 "$unsigned" demo-unsigned; then
+  echo "error: the unsigned image ran" >&2
+  exit 1
+fi
+$CTR containers rm demo-unsigned >/dev/null 2>&1 || true
 
 echo "== a private Docker Engine: docker load + docker run --runtime io.containerd.wasmtime.v1 --platform wasi/wasm"
 if ! scripts/docker-engine.sh >/dev/null; then

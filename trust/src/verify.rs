@@ -42,13 +42,22 @@ pub struct Verdict {
     pub accepted_by: Vec<String>,
 }
 
+/// The most referrers (and `.sig` layers) read for one image: a registry
+/// listing thousands cannot make a create wait on thousands of requests.
+pub const MAX_REFERRERS: usize = 64;
+
 /// Every cosign signature of `digest`, in either form, unchecked.
 pub async fn cosign_signatures<S: SignatureSource>(
     source: &S,
     digest: &str,
 ) -> Result<Vec<Candidate>, TrustError> {
     let mut found = Vec::new();
-    for rd in source.referrers(digest).await? {
+    for rd in source
+        .referrers(digest)
+        .await?
+        .into_iter()
+        .take(MAX_REFERRERS)
+    {
         let Some(manifest) = source.manifest(&rd).await? else {
             continue;
         };
@@ -70,7 +79,10 @@ pub async fn cosign_signatures<S: SignatureSource>(
         }
     }
     if let Some(manifest) = source.manifest(&cosign::legacy_tag(digest)).await? {
-        for (layer, signature) in cosign::legacy_layers(&manifest)? {
+        for (layer, signature) in cosign::legacy_layers(&manifest)?
+            .into_iter()
+            .take(MAX_REFERRERS)
+        {
             let payload = source
                 .blob(layer.digest().as_ref(), cosign::MAX_SIGNATURE_BYTES)
                 .await?;
@@ -86,7 +98,12 @@ pub async fn notation_envelopes<S: SignatureSource>(
     digest: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
     let mut found = Vec::new();
-    for rd in source.referrers(digest).await? {
+    for rd in source
+        .referrers(digest)
+        .await?
+        .into_iter()
+        .take(MAX_REFERRERS)
+    {
         let Some(manifest) = source.manifest(&rd).await? else {
             continue;
         };
