@@ -82,6 +82,21 @@ pub fn read_stdin() -> Result<Vec<u8>, BootstrapError> {
 
 /// Tells which handshake `input` (the `start` action's stdin) is, for the
 /// container `id` in `namespace` the command line names.
+impl Handshake {
+    /// The runtime's options, as each handshake carries them: on stdin for
+    /// containerd before 2.3, as a `BootstrapParams` extension after.
+    pub fn runtime_options(&self) -> Option<&Any> {
+        match self {
+            Handshake::Legacy { options } => options.as_ref(),
+            Handshake::Bootstrap(params) => params
+                .extensions
+                .iter()
+                .filter_map(|e| e.value.as_ref())
+                .find(|a| a.type_url.ends_with(crate::options::RUNTIME_OPTIONS_TYPE)),
+        }
+    }
+}
+
 pub fn parse(input: &[u8], id: &str, namespace: &str) -> Result<Handshake, BootstrapError> {
     if input.is_empty() {
         return Ok(Handshake::Legacy { options: None });

@@ -24,6 +24,7 @@ pub mod error;
 pub mod info;
 pub mod memory;
 pub mod mounts;
+pub mod options;
 pub mod pod;
 pub mod reaper;
 pub mod runc;

@@ -173,7 +173,20 @@ fn start_and_print_address(flags: Flags) -> anyhow::Result<()> {
         existing
     } else {
         let level = bootstrap::log_level(&opts);
-        containerd_shim::spawn(opts, &grouping, vec![(bootstrap::SHIM_LOG_LEVEL, level)])?.1
+        let mut env = vec![(bootstrap::SHIM_LOG_LEVEL, level.to_string())];
+        // The runtime handler's settings win over containerd's environment.
+        if let Some(options) = handshake.runtime_options() {
+            let config = containerd_shim_wasmtime::options::ShimConfig::from_options(options)?;
+            if let Some(policy) = config.policy {
+                let policy = policy
+                    .to_str()
+                    .context("the policy path is not UTF-8")?
+                    .to_string();
+                env.push((containerd_shim_wasmtime::verification::POLICY_ENV, policy));
+            }
+        }
+        let env = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        containerd_shim::spawn(opts, &grouping, env)?.1
     };
     let version = if controller {
         2

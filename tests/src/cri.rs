@@ -29,6 +29,11 @@ pub const HANDLER: &str = "wasmtime";
 /// The same runtime with containerd 2.x's shim sandbox controller
 /// (`sandboxer = "shim"`): the shim makes the pod through the Sandbox API.
 pub const SHIM_SANDBOXER_HANDLER: &str = "wasmtime-sandboxer";
+/// The same runtime with the shim's own settings file (its `options`'
+/// `ConfigPath`, [`CriNode::shim_config`]), e.g. a policy of its own.
+pub const CONFIGURED_HANDLER: &str = "wasmtime-configured";
+/// The file name of [`CriNode::shim_config`].
+const SHIM_CONFIG: &str = "wasmbox-shim.toml";
 /// CNI plugins from Debian's containernetworking-plugins.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
@@ -37,10 +42,17 @@ const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// runtime table `deploy/` ships. containerd replaces its default runtime
 /// table when the config names any runtime, so runc (the default handler)
 /// is listed as in every real config.
-fn cri_config_v2(pause: &str, cni_conf: &Path, registry: &str, runtimes: bool) -> String {
+fn cri_config_v2(
+    pause: &str,
+    cni_conf: &Path,
+    registry: &str,
+    dir: &Path,
+    runtimes: bool,
+) -> String {
     let runtimes = if runtimes {
         format!(
-            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n{}",
+            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{CONFIGURED_HANDLER}]\n    runtime_type = \"io.containerd.wasmtime.v1\"\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{CONFIGURED_HANDLER}.options]\n      ConfigPath = \"{}\"\n{}",
+            dir.join(SHIM_CONFIG).display(),
             deploy_snippet("config-1.x.toml")
         )
     } else {
@@ -72,7 +84,8 @@ fn cri_config_v3(
 ) -> String {
     let runtimes = if runtimes {
         format!(
-            "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n    runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{SHIM_SANDBOXER_HANDLER}]\n    runtime_type = 'io.containerd.wasmtime.v1'\n    sandboxer = 'shim'\n{}",
+            "  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n    runtime_type = 'io.containerd.runc.v2'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{SHIM_SANDBOXER_HANDLER}]\n    runtime_type = 'io.containerd.wasmtime.v1'\n    sandboxer = 'shim'\n  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{CONFIGURED_HANDLER}]\n    runtime_type = 'io.containerd.wasmtime.v1'\n    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{CONFIGURED_HANDLER}.options]\n      ConfigPath = '{}'\n{}",
+            dir.join(SHIM_CONFIG).display(),
             deploy_snippet("config-2.x.toml")
         )
     } else {
@@ -206,8 +219,9 @@ impl CriNode {
         .unwrap();
 
         let runtimes = base.is_none();
+        std::fs::write(dir.path().join(SHIM_CONFIG), "").unwrap();
         let cri_config = match crate::containerd::major_version_of(bin_dir.as_deref()) {
-            1 => cri_config_v2(&pause, &cni_conf, &registry.addr, runtimes),
+            1 => cri_config_v2(&pause, &cni_conf, &registry.addr, dir.path(), runtimes),
             _ => cri_config_v3(&pause, &cni_conf, &registry.addr, dir.path(), runtimes),
         };
         let containerd = Containerd::start_opts(crate::ContainerdOptions {
@@ -247,6 +261,11 @@ impl CriNode {
             runtime,
             bridge,
         }
+    }
+
+    /// The settings file of [`CONFIGURED_HANDLER`]'s shims (empty at first).
+    pub fn shim_config(&self) -> PathBuf {
+        self.dir.path().join(SHIM_CONFIG)
     }
 
     /// The directory pods write their CRI logs under.

@@ -954,3 +954,66 @@ fn sboms_attach_as_referrers_that_oras_discovers_and_inspect_shows() {
         b.w.images()
     );
 }
+
+#[test]
+fn a_runtime_handlers_own_policy_wins_over_containerds_environment() {
+    use wasmbox_tests::cri::{CONFIGURED_HANDLER, CriNode, HANDLER};
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = generate_key(&Wasmbox::new(), keys.path());
+    // containerd's environment: anything runs. The configured handler's
+    // options (ConfigPath → policy = …): a signature by the key.
+    let open = keys.path().join("open.json");
+    std::fs::write(&open, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let strict = keys.path().join("strict.json");
+    std::fs::write(
+        &strict,
+        format!(
+            r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
+            public.display()
+        ),
+    )
+    .unwrap();
+    let node = CriNode::start_with_env(
+        wasmbox_tests::containerd::containerd_under_test(),
+        None,
+        vec![("WASMBOX_POLICY".into(), open.display().to_string())],
+    );
+    std::fs::write(
+        node.shim_config(),
+        format!("policy = \"{}\"\n", strict.display()),
+    )
+    .unwrap();
+    let unsigned_wat = node.w.dir().join("unsigned.wat");
+    std::fs::write(&unsigned_wat, variant("unsigned")).unwrap();
+    let unsigned = node.image("unsigned", &unsigned_wat);
+    let signed_wat = node.w.dir().join("signed.wat");
+    std::fs::write(&signed_wat, variant("signed")).unwrap();
+    let signed = node.image("signed", &signed_wat);
+    let out = sign(&node.w, &key, &signed, "both");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let plain = node.run_pod_on("plain", HANDLER).unwrap();
+    let id = node
+        .run_container(&plain, "unsigned", &unsigned, &[], &[])
+        .expect("containerd's environment lets anything run");
+    node.wait_exited(&id, std::time::Duration::from_secs(30));
+    let configured = node.run_pod_on("configured", CONFIGURED_HANDLER).unwrap();
+    let id = node
+        .create_container(&configured, "unsigned", &unsigned, &[], &[])
+        .unwrap();
+    let err = node.start_container(&id).unwrap_err();
+    assert!(
+        err.message()
+            .contains("/unsigned accepts (it has no cosign signature)"),
+        "{}",
+        err.message()
+    );
+    node.remove_container(&id);
+    let id = node
+        .run_container(&configured, "signed", &signed, &[], &[])
+        .expect("the handler's policy accepts the signed image");
+    node.wait_exited(&id, std::time::Duration::from_secs(30));
+    node.remove_pod(&plain);
+    node.remove_pod(&configured);
+    node.assert_clean(&[]);
+}
