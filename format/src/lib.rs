@@ -61,6 +61,12 @@ pub const WASM_LAYER_MEDIA_TYPES: [&str; 3] = [
     MEDIA_TYPE_WASM_CONTENT_LAYER_V1,
 ];
 
+/// An SPDX JSON SBOM: the artifact and layer type of the SBOMs `wasmbox
+/// pack --sbom` attaches.
+pub const MEDIA_TYPE_SPDX: &str = "application/spdx+json";
+/// A CycloneDX JSON SBOM (recognized, not written).
+pub const MEDIA_TYPE_CYCLONEDX: &str = "application/vnd.cyclonedx+json";
+
 /// Manifest media types a registry may answer with; sent as `Accept`.
 pub const ACCEPTED_MANIFEST_MEDIA_TYPES: [&str; 4] = [
     MEDIA_TYPE_OCI_MANIFEST,

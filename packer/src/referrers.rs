@@ -175,8 +175,8 @@ pub async fn attached(registry: &Registry, name: &ImageRef) -> Result<Vec<Attach
         let (kind, format) = match artifact_type.as_str() {
             wasmbox_trust::cosign::MEDIA_TYPE_BUNDLE => ("signature", "cosign bundle"),
             wasmbox_trust::notation::ARTIFACT_TYPE_SIGNATURE => ("signature", "notation"),
-            crate::sbom::MEDIA_TYPE_SPDX => ("sbom", "SPDX"),
-            "application/vnd.cyclonedx+json" => ("sbom", "CycloneDX"),
+            format::MEDIA_TYPE_SPDX => ("sbom", "SPDX"),
+            format::MEDIA_TYPE_CYCLONEDX => ("sbom", "CycloneDX"),
             other => ("other", other),
         };
         found.push(AttachedInfo {

@@ -11,10 +11,8 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use wasmparser::{Parser, Payload};
 
+use crate::format::MEDIA_TYPE_SPDX;
 use crate::module::WasmModule;
-
-/// SPDX's JSON media type, the artifact type and layer type of the referrer.
-pub const MEDIA_TYPE_SPDX: &str = "application/spdx+json";
 
 /// One entry of a `producers` custom section (tool-conventions' `ProducersSection.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -156,9 +156,9 @@ pub async fn verify(
     Ok((digest, verdict))
 }
 
-/// A policy that accepts what `key` signed, for `wasmbox verify --key`:
-/// like `cosign verify --key`, any repository the signature names is
-/// accepted, as long as the digest is the image's.
+/// A policy that accepts what `key` signed, for `wasmbox verify --key`: a
+/// signature of the image's digest that names the image's repository
+/// (`matchRepository`; cosign itself does not look at the repository).
 pub fn key_policy(key_path: &Path) -> Result<Policy> {
     let path = std::fs::canonicalize(key_path)
         .with_context(|| format!("cannot read the key {}", key_path.display()))?;
