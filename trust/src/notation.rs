@@ -8,11 +8,12 @@
 //!
 //! Verified here: the envelope's integrity (PS256/384/512 or ES256 over
 //! the JWS signing input), that it names the image's digest, that the
-//! signing certificate is one of the trust store's, is valid now, and
+//! signing certificate chains to one of the trust store's, is valid now, and
 //! matches the policy's trusted identities, and that the envelope has not
-//! expired. Not yet: chains through an intermediate CA (the signing
-//! certificate must itself be in the trust store), COSE envelopes,
-//! timestamps (TSA) and revocation (OCSP/CRL).
+//! expired. The chain is followed from the signing certificate to one the
+//! trust store holds, each link checked (issuer name, CA, signature: RSA
+//! PKCS#1 v1.5 or ECDSA P-256). Not yet: COSE envelopes, timestamps (TSA)
+//! and revocation (OCSP/CRL).
 //!
 //! Signing ([`jws_envelope`]) writes the envelope `notation sign` writes by
 //! default, with an RSA (PS256/384/512 by key size) or P-256 (ES256) key
@@ -434,29 +435,45 @@ fn verify_jws(
     if signed != digest {
         return Err(format!("its signature names another image, {signed}"));
     }
-    // Authenticity: the signing certificate is one the trust store holds
-    // (a chain through an intermediate CA is not followed yet).
-    if !statement.certificates.iter().any(|c| c == leaf_der) {
-        return Err(
-            if chain.len() > 1
-                && chain[1..]
-                    .iter()
-                    .any(|c| statement.certificates.contains(c))
-            {
-                "its signing certificate chains to the trust store through an intermediate CA, which wasmbox does not verify yet".into()
-            } else {
-                "its signing certificate is not in the trust policy's trust stores".into()
-            },
-        );
-    }
-    let validity = &leaf.tbs_certificate.validity;
+    // Authenticity: the chain, leaf first, each certificate issued and
+    // signed by the next, reaches a certificate the trust store holds; every
+    // certificate up to it is valid now.
+    let anchored = chain
+        .iter()
+        .position(|c| statement.certificates.contains(c))
+        .ok_or("its signing certificate does not chain to the trust policy's trust stores")?;
     let now_unix = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    if now_unix < validity.not_before.to_unix_duration()
-        || now_unix > validity.not_after.to_unix_duration()
-    {
-        return Err("its signing certificate is not valid now (expired or not yet valid)".into());
+    for (i, der) in chain[..=anchored].iter().enumerate() {
+        let cert = Certificate::from_der(der)
+            .map_err(|_| "a certificate of its chain is not X.509".to_string())?;
+        let validity = &cert.tbs_certificate.validity;
+        if now_unix < validity.not_before.to_unix_duration()
+            || now_unix > validity.not_after.to_unix_duration()
+        {
+            return Err(format!(
+                "{} is not valid now (expired or not yet valid)",
+                if i == 0 {
+                    "its signing certificate".to_string()
+                } else {
+                    format!("certificate {i} of its chain")
+                }
+            ));
+        }
+        if i < anchored {
+            let issuer = Certificate::from_der(&chain[i + 1])
+                .map_err(|_| "a certificate of its chain is not X.509".to_string())?;
+            if cert.tbs_certificate.issuer != issuer.tbs_certificate.subject
+                || !is_ca(&issuer)
+                || !issued_by(&cert, &issuer)
+            {
+                return Err(format!(
+                    "certificate {i} of its chain is not issued and signed by certificate {} (a CA)",
+                    i + 1
+                ));
+            }
+        }
     }
     let subject = leaf.tbs_certificate.subject.to_string();
     let trusted = statement.identities.iter().any(|id| {
@@ -471,6 +488,55 @@ fn verify_jws(
         ));
     }
     Ok(subject)
+}
+
+/// Whether `cert` says it is a CA (basicConstraints cA = true).
+fn is_ca(cert: &Certificate) -> bool {
+    use x509_cert::ext::pkix::BasicConstraints;
+    cert.tbs_certificate
+        .get::<BasicConstraints>()
+        .ok()
+        .flatten()
+        .is_some_and(|(_, bc)| bc.ca)
+}
+
+/// Whether `issuer`'s key signed `cert` (RSA PKCS#1 v1.5 or ECDSA P-256,
+/// with SHA-256/384/512).
+fn issued_by(cert: &Certificate, issuer: &Certificate) -> bool {
+    use rsa::signature::Verifier as _;
+    let Ok(tbs) = cert.tbs_certificate.to_der() else {
+        return false;
+    };
+    let Ok(spki) = issuer.tbs_certificate.subject_public_key_info.to_der() else {
+        return false;
+    };
+    let Some(signature) = cert.signature.as_bytes() else {
+        return false;
+    };
+    let rsa_key = || rsa::RsaPublicKey::from_public_key_der(&spki).ok();
+    let sig = || rsa::pkcs1v15::Signature::try_from(signature).ok();
+    match cert.signature_algorithm.oid.to_string().as_str() {
+        "1.2.840.113549.1.1.11" => rsa_key().zip(sig()).is_some_and(|(k, s)| {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(k)
+                .verify(&tbs, &s)
+                .is_ok()
+        }),
+        "1.2.840.113549.1.1.12" => rsa_key().zip(sig()).is_some_and(|(k, s)| {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(k)
+                .verify(&tbs, &s)
+                .is_ok()
+        }),
+        "1.2.840.113549.1.1.13" => rsa_key().zip(sig()).is_some_and(|(k, s)| {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(k)
+                .verify(&tbs, &s)
+                .is_ok()
+        }),
+        "1.2.840.10045.4.3.2" => p256::ecdsa::VerifyingKey::from_public_key_der(&spki)
+            .ok()
+            .zip(p256::ecdsa::Signature::from_der(signature).ok())
+            .is_some_and(|(k, s)| k.verify(&tbs, &s).is_ok()),
+        _ => false,
+    }
 }
 
 /// Distinguished names compared as sets of `TYPE=value` (order and spaces aside).
@@ -599,7 +665,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("not in the trust policy's trust stores"),
+            err.contains("does not chain to the trust policy's trust stores"),
             "{err}"
         );
     }
@@ -639,6 +705,122 @@ mod tests {
             .to_string();
         assert!(err.contains("is not the signing key's"), "{err}");
         drop(dir);
+    }
+
+    /// `openssl ARGS` in `dir`.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (make deps)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_chain_through_a_ca_in_the_trust_store_verifies_link_by_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for ca in ["ca", "other-ca"] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                    "-subj",
+                    &format!("/CN={ca}"),
+                    "-days",
+                    "2",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
+                ],
+            );
+        }
+        openssl(
+            d,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr",
+                "-subj", "/CN=leaf",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "leaf.crt",
+                "-days",
+                "1",
+            ],
+        );
+        let store = d.join("config/truststore/x509/ca/corp");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::copy(d.join("ca.crt"), store.join("ca.crt")).unwrap();
+        std::fs::write(
+            d.join("config/trustpolicy.json"),
+            r#"{"version":"1.0","trustPolicies":[{"name":"corp","registryScopes":["*"],"signatureVerification":{"level":"strict"},"trustStores":["ca:corp"],"trustedIdentities":["x509.subject: CN=leaf"]}]}"#,
+        )
+        .unwrap();
+        let policy = TrustPolicy::load(&d.join("config")).unwrap();
+        let key =
+            SigningKey::from_pem(&std::fs::read(d.join("leaf.key")).unwrap(), b"", "leaf.key")
+                .unwrap();
+        let pem =
+            |name: &str| certificate_chain(&std::fs::read(d.join(name)).unwrap(), name).unwrap();
+        let subject = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST, "size": 533});
+        let check = |chain: Vec<Vec<u8>>| {
+            let envelope = jws_envelope(&key, &chain, &subject, SystemTime::now()).unwrap();
+            policy.check(
+                "r.io/app",
+                DIGEST,
+                &[(MEDIA_TYPE_JWS.into(), envelope)],
+                SystemTime::now(),
+            )
+        };
+        let leaf_and_ca = [pem("leaf.crt"), pem("ca.crt")].concat();
+        assert!(check(leaf_and_ca).unwrap().contains("CN=leaf"));
+        // Without the CA in x5c there is no chain to the store...
+        let err = check(pem("leaf.crt")).unwrap_err().to_string();
+        assert!(err.contains("does not chain"), "{err}");
+        // ...and another CA's certificate under the store's name breaks a link.
+        let forged = [pem("leaf.crt"), pem("other-ca.crt")].concat();
+        std::fs::copy(d.join("other-ca.crt"), store.join("other.crt")).unwrap();
+        let policy_with_other = TrustPolicy::load(&d.join("config")).unwrap();
+        let envelope = jws_envelope(&key, &forged, &subject, SystemTime::now()).unwrap();
+        let err = policy_with_other
+            .check(
+                "r.io/app",
+                DIGEST,
+                &[(MEDIA_TYPE_JWS.into(), envelope)],
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("certificate 0 of its chain is not issued and signed by certificate 1"),
+            "{err}"
+        );
     }
 
     #[test]
