@@ -187,7 +187,7 @@ impl TrustPolicy {
 
 /// A key that signs notation envelopes.
 pub enum SigningKey {
-    Rsa(rsa::RsaPrivateKey),
+    Rsa(Box<rsa::RsaPrivateKey>),
     P256(crate::PrivateKey),
 }
 
@@ -199,7 +199,7 @@ impl SigningKey {
         if let Ok(text) = std::str::from_utf8(pem)
             && let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_pem(text.trim())
         {
-            return Ok(SigningKey::Rsa(key));
+            return Ok(SigningKey::Rsa(Box::new(key)));
         }
         crate::PrivateKey::from_pem(pem, password, what).map(SigningKey::P256)
     }
@@ -220,18 +220,20 @@ impl SigningKey {
         let mut rng = rand_core::OsRng;
         match (self, self.algorithm()) {
             (SigningKey::Rsa(k), "PS512") => {
-                rsa::pss::BlindedSigningKey::<sha2::Sha512>::new(k.clone())
+                rsa::pss::BlindedSigningKey::<sha2::Sha512>::new((**k).clone())
                     .sign_with_rng(&mut rng, message)
                     .to_vec()
             }
             (SigningKey::Rsa(k), "PS384") => {
-                rsa::pss::BlindedSigningKey::<sha2::Sha384>::new(k.clone())
+                rsa::pss::BlindedSigningKey::<sha2::Sha384>::new((**k).clone())
                     .sign_with_rng(&mut rng, message)
                     .to_vec()
             }
-            (SigningKey::Rsa(k), _) => rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(k.clone())
-                .sign_with_rng(&mut rng, message)
-                .to_vec(),
+            (SigningKey::Rsa(k), _) => {
+                rsa::pss::BlindedSigningKey::<sha2::Sha256>::new((**k).clone())
+                    .sign_with_rng(&mut rng, message)
+                    .to_vec()
+            }
             (SigningKey::P256(k), _) => {
                 // JWS carries ECDSA signatures as r‖s, not DER.
                 let der = k.sign(message);
