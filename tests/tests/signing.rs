@@ -786,6 +786,20 @@ fn notation_signatures_verify_under_notations_trust_policy() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // notation's other envelope format, COSE.
+    let (_, cose_at) = b.push("notation:cose", &b.module("notation-cose"));
+    notation.ok(
+        &[
+            "sign",
+            "--insecure-registry",
+            "--signature-format",
+            "cose",
+            &cose_at,
+        ],
+        &[],
+    );
+    let out = b.verify(&cose_at, &["--notation", config.to_str().unwrap()]);
+    assert!(out.status.success(), "COSE: {}", stderr(&out));
     // wasmbox signs as notation does, with notation's test key and
     // certificate: `notation verify` accepts it.
     let (_, by_wasmbox) = b.push("notation:by-wasmbox", &b.module("notation-wasmbox"));

@@ -12,8 +12,8 @@
 //! matches the policy's trusted identities, and that the envelope has not
 //! expired. The chain is followed from the signing certificate to one the
 //! trust store holds, each link checked (issuer name, CA, signature: RSA
-//! PKCS#1 v1.5 or ECDSA P-256). Not yet: COSE envelopes, timestamps (TSA)
-//! and revocation (OCSP/CRL).
+//! PKCS#1 v1.5 or ECDSA P-256). COSE_Sign1 envelopes (`application/cose`)
+//! are read too. Not yet: timestamps (TSA) and revocation (OCSP/CRL).
 //!
 //! Signing ([`jws_envelope`]) writes the envelope `notation sign` writes by
 //! default, with an RSA (PS256/384/512 by key size) or P-256 (ES256) key
@@ -156,13 +156,7 @@ impl TrustPolicy {
         }
         let mut reason = "it has no notation signature".to_string();
         for (media_type, envelope) in envelopes {
-            if media_type != MEDIA_TYPE_JWS {
-                reason = format!(
-                    "its notation signature is a {media_type} envelope, which wasmbox does not verify yet (sign with notation's default, JWS)"
-                );
-                continue;
-            }
-            match verify_jws(envelope, digest, statement, now) {
+            match verify_envelope(media_type, envelope, digest, statement, now) {
                 Ok(subject) => {
                     return Ok(format!(
                         "notation signature by {subject} (trust policy \"{}\", level {})",
@@ -352,13 +346,20 @@ fn pem_certificates(bytes: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Verifies one JWS envelope; `Ok` is the signer's subject.
-fn verify_jws(
-    envelope: &[u8],
-    digest: &str,
-    statement: &PolicyStatement,
-    now: SystemTime,
-) -> Result<String, String> {
+/// A notation envelope taken apart: what its signature covers, and what it says.
+struct Envelope {
+    alg: String,
+    /// The bytes the signature covers (the JWS signing input; COSE's Sig_structure).
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    /// `x5c` / `x5chain`, leaf first.
+    chain: Vec<Vec<u8>>,
+    /// The notation payload, `{"targetArtifact": …}`.
+    payload: Vec<u8>,
+}
+
+/// Takes a JWS envelope apart, checking its protected header.
+fn parse_jws(envelope: &[u8], now: SystemTime) -> Result<Envelope, String> {
     let v: Value =
         serde_json::from_slice(envelope).map_err(|_| "its JWS envelope is not JSON".to_string())?;
     let field = |k: &str| {
@@ -377,28 +378,18 @@ fn verify_jws(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("its JWS protected header is not base64url JSON")?;
     let header = |k: &str| protected.get(k).and_then(Value::as_str);
-    if header("cty") != Some(PAYLOAD_CONTENT_TYPE) {
-        return Err("its JWS payload is not a notation payload".into());
-    }
-    if header(SIGNING_SCHEME) != Some("notary.x509") {
-        return Err("it uses a signing scheme other than notary.x509 (signing authorities are not supported yet)".into());
-    }
     let crit: Vec<&str> = protected
         .get("crit")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if !crit.contains(&SIGNING_SCHEME) {
-        return Err("its JWS header does not mark the signing scheme critical".into());
-    }
-    if let Some(expiry) = header(EXPIRY) {
-        let expiry = humantime::parse_rfc3339_weak(expiry)
-            .map_err(|_| "its expiry is not a time".to_string())?;
-        if expiry < now {
-            return Err("the signature has expired".into());
-        }
-    }
-    // Integrity: the signature over `protected.payload` with the leaf key.
+    let expiry = match header(EXPIRY) {
+        Some(t) => Some(
+            humantime::parse_rfc3339_weak(t).map_err(|_| "its expiry is not a time".to_string())?,
+        ),
+        None => None,
+    };
+    check_header(header("cty"), header(SIGNING_SCHEME), &crit, expiry, now)?;
     let chain: Vec<Vec<u8>> = v
         .pointer("/header/x5c")
         .and_then(Value::as_array)
@@ -409,9 +400,163 @@ fn verify_jws(
                 .collect()
         })
         .unwrap_or_default();
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| "its payload is not base64url".to_string())?;
+    Ok(Envelope {
+        alg: header("alg").unwrap_or("").to_string(),
+        message: format!("{protected_b64}.{payload_b64}").into_bytes(),
+        signature,
+        chain,
+        payload,
+    })
+}
+
+/// The checks every notation envelope's signed header must pass.
+fn check_header(
+    content_type: Option<&str>,
+    scheme: Option<&str>,
+    crit: &[&str],
+    expiry: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<(), String> {
+    if content_type != Some(PAYLOAD_CONTENT_TYPE) {
+        return Err("its payload is not a notation payload".into());
+    }
+    if scheme != Some("notary.x509") {
+        return Err("it uses a signing scheme other than notary.x509 (signing authorities are not supported yet)".into());
+    }
+    if !crit.contains(&SIGNING_SCHEME) {
+        return Err("its signed header does not mark the signing scheme critical".into());
+    }
+    if expiry.is_some_and(|e| e < now) {
+        return Err("the signature has expired".into());
+    }
+    Ok(())
+}
+
+/// Takes a COSE_Sign1 envelope apart (RFC 9052), checking its protected header.
+fn parse_cose(envelope: &[u8], now: SystemTime) -> Result<Envelope, String> {
+    use ciborium::Value as Cbor;
+    let bad = |why: &str| format!("its COSE envelope {why}");
+    let mut value: Cbor = ciborium::de::from_reader(envelope).map_err(|_| bad("is not CBOR"))?;
+    if let Cbor::Tag(18, inner) = value {
+        value = *inner;
+    }
+    let Cbor::Array(parts) = value else {
+        return Err(bad("is not a COSE_Sign1 array"));
+    };
+    let [
+        Cbor::Bytes(protected_bytes),
+        Cbor::Map(unprotected),
+        Cbor::Bytes(payload),
+        Cbor::Bytes(signature),
+    ] = parts.as_slice()
+    else {
+        return Err(bad("is not a COSE_Sign1 array of four"));
+    };
+    let protected: Cbor = ciborium::de::from_reader(protected_bytes.as_slice())
+        .map_err(|_| bad("has a protected header that is not CBOR"))?;
+    let Cbor::Map(protected) = protected else {
+        return Err(bad("has a protected header that is not a map"));
+    };
+    let get = |map: &[(Cbor, Cbor)], key: &Cbor| {
+        map.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    };
+    let text = |v: Option<Cbor>| match v {
+        Some(Cbor::Text(t)) => Some(t),
+        _ => None,
+    };
+    let alg = match get(&protected, &Cbor::Integer(1.into())) {
+        Some(Cbor::Integer(i)) => match i128::from(i) {
+            -37 => "PS256",
+            -38 => "PS384",
+            -39 => "PS512",
+            -7 => "ES256",
+            other => {
+                return Err(format!(
+                    "its COSE algorithm {other} is not supported by wasmbox yet"
+                ));
+            }
+        },
+        _ => return Err(bad("names no algorithm")),
+    };
+    let crit: Vec<String> = match get(&protected, &Cbor::Integer(2.into())) {
+        Some(Cbor::Array(items)) => items.into_iter().filter_map(|i| text(Some(i))).collect(),
+        _ => Vec::new(),
+    };
+    let crit: Vec<&str> = crit.iter().map(String::as_str).collect();
+    let content_type = text(get(&protected, &Cbor::Integer(3.into())));
+    let scheme = text(get(&protected, &Cbor::Text(SIGNING_SCHEME.into())));
+    let expiry = match get(&protected, &Cbor::Text(EXPIRY.into())) {
+        Some(Cbor::Tag(1, t)) => match *t {
+            Cbor::Integer(secs) => u64::try_from(i128::from(secs))
+                .ok()
+                .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+            _ => return Err(bad("has an expiry that is not a time")),
+        },
+        None => None,
+        Some(_) => return Err(bad("has an expiry that is not a time")),
+    };
+    check_header(
+        content_type.as_deref(),
+        scheme.as_deref(),
+        &crit,
+        expiry,
+        now,
+    )?;
+    let chain = match get(unprotected, &Cbor::Integer(33.into())) {
+        Some(Cbor::Bytes(one)) => vec![one],
+        Some(Cbor::Array(items)) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                Cbor::Bytes(b) => Some(b),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // What the signature covers: Sig_structure ["Signature1", protected, h'', payload].
+    let structure = Cbor::Array(vec![
+        Cbor::Text("Signature1".into()),
+        Cbor::Bytes(protected_bytes.clone()),
+        Cbor::Bytes(Vec::new()),
+        Cbor::Bytes(payload.clone()),
+    ]);
+    let mut message = Vec::new();
+    ciborium::ser::into_writer(&structure, &mut message)
+        .map_err(|_| bad("cannot be re-encoded"))?;
+    Ok(Envelope {
+        alg: alg.to_string(),
+        message,
+        signature: signature.clone(),
+        chain,
+        payload: payload.clone(),
+    })
+}
+
+/// Verifies one envelope (`media_type` JWS or COSE); `Ok` is the signer's subject.
+fn verify_envelope(
+    media_type: &str,
+    bytes: &[u8],
+    digest: &str,
+    statement: &PolicyStatement,
+    now: SystemTime,
+) -> Result<String, String> {
+    let envelope = match media_type {
+        MEDIA_TYPE_JWS => parse_jws(bytes, now)?,
+        MEDIA_TYPE_COSE => parse_cose(bytes, now)?,
+        other => {
+            return Err(format!(
+                "its notation signature is a {other} envelope, which is neither JWS nor COSE"
+            ));
+        }
+    };
+    let chain = envelope.chain;
+    // Integrity: the signature, with the leaf's key.
     let leaf_der = chain
         .first()
-        .ok_or("its JWS header has no certificate chain (x5c)")?;
+        .ok_or("its envelope has no certificate chain")?;
     let leaf = Certificate::from_der(leaf_der)
         .map_err(|_| "its signing certificate is not X.509".to_string())?;
     let spki = leaf
@@ -419,17 +564,12 @@ fn verify_jws(
         .subject_public_key_info
         .to_der()
         .map_err(|_| "its signing certificate has no public key".to_string())?;
-    let signing_input = format!("{protected_b64}.{payload_b64}");
-    let alg = header("alg").unwrap_or("");
-    if !verify_signature(alg, &spki, signing_input.as_bytes(), &signature)? {
+    if !verify_signature(&envelope.alg, &spki, &envelope.message, &envelope.signature)? {
         return Err("its signature does not verify with its signing certificate's key".into());
     }
     // It signs this image.
-    let payload: Value = URL_SAFE_NO_PAD
-        .decode(payload_b64)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("its payload is not base64url JSON")?;
+    let payload: Value = serde_json::from_slice(&envelope.payload)
+        .map_err(|_| "its payload is not JSON".to_string())?;
     let signed = payload
         .pointer("/targetArtifact/digest")
         .and_then(Value::as_str)
@@ -823,6 +963,38 @@ mod tests {
             err.contains("certificate 0 of its chain is not issued and signed by certificate 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_cose_envelope_from_notation_verifies_too() {
+        let dir = config_dir();
+        let policy = TrustPolicy::load(dir.path()).unwrap();
+        let cose = std::fs::read(format!("{DATA}/envelope.cose")).unwrap();
+        // The COSE sample signs the sample image's digest of its own run.
+        let digest = "sha256:be023cadd423f27cf78d513df0b5d95c4900b8247c4da3d96e1241c9ff13e466";
+        let got = policy.check(
+            "r.io/app",
+            digest,
+            &[(MEDIA_TYPE_COSE.into(), cose.clone())],
+            signing_day(),
+        );
+        assert!(
+            got.as_ref().is_ok_and(|ok| ok.contains("CN=wasmbox-test")),
+            "{got:?}"
+        );
+        let mut flipped = cose;
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let err = policy
+            .check(
+                "r.io/app",
+                digest,
+                &[(MEDIA_TYPE_COSE.into(), flipped)],
+                signing_day(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not verify"), "{err}");
     }
 
     #[test]
