@@ -1836,7 +1836,9 @@ fn the_module_size_cap_is_set_through_containerds_environment() {
     let path = node.w.dir().join("padded.wasm");
     std::fs::write(&path, module).unwrap();
     let image = node.image("padded", &path, &[]);
-    let out = node.run(&image, "padded", &[]);
+    // Its own id: container ids name cgroups (`default/<id>`), which
+    // tests running at once on other containerds share.
+    let out = node.run(&image, "oversized", &[]);
     assert!(
         !out.status.success(),
         "a 2 MiB module ran under a 1 MiB cap"
@@ -1846,7 +1848,7 @@ fn the_module_size_cap_is_set_through_containerds_environment() {
         "{}",
         stderr(&out)
     );
-    node.containerd.ctr(&["containers", "rm", "padded"]);
+    node.containerd.ctr(&["containers", "rm", "oversized"]);
     // A small one runs.
     let image = node.image("small", probe(), &[]);
     let out = node.probe(&[], &image, "small", &["hello"]);
