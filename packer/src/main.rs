@@ -980,8 +980,15 @@ async fn inspect(
     let config = image::read_blob(&source, manifest.config()).await?;
     let mut info = image::describe(&name, manifest.bytes(), &config)?;
     if let Location::Registry(reference) = &location {
+        // What is attached is extra: a registry that will not list it
+        // (no access to the referrers, say) does not stop the inspect.
         let registry = Registry::new(reference.registry(), options)?;
-        info.attached = Some(wasmbox::referrers::attached(&registry, reference).await?);
+        match wasmbox::referrers::attached(&registry, reference).await {
+            Ok(attached) => info.attached = Some(attached),
+            Err(e) => eprintln!(
+                "wasmbox: warning: cannot list the signatures and SBOMs of {reference}: {e:#}"
+            ),
+        }
     }
     Ok(info)
 }
