@@ -47,4 +47,4 @@ lint:
 
 clean:
 	cargo clean
-	rm -rf .demo .bench .bench-pack-push .bench-startup .bench-output-race .bench-idle
+	rm -rf .demo .bench .bench-pack-push .bench-startup .bench-output-race .bench-idle .bench-verify

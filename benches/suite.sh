@@ -222,42 +222,9 @@ if want mixed; then
 fi
 
 # --- the run-time policy ----------------------------------------------------------
-# What WASMBOX_POLICY adds to a cached start: the same signed image from a
-# local registry, through a second containerd whose shims enforce a
-# sigstoreSigned policy, with its verdict cache emptied before each run
-# (signatures fetched and checked) and kept (the verdict reused), against
-# the main containerd (no policy); interleaved.
-if want verify; then
-  echo "run-time policy: ctr run --rm of a signed hello, $runs runs each, interleaved" >&2
-  start_registry "$work/registry"
-  image=$REGISTRY/bench/hello:v1
-  WASMBOX_STORE=$work/store "$wasmbox" pack "$work/hello.wasm" -t "$image" --push --plain-http --json >/dev/null
-  (cd "$work" && WASMBOX_PASSWORD=bench "$wasmbox" generate-key --output-key-prefix "$work/bench" >/dev/null)
-  WASMBOX_PASSWORD=bench "$wasmbox" sign "$image" --key "$work/bench.key" --plain-http >/dev/null
-  cat >"$work/policy.json" <<JSON
-{"default": [{"type": "sigstoreSigned", "keyPath": "$work/bench.pub", "signedIdentity": {"type": "matchRepository"}}]}
-JSON
-  main_ctr=$CTR
-  CONTAINERD_ENV="WASMBOX_POLICY=$work/policy.json" start_containerd "$work/containerd-policy" "$BINDIR"
-  policy_ctr=$CTR
-  CTR=$main_ctr
-  $main_ctr image pull --plain-http "$image" >/dev/null
-  $policy_ctr image pull --plain-http "$image" >/dev/null
-  declare -a t_plain t_checked t_reused
-  for c in "$main_ctr" "$policy_ctr"; do $c run --rm "${wasm_rt[@]}" "$image" warm >/dev/null </dev/null; done
-  for i in $(seq "$runs"); do
-    s=$(now_ns); $main_ctr run --rm "${wasm_rt[@]}" "$image" "plain-$i" >/dev/null </dev/null; t_plain+=("$(ms_since "$s")")
-    rm -rf "$work/containerd-policy/verified"
-    s=$(now_ns); $policy_ctr run --rm "${wasm_rt[@]}" "$image" "checked-$i" >/dev/null </dev/null; t_checked+=("$(ms_since "$s")")
-    s=$(now_ns); $policy_ctr run --rm "${wasm_rt[@]}" "$image" "reused-$i" >/dev/null </dev/null; t_reused+=("$(ms_since "$s")")
-  done
-  plain_median=$(median "${t_plain[@]}")
-  row verify "signed hello, cached start, no policy" "$(stats "${t_plain[@]}")" "" "" "" ""
-  row verify "same, policy: signatures fetched and checked" "$(stats "${t_checked[@]}")" "$plain_median ms" \
-    "$(ratio "$(median "${t_checked[@]}")" "$plain_median")" "" ""
-  row verify "same, policy: verdict cached (per digest)" "$(stats "${t_reused[@]}")" "$plain_median ms" \
-    "$(ratio "$(median "${t_reused[@]}")" "$plain_median")" "" ""
-fi
+# What WASMBOX_POLICY adds to a cached start (benches/verify.sh: its own
+# registry and two containerds, one enforcing a sigstoreSigned policy).
+if want verify; then RUNS=$runs benches/verify.sh; fi
 
 # The rows in section order: this run's, and the last run's for the sections
 # not measured again (idle rows come with density's).
