@@ -554,6 +554,25 @@ fn the_shim_refuses_at_create_what_the_policy_does_not_accept_through_ctr() {
     containerd.assert_clean();
 }
 
+/// CreateContainer, then StartContainer refused (there containerd creates
+/// the task) with an error that says each of `says`: the sentence the
+/// kubelet shows in `kubectl describe pod`. The container is removed.
+fn refused_at_start(
+    node: &wasmbox_tests::cri::CriNode,
+    pod: &wasmbox_tests::cri::Pod,
+    name: &str,
+    image: &str,
+    args: &[&str],
+    says: &[&str],
+) {
+    let id = node.create_container(pod, name, image, args, &[]).unwrap();
+    let err = node.start_container(&id).unwrap_err();
+    for needle in says {
+        assert!(err.message().contains(needle), "{name}: {}", err.message());
+    }
+    node.remove_container(&id);
+}
+
 #[test]
 fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_accept() {
     let keys = tempfile::tempdir().unwrap();
@@ -615,43 +634,36 @@ fn the_cri_refuses_wasm_and_linux_containers_of_a_pod_that_the_policy_does_not_a
         .expect("the container pinned to the signed image starts");
     node.wait_exited(&pinned, std::time::Duration::from_secs(30));
     // ...and one created after it is refused.
-    let id = node
-        .create_container(&pod, "moved", &signed, &[], &[])
-        .unwrap();
-    let err = node.start_container(&id).unwrap_err();
-    assert!(
-        err.message()
-            .contains("/signed accepts (it has no cosign signature)"),
-        "{}",
-        err.message()
+    refused_at_start(
+        &node,
+        &pod,
+        "moved",
+        &signed,
+        &[],
+        &["/signed accepts (it has no cosign signature)"],
     );
-    node.remove_container(&id);
     // Refused at StartContainer (where containerd creates the task), with
     // the sentence the kubelet shows in `kubectl describe pod`.
-    let id = node
-        .create_container(&pod, "unsigned", &unsigned, &[], &[])
-        .unwrap();
-    let err = node.start_container(&id).unwrap_err();
-    assert!(
-        err.message()
-            .contains("is not signed by a key that the policy for")
-            && err.message().contains("/unsigned accepts"),
-        "{}",
-        err.message()
+    refused_at_start(
+        &node,
+        &pod,
+        "unsigned",
+        &unsigned,
+        &[],
+        &[
+            "is not signed by a key that the policy for",
+            "/unsigned accepts",
+        ],
     );
-    node.remove_container(&id);
     // The pod's Linux container meets the same policy: unsigned, refused...
-    let id = node
-        .create_container(&pod, "linux", &busybox, &["true"], &[])
-        .unwrap();
-    let err = node.start_container(&id).unwrap_err();
-    assert!(
-        err.message()
-            .contains("/busybox accepts (it has no cosign signature)"),
-        "{}",
-        err.message()
+    refused_at_start(
+        &node,
+        &pod,
+        "linux",
+        &busybox,
+        &["true"],
+        &["/busybox accepts (it has no cosign signature)"],
     );
-    node.remove_container(&id);
     // ...signed, it runs.
     sign(&busybox);
     let id = node
@@ -1012,17 +1024,14 @@ fn a_runtime_handlers_own_policy_wins_over_containerds_environment() {
         .expect("containerd's environment lets anything run");
     node.wait_exited(&id, std::time::Duration::from_secs(30));
     let configured = node.run_pod_on("configured", CONFIGURED_HANDLER).unwrap();
-    let id = node
-        .create_container(&configured, "unsigned", &unsigned, &[], &[])
-        .unwrap();
-    let err = node.start_container(&id).unwrap_err();
-    assert!(
-        err.message()
-            .contains("/unsigned accepts (it has no cosign signature)"),
-        "{}",
-        err.message()
+    refused_at_start(
+        &node,
+        &configured,
+        "unsigned",
+        &unsigned,
+        &[],
+        &["/unsigned accepts (it has no cosign signature)"],
     );
-    node.remove_container(&id);
     let id = node
         .run_container(&configured, "signed", &signed, &[], &[])
         .expect("the handler's policy accepts the signed image");

@@ -46,11 +46,13 @@ pub struct Verdict {
 /// listing thousands cannot make a create wait on thousands of requests.
 pub const MAX_REFERRERS: usize = 64;
 
-/// Every cosign signature of `digest`, in either form, unchecked.
-pub async fn cosign_signatures<S: SignatureSource>(
+/// The layers of the referrers of `digest` whose artifact type is
+/// `artifact_type`, each read whole: `(layer media type, content)`.
+async fn referrer_layers<S: SignatureSource>(
     source: &S,
     digest: &str,
-) -> Result<Vec<Candidate>, TrustError> {
+    artifact_type: &str,
+) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
     let mut found = Vec::new();
     for rd in source
         .referrers(digest)
@@ -61,21 +63,32 @@ pub async fn cosign_signatures<S: SignatureSource>(
         let Some(manifest) = source.manifest(&rd).await? else {
             continue;
         };
-        if referrers::artifact_type_of(&manifest).as_deref() != Some(cosign::MEDIA_TYPE_BUNDLE) {
+        if referrers::artifact_type_of(&manifest).as_deref() != Some(artifact_type) {
             continue;
         }
         let m: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
             TrustError::Malformed(format!("the signature {rd} is not an image manifest ({e})"))
         })?;
         for layer in m.layers() {
-            if layer.media_type().to_string() != cosign::MEDIA_TYPE_BUNDLE {
-                continue;
-            }
-            let bytes = source
+            let content = source
                 .blob(layer.digest().as_ref(), cosign::MAX_SIGNATURE_BYTES)
                 .await?;
+            found.push((layer.media_type().to_string(), content));
+        }
+    }
+    Ok(found)
+}
+
+/// Every cosign signature of `digest`, in either form, unchecked.
+pub async fn cosign_signatures<S: SignatureSource>(
+    source: &S,
+    digest: &str,
+) -> Result<Vec<Candidate>, TrustError> {
+    let mut found = Vec::new();
+    for (media_type, bundle) in referrer_layers(source, digest, cosign::MEDIA_TYPE_BUNDLE).await? {
+        if media_type == cosign::MEDIA_TYPE_BUNDLE {
             // A bundle that cannot be read is no signature; others may be.
-            found.extend(cosign::bundle_candidates(&bytes).unwrap_or_default());
+            found.extend(cosign::bundle_candidates(&bundle).unwrap_or_default());
         }
     }
     if let Some(manifest) = source.manifest(&cosign::legacy_tag(digest)).await? {
@@ -97,33 +110,7 @@ pub async fn notation_envelopes<S: SignatureSource>(
     source: &S,
     digest: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, TrustError> {
-    let mut found = Vec::new();
-    for rd in source
-        .referrers(digest)
-        .await?
-        .into_iter()
-        .take(MAX_REFERRERS)
-    {
-        let Some(manifest) = source.manifest(&rd).await? else {
-            continue;
-        };
-        if referrers::artifact_type_of(&manifest).as_deref()
-            != Some(crate::notation::ARTIFACT_TYPE_SIGNATURE)
-        {
-            continue;
-        }
-        let m: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest).map_err(|e| {
-            TrustError::Malformed(format!("the signature {rd} is not an image manifest ({e})"))
-        })?;
-        for layer in m.layers() {
-            let media_type = layer.media_type().to_string();
-            let envelope = source
-                .blob(layer.digest().as_ref(), cosign::MAX_SIGNATURE_BYTES)
-                .await?;
-            found.push((media_type, envelope));
-        }
-    }
-    Ok(found)
+    referrer_layers(source, digest, crate::notation::ARTIFACT_TYPE_SIGNATURE).await
 }
 
 /// Checks `image` (a reference with the manifest digest it resolved to,
