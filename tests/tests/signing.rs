@@ -60,6 +60,20 @@ fn sign(w: &Wasmbox, key: &Path, image: &str, format: &str) -> Output {
         .unwrap()
 }
 
+/// Writes a policy at `path` that takes, by default, a cosign signature by
+/// `public` (matchRepository, as cosign's identities need); returns `path`.
+fn signed_by_policy(path: &Path, public: &Path) -> PathBuf {
+    std::fs::write(
+        path,
+        format!(
+            r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
+            public.display()
+        ),
+    )
+    .unwrap();
+    path.to_path_buf()
+}
+
 /// A registry, the wasmbox CLI and a scratch directory.
 struct Bench {
     registry: Registry,
@@ -679,15 +693,7 @@ fn docker_run_shows_the_refusal_and_runs_what_the_policy_accepts() {
     let keys = tempfile::tempdir().unwrap();
     let w = Wasmbox::new();
     let (key, public) = generate_key(&w, keys.path());
-    let policy = keys.path().join("policy.json");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
-            public.display()
-        ),
-    )
-    .unwrap();
+    let policy = signed_by_policy(&keys.path().join("policy.json"), &public);
     let Some(docker) = wasmbox_tests::docker::DockerEngine::start_with_env(vec![(
         "WASMBOX_POLICY".into(),
         policy.display().to_string(),
@@ -990,15 +996,7 @@ fn a_runtime_handlers_own_policy_wins_over_containerds_environment() {
     // options (ConfigPath → policy = …): a signature by the key.
     let open = keys.path().join("open.json");
     std::fs::write(&open, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
-    let strict = keys.path().join("strict.json");
-    std::fs::write(
-        &strict,
-        format!(
-            r#"{{"default":[{{"type":"sigstoreSigned","keyPath":"{}","signedIdentity":{{"type":"matchRepository"}}}}]}}"#,
-            public.display()
-        ),
-    )
-    .unwrap();
+    let strict = signed_by_policy(&keys.path().join("strict.json"), &public);
     let node = CriNode::start_with_env(
         wasmbox_tests::containerd::containerd_under_test(),
         None,
