@@ -116,3 +116,22 @@ remove_all() {
   sleep 1
   seq "$n" | xargs -P 8 -I{} sh -c "$CTR task delete $prefix{} >/dev/null 2>&1; $CTR container rm $prefix{} >/dev/null 2>&1" || true
 }
+
+# wrk_rate FILE: the requests per second of a `wrk --latency` report;
+# wrk_latency FILE: its "p50 / p99" in ms. A report with socket errors or
+# non-2xx answers fails the benchmark: its rate would not be a server's.
+wrk_rate() {
+  if grep -q "Socket errors\|Non-2xx" "$1"; then
+    echo "wrk saw errors ($1):" >&2
+    cat "$1" >&2
+    return 1
+  fi
+  awk '/^Requests\/sec:/ {print $2}' "$1"
+}
+wrk_latency() {
+  awk 'function ms(v) {
+         if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v
+       }
+       $1 == "50%" {p50 = ms($2)} $1 == "99%" {p99 = ms($2)}
+       END {printf "%.2f / %.2f", p50, p99}' "$1"
+}

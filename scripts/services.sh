@@ -82,9 +82,10 @@ state = "$dir/state"
   disable_tcp_service = true
 TOML
   # Its shims keep compiled modules and policy verdicts under DIR, not in
-  # the machine's cache; CONTAINERD_ENV adds NAME=VALUE words (WASMBOX_POLICY).
+  # the machine's cache; CONTAINERD_ENV adds NAME=VALUE words (WASMBOX_POLICY),
+  # CONTAINERD_EXTRA_PATH a directory of other shims (benches/suite.sh's peers).
   # shellcheck disable=SC2086
-  PATH="$bindir:$PATH" WASMBOX_CACHE_DIR="$dir/module-cache" WASMBOX_VERIFIED_DIR="$dir/verified" \
+  PATH="$bindir:${CONTAINERD_EXTRA_PATH:+$CONTAINERD_EXTRA_PATH:}$PATH" WASMBOX_CACHE_DIR="$dir/module-cache" WASMBOX_VERIFIED_DIR="$dir/verified" \
     env ${CONTAINERD_ENV:-} containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   SERVICE_PIDS="$SERVICE_PIDS $!"
   CTR="ctr -a $dir/containerd.sock"

@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+use wasmparser::{
+    FuncToValidate, FuncValidatorAllocations, FunctionBody, Parser, Payload, ValidPayload,
+    Validator, ValidatorResources, WasmFeatures,
+};
 
 use crate::format::{OS_WASIP1, OS_WASIP2, WasiWorld};
 
@@ -95,9 +98,7 @@ impl WasmModule {
             path: path.to_path_buf(),
             message: format!("{} (at byte offset {})", e.message(), e.offset()),
         };
-        Validator::new_with_features(WasmFeatures::all())
-            .validate_all(&bytes)
-            .map_err(invalid)?;
+        validate(&bytes).map_err(invalid)?;
         let kind = if Parser::is_component(&bytes) {
             ModuleKind::Component
         } else {
@@ -176,6 +177,58 @@ impl WasmModule {
 /// Import names, export names and exported function names of the outermost
 /// module or component (nested modules and components are skipped).
 type Names = (Vec<String>, Vec<String>, Vec<String>);
+
+/// Validates `bytes` as `Validator::validate_all` does, with the function
+/// bodies (nearly all of a big module's bytes) checked on every core, as
+/// wasmtime validates when it compiles. Of several invalid bodies, the
+/// first in the file is reported, whatever the number of cores.
+fn validate(bytes: &[u8]) -> Result<(), wasmparser::BinaryReaderError> {
+    let mut validator = Validator::new_with_features(WasmFeatures::all());
+    let mut bodies: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)> = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        if let ValidPayload::Func(function, body) = validator.payload(&payload?)? {
+            bodies.push((function, body));
+        }
+    }
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(bodies.len());
+    let per_worker = bodies.len().div_ceil(workers);
+    let mut batches = Vec::with_capacity(workers);
+    while !bodies.is_empty() {
+        let rest = bodies.split_off(bodies.len().min(per_worker));
+        batches.push(std::mem::replace(&mut bodies, rest));
+    }
+    let first_error = |batch: Vec<(FuncToValidate<ValidatorResources>, FunctionBody<'_>)>| {
+        let mut allocations = FuncValidatorAllocations::default();
+        for (function, body) in batch {
+            let mut validator = function.into_validator(allocations);
+            validator.validate(&body)?;
+            allocations = validator.into_allocations();
+        }
+        Ok::<(), wasmparser::BinaryReaderError>(())
+    };
+    std::thread::scope(|scope| {
+        let mut batches = batches.into_iter();
+        let own = batches.next();
+        let others: Vec<_> = batches
+            .map(|batch| scope.spawn(move || first_error(batch)))
+            .collect();
+        // Batches are in file order, so the first error found in order is
+        // the file's first.
+        let mut result = own.map_or(Ok(()), first_error);
+        for other in others {
+            let other = other.join().expect("a validation thread panicked");
+            if result.is_ok() {
+                result = other;
+            }
+        }
+        result
+    })
+}
 
 fn top_level_names(bytes: &[u8]) -> Result<Names, wasmparser::BinaryReaderError> {
     let mut imports = Vec::new();

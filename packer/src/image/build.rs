@@ -3,7 +3,6 @@
 //! source: `pack` copies it into the store like any other.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -183,14 +182,10 @@ fn image_config_and_layer(
     let tar = layer_tar(module, opts)?;
     let diff_id = format::Digest::of(&tar).to_string();
     let (media_type, data) = match opts.compression {
-        Compression::Gzip => {
-            let mut enc = flate2::GzBuilder::new().mtime(0).write(
-                Vec::with_capacity(tar.len() / 2),
-                flate2::Compression::default(),
-            );
-            enc.write_all(&tar)?;
-            (format::MEDIA_TYPE_OCI_LAYER_GZIP, enc.finish()?)
-        }
+        Compression::Gzip => (
+            format::MEDIA_TYPE_OCI_LAYER_GZIP,
+            super::gzip::compress(&tar, flate2::Compression::default())?,
+        ),
         Compression::Zstd => (
             format::MEDIA_TYPE_OCI_LAYER_ZSTD,
             zstd::encode_all(tar.as_slice(), 3)?,

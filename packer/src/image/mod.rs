@@ -8,6 +8,7 @@
 //! and its `remote`, `layout` and `tarball` packages.
 
 pub mod build;
+mod gzip;
 pub mod inspect;
 
 use std::pin::Pin;
