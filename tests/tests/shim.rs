@@ -1615,6 +1615,76 @@ fn idle_and_slow_http_clients_cannot_hold_the_server() {
 }
 
 #[test]
+fn keep_alive_requests_are_answered_without_waiting_for_delayed_acks() {
+    // A response leaves as its head, then its body. With Nagle's algorithm
+    // on the server's socket the body waits for the client's ACK of the
+    // head, which Linux delays by 40 ms on a keep-alive connection: every
+    // request after the first would take 40 ms. The median is what is
+    // asserted, so one slow request on a busy machine cannot fail it.
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    let node = Node::new();
+    let addr = serve_http_hello(&node, "keep-alive", &[]);
+    let stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut took = Vec::new();
+    for i in 0..15 {
+        let started = Instant::now();
+        // One write: a request in pieces would meet Nagle on this side.
+        writer
+            .write_all(format!("GET /ka-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("a response head");
+            let lower = line.trim_end().to_ascii_lowercase();
+            if lower.is_empty() {
+                break;
+            }
+            if let Some(n) = lower.strip_prefix("content-length:") {
+                length = Some(n.trim().parse::<usize>().unwrap());
+            }
+            chunked |= lower == "transfer-encoding: chunked";
+        }
+        let mut body = Vec::new();
+        if let Some(n) = length {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).unwrap();
+        } else {
+            assert!(chunked, "request {i}: neither a length nor chunks");
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size).unwrap();
+                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                reader.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        took.push(started.elapsed());
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(&format!("/ka-{i}")), "request {i}: {body}");
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    assert!(
+        median < Duration::from_millis(40),
+        "keep-alive requests took {took:?}: the server waits for delayed ACKs"
+    );
+    drop((writer, reader));
+    node.kill_and_remove("keep-alive");
+    node.containerd.assert_clean();
+}
+
+#[test]
 fn http_requests_that_allocate_past_the_limit_fail_alone_and_the_server_goes_on() {
     let node = Node::new();
     let addr = serve_http_hello(&node, "grow", &["--memory-limit", "67108864"]);
