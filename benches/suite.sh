@@ -10,7 +10,7 @@
 # skipped when the machine has less than 12 MB of available memory per
 # container), DENSITY_MEMORY_LIMIT (bytes, each density container's
 # --memory-limit, default 64 MiB; 0 for none), IDLE_WINDOW (s, 10),
-# HTTP_SECONDS (each wrk run, 5), HTTP_ROUNDS (3), TASKS (per loop, 40),
+# HTTP_SECONDS (each wrk run, 5), HTTP_ROUNDS (3), HTTP_AB_REQUESTS (20000), TASKS (per loop, 40),
 # PROFILE (release), SECTIONS (a subset of "start python throughput http
 # density packer mixed verify" to measure again; the other rows are kept from the last run).
 # Peers: WASMBOX_BENCH_RUNWASI (the reference shim's binary: containerd/runwasi's
@@ -216,6 +216,14 @@ if want http; then
       http_latency[$server-$c]=$(wrk_latency "$work/wrk-$server-$c-$http_rounds.txt")
     done
   done
+  # And a connection per request (ab without -k), the load of the last
+  # round: the reference shim's keep-alive figures above show a delayed-ACK
+  # stall of its own (40 ms a request), which this load never meets.
+  declare -A http_close
+  for server in "${!http_url[@]}"; do
+    ab -q -n "${HTTP_AB_REQUESTS:-20000}" -c 10 "${http_url[$server]}ab" >"$work/ab-$server.txt"
+    http_close[$server]=$(awk '/^Requests per second/ {print $4}' "$work/ab-$server.txt")
+  done
   remove_task http-bench
   [ -z "$runwasi_rt" ] || remove_task http-bench-ref
   [ -z "${wasmtime_serve_pid:-}" ] || kill "$wasmtime_serve_pid"
@@ -239,6 +247,12 @@ if want http; then
     [ "$c" = 10 ] && v_p99=$(below "$p99" 2)
     row http "http-hello -c $c: latency p50 / p99 (ms)" "${http_latency[wasmbox-$c]}" \
       "reference ${http_latency[reference-$c]:-not measured}; wasmtime serve ${http_latency[serve-$c]:-not measured}" "" "$goal_p99" "$v_p99"
+  done
+  for who in reference serve; do
+    theirs=${http_close[$who]:-not measured} r=""
+    [ "$theirs" = "not measured" ] || r=$(ratio "${http_close[wasmbox]}" "$theirs")
+    label=$([ $who = reference ] && echo "reference shim" || echo "wasmtime serve")
+    row http "http-hello -c 10, a connection per request (ab): requests/s, against $label" "${http_close[wasmbox]}" "$theirs" "$r" "" ""
   done
 fi
 
