@@ -64,7 +64,9 @@ def main(tsv, md, png):
     ax.set_xlabel("wasmbox ÷ baseline (log scale; green: goal met, red: missed)")
     ax.set_title("wasmbox against runc / the reference shim")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    # "tight": the long measurement names must not push the title and the
+    # axis label off the picture.
+    fig.savefig(png, dpi=110, bbox_inches="tight")
 
 
 def _number(text):

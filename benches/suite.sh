@@ -249,10 +249,16 @@ if want http; then
       "reference ${http_latency[reference-$c]:-not measured}; wasmtime serve ${http_latency[serve-$c]:-not measured}" "" "$goal_p99" "$v_p99"
   done
   for who in reference serve; do
-    theirs=${http_close[$who]:-not measured} r=""
+    theirs=${http_close[$who]:-not measured} r="" goal="" v=""
     [ "$theirs" = "not measured" ] || r=$(ratio "${http_close[wasmbox]}" "$theirs")
     label=$([ $who = reference ] && echo "reference shim" || echo "wasmtime serve")
-    row http "http-hello -c 10, a connection per request (ab): requests/s, against $label" "${http_close[wasmbox]}" "$theirs" "$r" "" ""
+    # The goal against the reference shim holds for this load too: its
+    # keep-alive rate is held down by its own stall.
+    if [ $who = reference ]; then
+      goal="≥ 1.2× reference shim"
+      [ -z "$r" ] || v=$(at_least "$r" 1.2)
+    fi
+    row http "http-hello -c 10, a connection per request (ab): requests/s, against $label" "${http_close[wasmbox]}" "$theirs" "$r" "$goal" "$v"
   done
 fi
 
