@@ -10,9 +10,10 @@ use std::io;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-/// Bytes compressed by one worker at a time. Large enough that starting
-/// each chunk without its predecessor's history costs next to nothing in
-/// size (measured on a 25 MB module: under 0.1 %).
+/// Bytes compressed by one worker at a time. Each chunk starts without its
+/// predecessor's history (deflate's 32 KiB window), so the cost in size is
+/// at most the matches lost in the first 32 KiB of each MiB (not measured
+/// apart from the whole change; pigz uses 128 KiB blocks the same way).
 const CHUNK: usize = 1 << 20;
 
 /// The gzip member of `data` at `level`, with a zero mtime and no name,
