@@ -59,6 +59,12 @@ wasmbox=$BINDIR/wasmbox
 ctr_run() { $CTR run --rm "$@" >/dev/null </dev/null; }
 wasm_rt=(--runtime io.containerd.wasmtime.v1)
 runc_rt=(--runtime io.containerd.runc.v2)
+# The shared shim (README, "The shared shim"): a group on the host network.
+shared_opts=(--net-host --annotation dev.wasmbox.shim.group=bench)
+# A sleeping container of the group keeps its shim up between `ctr run --rm`s,
+# as a group's long-running containers do.
+keep_shared_shim() { $CTR run -d --null-io "${wasm_rt[@]}" "${shared_opts[@]}" bench.test/sleeper-wasm:v1 "${1}1" /sleeper.wasm >/dev/null; }
+let_shared_shim_go() { remove_all "$1" 1; }
 
 # --- images -------------------------------------------------------------------
 pack() { # pack FILE NAME [wasmbox pack args…]
@@ -93,7 +99,9 @@ if want start; then
     ctr_run "${runc_rt[@]}" bench.test/hello-native:v1 "warm-n$i"
     [ -z "$runwasi_rt" ] || ctr_run --runtime "$runwasi_rt" bench.test/hello-wasm:v1 "warm-r$i"
   done
-  declare -a t_first t_cached t_runc t_ref
+  declare -a t_first t_cached t_runc t_ref t_shared
+  keep_shared_shim shared-keeper-
+  ctr_run "${wasm_rt[@]}" "${shared_opts[@]}" bench.test/hello-wasm:v1 warm-shared
   for i in $(seq "$runs"); do
     rm -rf "$cache"
     s=$(now_ns); ctr_run "${wasm_rt[@]}" bench.test/hello-wasm:v1 "first-$i"; t_first+=("$(ms_since "$s")")
@@ -102,12 +110,16 @@ if want start; then
     if [ -n "$runwasi_rt" ]; then
       s=$(now_ns); ctr_run --runtime "$runwasi_rt" bench.test/hello-wasm:v1 "ref-$i"; t_ref+=("$(ms_since "$s")")
     fi
+    s=$(now_ns); ctr_run "${wasm_rt[@]}" "${shared_opts[@]}" bench.test/hello-wasm:v1 "shared-$i"; t_shared+=("$(ms_since "$s")")
   done
+  let_shared_shim_go shared-keeper-
   row start "hello, runc (static native)" "$(stats "${t_runc[@]}")" "" "" "" ""
   row start "hello, first start (compiles)" "$(stats "${t_first[@]}")" "$(median "${t_runc[@]}") ms" \
     "$(ratio "$(median "${t_first[@]}")" "$(median "${t_runc[@]}")")" "" ""
   r=$(ratio "$(median "${t_cached[@]}")" "$(median "${t_runc[@]}")")
   row start "hello, cached start" "$(stats "${t_cached[@]}")" "$(median "${t_runc[@]}") ms" "$r" "≤ 0.45× runc" "$(at_most "$r" 0.45)"
+  r=$(ratio "$(median "${t_shared[@]}")" "$(median "${t_runc[@]}")")
+  row start "hello, cached start, shared shim (--net-host)" "$(stats "${t_shared[@]}")" "$(median "${t_runc[@]}") ms" "$r" "≤ 0.30× runc" "$(at_most "$r" 0.30)"
   if [ -n "$runwasi_rt" ]; then
     row start "hello, reference shim (its own cache)" "$(stats "${t_ref[@]}")" "$(median "${t_cached[@]}") ms (ours, cached)" \
       "$(ratio "$(median "${t_cached[@]}")" "$(median "${t_ref[@]}")")" "" ""
@@ -149,10 +161,11 @@ fi
 # --- throughput ---------------------------------------------------------------
 if want throughput; then
   echo "throughput: start→exit tasks per second, sequential and 8-way" >&2
-  loop() { # loop RUNTIME IMAGE PREFIX: $tasks runs back to back
+  loop() { # loop RUNTIME IMAGE PREFIX: $tasks runs back to back (with $loop_opts)
     local rt=$1 image=$2 prefix=$3 i
-    for i in $(seq "$tasks"); do ctr_run --runtime "$rt" "$image" "$prefix-$i"; done
+    for i in $(seq "$tasks"); do ctr_run --runtime "$rt" $loop_opts "$image" "$prefix-$i"; done
   }
+  loop_opts=
   tput() { # tput WAYS RUNTIME IMAGE: tasks per second over WAYS parallel loops
     local ways=$1 s w
     s=$(now_ns)
@@ -164,9 +177,16 @@ if want throughput; then
     ours=$(tput "$ways" io.containerd.wasmtime.v1 bench.test/hello-wasm:v1)
     theirs=$(tput "$ways" io.containerd.runc.v2 bench.test/hello-native:v1)
     r=$(ratio "$ours" "$theirs")
+    row throughput "start→exit, $ways-way (tasks/s)" "$ours" "$theirs" "$r" "" ""
+    keep_shared_shim tp-keeper-
+    loop_opts="${shared_opts[*]}"
+    shared=$(tput "$ways" io.containerd.wasmtime.v1 bench.test/hello-wasm:v1)
+    loop_opts=""
+    let_shared_shim_go tp-keeper-
+    r=$(ratio "$shared" "$theirs")
     goal="" verdict=""
     if [ "$ways" = 1 ]; then goal="≥ 3× runc"; verdict=$(at_least "$r" 3); fi
-    row throughput "start→exit, $ways-way (tasks/s)" "$ours" "$theirs" "$r" "$goal" "$verdict"
+    row throughput "start→exit, $ways-way, shared shim (tasks/s)" "$shared" "$theirs" "$r" "$goal" "$verdict"
   done
 fi
 
@@ -263,12 +283,13 @@ if want http; then
 fi
 
 # --- density and idle cost ------------------------------------------------------
-start_all() { # start_all RUNTIME IMAGE PREFIX N PROGRAM: ms until all N run
+start_all() { # start_all RUNTIME IMAGE PREFIX N PROGRAM [ctr run options…]: ms until all N run
   local rt=$1 image=$2 prefix=$3 n=$4 program=$5 s
+  shift 5
   s=$(now_ns)
   local limit=()
   [ "$density_limit" = 0 ] || limit=(--memory-limit "$density_limit")
-  seq "$n" | xargs -P 8 -I{} $CTR run -d --runtime "$rt" "${limit[@]}" "$image" "$prefix{}" "$program" >/dev/null
+  seq "$n" | xargs -P 8 -I{} $CTR run -d --runtime "$rt" "${limit[@]}" "$@" "$image" "$prefix{}" "$program" >/dev/null
   until [ "$($CTR task ls | awk -v p="^$prefix" '$1 ~ p && $3 == "RUNNING"' | wc -l)" -ge "$n" ]; do sleep 0.2; done
   ms_since "$s"
 }
@@ -282,8 +303,9 @@ for n in $density; do
   fi
   echo "density: N=$n sleepers each, memory limit $density_limit" >&2
   time_ref="" pss_ref=""
-  for rt in wasm runc ${runwasi_rt:+ref}; do
+  for rt in wasm shared runc ${runwasi_rt:+ref}; do
     case $rt in
+      shared) prefix="ds$n-" t=$(start_all io.containerd.wasmtime.v1 bench.test/sleeper-wasm:v1 "ds$n-" "$n" /sleeper.wasm "${shared_opts[@]}") ;;
       wasm) prefix="dw$n-" t=$(start_all io.containerd.wasmtime.v1 bench.test/sleeper-wasm:v1 "dw$n-" "$n" /sleeper.wasm) ;;
       runc) prefix="dn$n-" t=$(start_all io.containerd.runc.v2 bench.test/sleeper-native:v1 "dn$n-" "$n" /sleeper) ;;
       ref) prefix="dr$n-" t=$(start_all "$runwasi_rt" bench.test/sleeper-wasm:v1 "dr$n-" "$n" /sleeper.wasm) ;;
@@ -304,6 +326,14 @@ for n in $density; do
     row density "N=$n: PSS per container (MB), reference shim" "$pss_wasm" "not measured" "" "" ""
   fi
   row idle "N=$n: CPU per idle container (ms/s)" "$cpu_wasm" "$cpu_runc" "" "≤ 0.05 ms/s" "$(at_most "$cpu_wasm" 0.05)"
+  # The shared shim: one process for all N (its goals are for N=1000).
+  r=$(ratio "$time_shared" "$time_runc") goal="" v=""
+  [ "$n" != 1000 ] || { goal="≤ 0.25× runc"; v=$(at_most "$r" 0.25); }
+  row density "N=$n: ms until all run, shared shim (--net-host)" "$time_shared" "$time_runc" "$r" "$goal" "$v"
+  goal="" v=""
+  [ "$n" != 1000 ] || { goal="≤ 0.5 MB"; v=$(at_most "$pss_shared" 0.5); }
+  row density "N=$n: PSS per container (MB), shared shim" "$pss_shared" "$pss_runc" "$(ratio "$pss_shared" "$pss_runc")" "$goal" "$v"
+  row idle "N=$n: CPU per idle container (ms/s), shared shim" "$cpu_shared" "$cpu_runc" "" "0" "$(at_most "$cpu_shared" 0)"
 done
 stop_services
 trap - EXIT

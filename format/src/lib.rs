@@ -113,6 +113,13 @@ pub const ANNOTATION_ROOTFS: &str = "dev.wasmbox.wasi.rootfs";
 /// off (`-name`), comma-separated, e.g. `custom-page-sizes,-simd`.
 pub const ANNOTATION_FEATURES: &str = "dev.wasmbox.wasm.features";
 
+/// Container annotation: the name of a shared-shim group. Containers of one
+/// containerd namespace that name the same group are served by one
+/// long-lived shim process instead of one each (README: "The shared shim").
+/// The runtime option `shim_group` sets it for every container of a runtime
+/// handler; the annotation wins, and an empty value opts a container out.
+pub const ANNOTATION_SHIM_GROUP: &str = "dev.wasmbox.shim.group";
+
 /// Container annotation: the port a `wasi:http` component is served on
 /// (default: the container's `PORT` environment variable, else 8080).
 pub const ANNOTATION_HTTP_PORT: &str = "dev.wasmbox.http.port";

@@ -18,7 +18,7 @@ pub const FEATURES_TYPE_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 
 /// The container annotations the shim reads, and what each does.
-pub const ANNOTATIONS_READ: [(&str, &str); 7] = [
+pub const ANNOTATIONS_READ: [(&str, &str); 8] = [
     (
         format::ANNOTATION_NETWORK,
         "WASI network access: none (default) or host (sockets and name lookup in the container's network namespace)",
@@ -38,6 +38,10 @@ pub const ANNOTATIONS_READ: [(&str, &str); 7] = [
     (
         format::ANNOTATION_HTTP_CONCURRENCY,
         "how many wasi:http requests run at a time (default 64)",
+    ),
+    (
+        format::ANNOTATION_SHIM_GROUP,
+        "a shared-shim group: containers of one namespace that name it share one shim process (host network only; empty: opt out)",
     ),
     (
         ANNOTATION_SANDBOX_ID,

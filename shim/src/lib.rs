@@ -13,7 +13,8 @@
 //!   nodev,nosuid); [`cgroup`] and [`memory`] hold guests to their limits so
 //!   that the kernel never OOM-kills the shim; [`pod`] reads the CRI's
 //!   annotations and holds the pod's namespaces; [`stdio`] is the FIFOs and
-//!   terminals of every kind.
+//!   terminals of every kind; [`shared`] is the opt-in shim process that
+//!   serves many containers of a group.
 //! - [`engine`] (the `wasmbox-engine` crate) is the wasmtime-specific part;
 //!   it knows nothing of containerd.
 
@@ -29,6 +30,7 @@ pub mod pod;
 pub mod reaper;
 pub mod runc;
 pub mod service;
+pub mod shared;
 pub mod spec;
 pub mod stdio;
 pub mod task;

@@ -15,6 +15,7 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
 use containerd_shim_wasmtime::pod::namespaces::Namespaces;
+use containerd_shim_wasmtime::shared;
 use containerd_shim_wasmtime::service::{Events, Publish, TaskService, timestamp};
 use containerd_shim_wasmtime::task::Kinds;
 use log::{info, warn};
@@ -62,9 +63,15 @@ fn main() {
 fn serve(flags: Flags) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::fd::IntoRawFd;
+    // A shared shim (`shared.rs`) serves containers of a group, and enters
+    // none of their namespaces.
+    let group = std::env::var(shared::GROUP_ENV).ok();
     // First, while this is the only thread: every later thread inherits
     // the namespaces and the blocked SIGCHLD the reaper takes.
-    let namespaces = Namespaces::enter_for(&std::env::current_dir()?)?;
+    let namespaces = match &group {
+        Some(_) => Namespaces::host(),
+        None => Namespaces::enter_for(&std::env::current_dir()?)?,
+    };
     containerd_shim_wasmtime::reaper::install()
         .context("becoming the subreaper of runc's containers")?;
     containerd_shim_wasmtime::runc::raise_open_files_limit();
@@ -87,8 +94,19 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         containerd_address: flags.address.clone(),
         exit: Arc::new(ExitSignal::default()),
     };
-    let service: Arc<dyn containerd_shim::Task + Send + Sync> =
-        Arc::new(shim.task_service(ttrpc_address.clone(), Arc::new(namespaces)));
+    let path = flags.socket.trim_start_matches("unix://").to_string();
+    let mut task_service = shim.task_service(
+        ttrpc_address.clone(),
+        Arc::new(namespaces),
+        group.is_some(),
+    );
+    let retirement = group
+        .as_ref()
+        .map(|_| Arc::new(shared::Retirement::new(path.clone().into())));
+    if let Some(retirement) = &retirement {
+        task_service = task_service.with_retirement(retirement.clone());
+    }
+    let service: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(task_service);
     let mut methods = containerd_shim::protos::shim::shim_ttrpc::create_task(service.clone());
     for (name, handler) in containerd_shim::protos::shim::shim_ttrpc::create_task(service) {
         methods.insert(
@@ -118,7 +136,6 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         ));
     }
 
-    let path = flags.socket.trim_start_matches("unix://").to_string();
     if let Some(dir) = Path::new(&path).parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -136,16 +153,25 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     info!(id = flags.id.as_str(), socket = path.as_str(); "shim serving");
+    if group.is_some() {
+        // Its first container's bundle, where it started, goes long before it.
+        let _ = std::env::set_current_dir("/");
+    }
     shim.exit.wait();
     server.shutdown();
-    let _ = std::fs::remove_file(&path);
+    // A shared shim removed its socket when it decided to end: the path
+    // may be a new shim's by now.
+    if retirement.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
     // containerd has its answer and the containers are gone: what is left
     // is storing the Cranelift artifacts of modules that started on Winch.
     wasmbox_engine::tiering::finish();
     Ok(())
 }
 
-/// The `start` action: spawn the shim server (or find its pod's) and answer
+/// The `start` action: spawn the shim server (or find its pod's or its
+/// shared group's, `shared.rs`) and answer
 /// containerd in the handshake it used (`bootstrap.rs`): a `BootstrapResult`
 /// for containerd 2.3+, the bare address for 1.6 to 2.2 (1.6 reads nothing
 /// else; the shim crate's JSON answer only parses on ≥ 1.7). Nothing is
@@ -157,36 +183,60 @@ fn start_and_print_address(flags: Flags) -> anyhow::Result<()> {
     let input = bootstrap::read_stdin()?;
     let handshake = bootstrap::parse(&input, &flags.id, &flags.namespace)?;
     let opts = handshake.start_opts(&flags);
-    // A pod's containers join the shim of its sandbox, or its pod server
-    // where containerd's shim sandbox controller made the pod.
+    let config = match handshake.runtime_options() {
+        Some(options) => containerd_shim_wasmtime::options::ShimConfig::from_options(options)?,
+        None => Default::default(),
+    };
     let cwd = std::env::current_dir().unwrap_or_default();
-    let grouping = containerd_shim_wasmtime::pod::grouping(&cwd, &flags.id);
-    let existing = opts.socket_address(&grouping);
-    bootstrap::check_socket_address(&existing, opts.socket_dir.as_deref())?;
-    let pod_server = opts.socket_address(&containerd_shim_wasmtime::pod::pod_server_grouping(
-        &grouping,
-    ));
+    let spec = oci_spec::runtime::Spec::load(cwd.join("config.json")).ok();
+    let level = bootstrap::log_level(&opts);
+    let mut env = vec![(bootstrap::SHIM_LOG_LEVEL, level.to_string())];
+    // The runtime handler's settings win over containerd's environment.
+    if let Some(policy) = &config.policy {
+        let policy = policy
+            .to_str()
+            .context("the policy path is not UTF-8")?
+            .to_string();
+        env.push((containerd_shim_wasmtime::verification::POLICY_ENV, policy));
+    }
+    let group = match &spec {
+        Some(spec) => shared::group_of(spec, &flags.id, config.shim_group.as_deref())?,
+        None => None,
+    };
     let controller = containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&cwd);
-    let address = if grouping != opts.id && shim_is_serving(&pod_server) {
-        pod_server
-    } else if grouping != opts.id && shim_is_serving(&existing) {
-        existing
-    } else {
-        let level = bootstrap::log_level(&opts);
-        let mut env = vec![(bootstrap::SHIM_LOG_LEVEL, level.to_string())];
-        // The runtime handler's settings win over containerd's environment.
-        if let Some(options) = handshake.runtime_options() {
-            let config = containerd_shim_wasmtime::options::ShimConfig::from_options(options)?;
-            if let Some(policy) = config.policy {
-                let policy = policy
-                    .to_str()
-                    .context("the policy path is not UTF-8")?
-                    .to_string();
-                env.push((containerd_shim_wasmtime::verification::POLICY_ENV, policy));
-            }
+    let address = if let Some(group) = group {
+        // The group's shim, found or spawned under the lock its decision
+        // to end takes too (`shared.rs`).
+        let grouping = group.grouping();
+        let address = opts.socket_address(&grouping);
+        bootstrap::check_socket_address(&address, opts.socket_dir.as_deref())?;
+        let socket = shared::socket_path(&address);
+        let _lock = shared::StartLock::take(&socket)?;
+        if shim_is_serving(&address) {
+            shared::claim(&socket)?;
+            address
+        } else {
+            env.push((shared::GROUP_ENV, group.name.clone()));
+            let env = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            containerd_shim::spawn(opts, &grouping, env)?.1
         }
-        let env = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        containerd_shim::spawn(opts, &grouping, env)?.1
+    } else {
+        // A pod's containers join the shim of its sandbox, or its pod server
+        // where containerd's shim sandbox controller made the pod.
+        let grouping = containerd_shim_wasmtime::pod::grouping(&cwd, &flags.id);
+        let existing = opts.socket_address(&grouping);
+        bootstrap::check_socket_address(&existing, opts.socket_dir.as_deref())?;
+        let pod_server = opts.socket_address(&containerd_shim_wasmtime::pod::pod_server_grouping(
+            &grouping,
+        ));
+        if grouping != opts.id && shim_is_serving(&pod_server) {
+            pod_server
+        } else if grouping != opts.id && shim_is_serving(&existing) {
+            existing
+        } else {
+            let env = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            containerd_shim::spawn(opts, &grouping, env)?.1
+        }
     };
     let version = if controller {
         2
@@ -223,6 +273,22 @@ fn print_runtime_info() -> anyhow::Result<()> {
     out.write_all(&info.write_to_bytes()?)
         .and_then(|_| out.flush())
         .context("writing the runtime info")
+}
+
+/// After a shim died: removes its socket (named in the bundle's `address`
+/// file), as runc's shim does, unless a shim answers there again (a
+/// pod's or a shared group's next one), under the lock `start` takes.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let socket = shared::socket_path(address.trim());
+    let Ok(_lock) = shared::StartLock::take(&socket) else {
+        return;
+    };
+    if !shim_is_serving(address.trim()) {
+        let _ = std::fs::remove_file(&socket);
+    }
 }
 
 /// Whether a shim answers on `address` (the pod's shim, when it is up).
@@ -278,6 +344,7 @@ impl containerd_shim::Shim for WasmShim {
                     warn!("cleanup of {} in runc: {e:#}", self.id);
                 }
             }
+            remove_dead_socket(&bundle);
             let rootfs = bundle.join("rootfs");
             if let Err(e) = containerd_shim_wasmtime::mounts::unmount_all(&bundle, &rootfs, true) {
                 warn!("cleanup of {}: {e:#}", bundle.display());
@@ -316,18 +383,25 @@ impl containerd_shim::Shim for WasmShim {
 
     fn create_task_service(&self, _: RemotePublisher) -> TaskService {
         let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
-        self.task_service(address, Arc::new(Namespaces::default()))
+        self.task_service(address, Arc::new(Namespaces::default()), false)
     }
 }
 
 impl WasmShim {
     /// The task service of this shim: its tasks' kinds decided by
-    /// [`Kinds`], its events sent to containerd at `ttrpc_address`.
-    fn task_service(&self, ttrpc_address: String, namespaces: Arc<Namespaces>) -> TaskService {
+    /// [`Kinds`] (a `shared` shim's, `shared.rs`), its events sent to
+    /// containerd at `ttrpc_address`.
+    fn task_service(
+        &self,
+        ttrpc_address: String,
+        namespaces: Arc<Namespaces>,
+        shared: bool,
+    ) -> TaskService {
         let kinds = Kinds {
             containerd_address: self.containerd_address.clone(),
             namespace: self.namespace.clone(),
             namespaces,
+            shared,
         };
         let events = Events::new(ttrpc_address, self.namespace.clone());
         TaskService::new(Box::new(kinds), Arc::new(events), self.exit.clone())

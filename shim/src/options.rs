@@ -7,7 +7,7 @@
 //! [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-verified]
 //!   runtime_type = 'io.containerd.wasmtime.v1'
 //!   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.wasmtime-verified.options]
-//!     ConfigPath = '/etc/wasmbox/shim.toml'   # policy = "/etc/wasmbox/policy.json"
+//!     ConfigPath = '/etc/wasmbox/shim.toml'   # policy = "…", shim_group = "…"
 //! ```
 //!
 //! A setting here is the runtime handler's, so it wins over the node-wide
@@ -28,6 +28,9 @@ pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 pub struct ShimConfig {
     /// The run-time policy (`policy = "…"`), instead of `WASMBOX_POLICY`.
     pub policy: Option<PathBuf>,
+    /// The shared-shim group of the runtime's containers (`shim_group =
+    /// "…"`, `shared.rs`), unless a container's annotation names another.
+    pub shim_group: Option<String>,
 }
 
 impl ShimConfig {
@@ -60,8 +63,16 @@ impl ShimConfig {
                         .with_context(|| format!("{origin}: policy must be a path (a string)"))?;
                     config.policy = Some(PathBuf::from(path));
                 }
+                "shim_group" => {
+                    let group = item.as_str().with_context(|| {
+                        format!("{origin}: shim_group must be a group name (a string)")
+                    })?;
+                    config.shim_group = Some(group.to_string());
+                }
                 other => {
-                    bail!("{origin} has an unknown setting \"{other}\" (the shim reads: policy)")
+                    bail!(
+                        "{origin} has an unknown setting \"{other}\" (the shim reads: policy, shim_group)"
+                    )
                 }
             }
         }
@@ -129,6 +140,7 @@ mod tests {
         std::fs::write(&file, "policy = \"/etc/wasmbox/policy.json\"\n").unwrap();
         let want = ShimConfig {
             policy: Some("/etc/wasmbox/policy.json".into()),
+            ..Default::default()
         };
         assert_eq!(
             ShimConfig::from_options(&options(file.to_str().unwrap(), "")).unwrap(),
@@ -141,6 +153,13 @@ mod tests {
         assert_eq!(
             ShimConfig::from_options(&options("", "")).unwrap(),
             ShimConfig::default()
+        );
+        assert_eq!(
+            ShimConfig::from_options(&options("", "shim_group = 'web'"))
+                .unwrap()
+                .shim_group
+                .as_deref(),
+            Some("web")
         );
         // runc's options set nothing here.
         let runc = Any {
@@ -162,7 +181,7 @@ mod tests {
         );
         assert_eq!(
             err,
-            "the runtime's ConfigBody has an unknown setting \"polcy\" (the shim reads: policy)"
+            "the runtime's ConfigBody has an unknown setting \"polcy\" (the shim reads: policy, shim_group)"
         );
         let err = format!(
             "{:#}",

@@ -1207,3 +1207,19 @@ fn a_pods_shim_killed_with_sigkill_leaves_nothing_once_the_pod_is_removed() {
     node.remove_pod(&pod);
     node.assert_clean(&[netns]);
 }
+
+#[test]
+fn a_runtime_handler_with_a_shim_group_refuses_pods_in_one_sentence() {
+    // A pod's containers share its pod's shim already: a handler whose
+    // options set `shim_group` is the operator's mistake, said at once.
+    use wasmbox_tests::cri::CONFIGURED_HANDLER;
+    let node = CriNode::start();
+    std::fs::write(node.shim_config(), "shim_group = \"pods\"\n").unwrap();
+    let err = node.run_pod_on("grouped", CONFIGURED_HANDLER).unwrap_err();
+    assert!(
+        err.message().contains("asks for the shared shim group \"pods\" (the runtime option shim_group), but it is part of pod"),
+        "{}",
+        err.message()
+    );
+    node.assert_clean(&[]);
+}

@@ -1129,3 +1129,60 @@ fn a_linux_image_under_the_wasm_runtime_runs_with_runc_on_dockers_network_and_ta
     d.ok(&["rm", "-f", "web"]);
     host.docker.assert_clean();
 }
+
+#[test]
+fn a_shared_shim_group_serves_docker_containers_in_one_process_and_is_refused_on_the_bridge() {
+    let Some(host) = Host::start() else { return };
+    let image = host.probe_image();
+    let d = &host.docker;
+    let group = [
+        "--network",
+        "host",
+        "--annotation",
+        "dev.wasmbox.shim.group=web",
+    ];
+    host.run_detached("shared-1", &group, &image, &["sleep"]);
+    host.run_detached("shared-2", &group, &image, &["sleep"]);
+    let pid = host.inspect("shared-1", "{{.State.Pid}}");
+    assert_eq!(host.inspect("shared-2", "{{.State.Pid}}"), pid, "one shim");
+    host.wait_for("shared-2 logs 'sleeping'", Duration::from_secs(10), || {
+        stdout(&d.run(&["logs", "shared-2"])) == "sleeping\n"
+    });
+    let stats = d.ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        "shared-2",
+    ]);
+    assert!(
+        !stats.trim().starts_with("0B"),
+        "docker stats shows no memory: {stats}"
+    );
+    let out = host.run(&group, &image, &["exit", "3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = host.run(&group, &image, &[]);
+    assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
+    assert_eq!(host.inspect("shared-1", "{{.State.Pid}}"), pid);
+
+    // Docker's bridge moves an interface into the network namespace of
+    // the task's pid: one process cannot give each container its own.
+    let out = host.run(
+        &["--annotation", "dev.wasmbox.shim.group=web"],
+        &image,
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("also asks for a network namespace of its own"),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_panic(&out);
+
+    d.ok(&["stop", "shared-1"]);
+    assert_eq!(host.inspect("shared-1", "{{.State.ExitCode}}"), "143");
+    assert_eq!(host.inspect("shared-2", "{{.State.Status}}"), "running");
+    d.ok(&["rm", "-f", "shared-1", "shared-2"]);
+    host.docker.assert_clean();
+}

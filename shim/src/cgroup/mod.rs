@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 
 mod oom;
 mod path;
+mod thread;
 
 pub use oom::{oom_kills_in, watch_oom};
 pub use path::unified;
+pub use thread::ThreadCgroup;
 use path::{CGROUP_ROOT, cgroupfs_path, current_path, dirs_of};
 
 /// Whether this process is in a container's cgroup (see [`join`]), and
@@ -241,33 +243,49 @@ impl Membership {
     /// holds locked while it backs out of a failed join).
     fn back_out(&self) -> Result<()> {
         let pid = std::process::id().to_string();
-        // A thread the process starts while it is being moved can be left
-        // in the old cgroup (cgroup v1 moves a thread group thread by
-        // thread), and the rmdir then fails with EBUSY: move again, briefly.
-        let mut attempts = 0;
-        loop {
+        remove_dirs(&self.created, || {
             for procs in &self.original {
                 std::fs::write(procs, &pid)
                     .with_context(|| format!("moving the shim back to {}", procs.display()))?;
             }
-            let busy = self
-                .created
-                .iter()
-                .find_map(|dir| match std::fs::remove_dir(dir) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => Some((dir, e)),
-                    Ok(()) => None,
-                });
-            match busy {
-                None => return Ok(()),
-                Some((_, e)) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 50 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Some((dir, e)) => {
-                    return Err(e)
-                        .with_context(|| format!("removing the cgroup {}", dir.display()));
-                }
+            Ok(())
+        })
+    }
+}
+
+/// Removes the cgroup directories `dirs`, after `move_out` took the shim's
+/// threads out of them. A thread the process starts while it is being
+/// moved can be left in the old cgroup (cgroup v1 moves a thread group
+/// thread by thread), or a guest's thread may still be finishing: the rmdir
+/// then fails with EBUSY, and both are tried again, briefly.
+fn remove_dirs(dirs: &[PathBuf], move_out: impl Fn() -> Result<()>) -> Result<()> {
+    remove_dirs_within(dirs, std::time::Duration::from_millis(100), move_out)
+}
+
+/// [`remove_dirs`], trying again for up to `patience`.
+fn remove_dirs_within(
+    dirs: &[PathBuf],
+    patience: std::time::Duration,
+    move_out: impl Fn() -> Result<()>,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        move_out()?;
+        let busy = dirs.iter().find_map(|dir| match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some((dir, e)),
+            Ok(()) => None,
+        });
+        match busy {
+            None => return Ok(()),
+            Some((_, e))
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Some((dir, e)) => {
+                return Err(e).with_context(|| format!("removing the cgroup {}", dir.display()));
             }
         }
     }
@@ -387,11 +405,13 @@ pub fn procs_of(cgroups_path: &str) -> Vec<u32> {
 }
 
 /// After a shim died (containerd's `shim delete`): removes the container's
-/// cgroup in every hierarchy. Only the dead shim was in it; a cgroup still
-/// in use refuses rmdir and stays.
+/// cgroup in every hierarchy. Only the dead shim was in it, and may still be
+/// for a moment while the kernel tears it down (a shared shim's threads are
+/// in many); a cgroup still in use after a second stays.
 pub fn remove_left_behind(cgroups_path: &str) {
-    for dir in dirs_of(cgroups_path, &V1_CONTROLLERS).into_iter().flatten() {
-        let _ = std::fs::remove_dir(dir);
+    let dirs = dirs_of(cgroups_path, &V1_CONTROLLERS).unwrap_or_default();
+    if let Err(e) = remove_dirs_within(&dirs, std::time::Duration::from_secs(1), || Ok(())) {
+        log::warn!("after the shim died: {e:#}");
     }
 }
 

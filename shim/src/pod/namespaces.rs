@@ -51,12 +51,7 @@ impl Namespaces {
     /// into the namespaces the container in `bundle` should have (see the
     /// module doc). Call before the shim starts any thread.
     pub fn enter_for(bundle: &Path) -> Result<Namespaces> {
-        let mut entered = Namespaces {
-            host_network: std::fs::File::open("/proc/thread-self/ns/net")
-                .ok()
-                .map(Arc::new),
-            ..Namespaces::default()
-        };
+        let mut entered = Namespaces::host();
         let Ok(spec) = Spec::load(bundle.join("config.json")) else {
             return Ok(entered);
         };
@@ -69,6 +64,17 @@ impl Namespaces {
             entered.make_pod_ipc_and_uts(&spec)?;
         }
         Ok(entered)
+    }
+
+    /// What a shim that enters nothing holds: containerd's network, which
+    /// a shared shim's containers (`shared.rs`) run on.
+    pub fn host() -> Namespaces {
+        Namespaces {
+            host_network: std::fs::File::open("/proc/thread-self/ns/net")
+                .ok()
+                .map(Arc::new),
+            ..Namespaces::default()
+        }
     }
 
     fn enter_network(&mut self, spec: &Spec) -> Result<()> {
@@ -227,7 +233,7 @@ impl Namespaces {
 
 /// The `network` namespace entry of a spec: `None` without one (host
 /// network), `Some(None)` for a new namespace, `Some(Some(path))` to join.
-fn network_namespace(spec: &Spec) -> Option<Option<&Path>> {
+pub(crate) fn network_namespace(spec: &Spec) -> Option<Option<&Path>> {
     let entry = spec
         .linux()
         .as_ref()?

@@ -55,9 +55,12 @@ impl Drop for Reservation<'_> {
 pub struct TaskService {
     factory: Box<dyn Factory>,
     events: Arc<dyn Publish>,
-    tasks: Mutex<HashMap<String, Entry>>,
+    tasks: Arc<Mutex<HashMap<String, Entry>>>,
     /// Signalled at shutdown once no task is left.
     exit: Arc<ExitSignal>,
+    /// A shared shim's way to end (`shared.rs`): not while a `create` is
+    /// on its way.
+    retirement: Option<Arc<crate::shared::Retirement>>,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, ShimError>;
@@ -71,9 +74,16 @@ impl TaskService {
         TaskService {
             factory,
             events,
-            tasks: Mutex::new(HashMap::new()),
+            tasks: Arc::new(Mutex::new(HashMap::new())),
             exit,
+            retirement: None,
         }
+    }
+
+    /// Makes this a shared shim's service, which ends as `retirement` decides.
+    pub fn with_retirement(mut self, retirement: Arc<crate::shared::Retirement>) -> TaskService {
+        self.retirement = Some(retirement);
+        self
     }
 
     fn get(&self, id: &str) -> Result<Arc<Task>> {
@@ -85,6 +95,9 @@ impl TaskService {
 
     pub fn task_create(&self, req: &api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
         log::info!(id = req.id.as_str(); "create");
+        if let Some(retirement) = &self.retirement {
+            retirement.created();
+        }
         {
             let mut tasks = self.tasks.lock().unwrap();
             if tasks.contains_key(&req.id) {
@@ -356,10 +369,22 @@ impl TaskService {
         }
     }
 
-    /// Ends the shim once no task is left (not even one being created).
+    /// Ends the shim once no task is left (not even one being created); a
+    /// shared shim once no `create` is on its way either.
     pub fn task_shutdown(&self) {
-        if self.tasks.lock().unwrap().is_empty() {
-            self.exit.signal();
+        if !self.tasks.lock().unwrap().is_empty() {
+            return;
+        }
+        match &self.retirement {
+            None => self.exit.signal(),
+            Some(retirement) => {
+                let tasks = self.tasks.clone();
+                let exit = self.exit.clone();
+                retirement.retire_when_idle(
+                    move || tasks.lock().unwrap().is_empty(),
+                    move || exit.signal(),
+                );
+            }
         }
     }
 }

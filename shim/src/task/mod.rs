@@ -62,6 +62,9 @@ pub struct Kinds {
     pub namespace: String,
     /// The namespaces this shim process holds (its container's or its pod's).
     pub namespaces: Arc<Namespaces>,
+    /// It is a shared shim (`shared.rs`): Wasm guests only, each in its
+    /// container's cgroup as a thread.
+    pub shared: bool,
 }
 
 impl Factory for Kinds {
@@ -102,12 +105,20 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
         crate::mounts::ContainerMounts::mount_rootfs(bundle, request.mounts, root_path(&spec))?;
     if linux::detect::is_linux_program(&spec, rootfs.rootfs()) {
         drop(rootfs);
+        if kinds.shared {
+            bail!(crate::error::InvalidSpec(anyhow::anyhow!(
+                "container {} runs a Linux program, but a shared shim runs Wasm guests only: \
+                 run it without the annotation dev.wasmbox.shim.group",
+                request.id
+            )));
+        }
         let (linux, io) =
             linux::LinuxTask::create(&kinds.namespace, request, &spec, &kinds.namespaces)?;
         return Ok(Task::new(request, Box::new(linux), io));
     }
     let network = kinds.namespaces.guest_network(&spec);
-    let (wasm, io) = wasm::WasmTask::create(request, &spec, rootfs, network, &image)?;
+    let (wasm, io) =
+        wasm::WasmTask::create(request, &spec, rootfs, network, &image, kinds.shared)?;
     Ok(Task::new(request, Box::new(wasm), io))
 }
 

@@ -1,7 +1,7 @@
 //! A Wasm guest run inside the shim process: its module loaded and linked
 //! at create (so start only instantiates), its rootfs and volumes mounted
-//! `nodev,nosuid`, the shim joined to its cgroup, and its program on a
-//! thread of its own.
+//! `nodev,nosuid`, the shim joined to its cgroup (a shared shim's guest
+//! thread alone, `shared.rs`), and its program on a thread of its own.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use oci_spec::runtime::Spec;
 
 use super::CreateRequest;
 use super::workload::{ExitNotice, Workload, ignored_by_default};
-use crate::cgroup::{Membership, Usage};
+use crate::cgroup::{Membership, ThreadCgroup, Usage};
 use crate::content::ImageSource;
 use crate::engine::{Engine, KillSwitch, Program, RunSpec, Stdio};
 use crate::mounts::ContainerMounts;
@@ -31,20 +31,24 @@ pub struct WasmTask {
     kill_rx: Mutex<Option<tokio::sync::watch::Receiver<Option<i32>>>>,
     /// The container's cgroup, which the shim process joined at create.
     cgroup: Mutex<Option<Membership>>,
+    /// A shared shim's: the container's cgroup, for the guest's thread only.
+    thread_cgroup: Option<Arc<ThreadCgroup>>,
     /// What create mounted; unmounted at cleanup, or when dropped.
     mounts: Mutex<ContainerMounts>,
 }
 
 impl WasmTask {
-    /// Joins the container's cgroup, mounts its volumes and loads its
-    /// module, on the rootfs the caller mounted. On any error nothing stays
-    /// mounted or joined.
+    /// Joins the container's cgroup (a `shared` shim makes it for the
+    /// guest's thread instead), mounts its volumes and loads its module, on
+    /// the rootfs the caller mounted. On any error nothing stays mounted,
+    /// made or joined.
     pub fn create(
         request: &CreateRequest,
         spec: &Spec,
         rootfs: ContainerMounts,
         network: GuestNetwork,
         image: &ImageSource,
+        shared: bool,
     ) -> Result<(WasmTask, ProcessIo)> {
         let id = request.id;
         let bundle = request.bundle;
@@ -59,9 +63,11 @@ impl WasmTask {
             .as_ref()
             .and_then(|l| l.cgroups_path().clone())
             .map(|p| p.to_string_lossy().into_owned());
-        let cgroup = match &cgroups_path {
-            Some(path) => crate::cgroup::join(path, crate::cgroup::Limits::from_spec(spec))?,
-            None => None,
+        let limits = crate::cgroup::Limits::from_spec(spec);
+        let (cgroup, thread_cgroup) = match &cgroups_path {
+            Some(path) if shared => (None, ThreadCgroup::make(path, limits)?.map(Arc::new)),
+            Some(path) => (crate::cgroup::join(path, limits)?, None),
+            None => (None, None),
         };
         let loaded = (|| {
             crate::memory::after_join()?;
@@ -102,6 +108,11 @@ impl WasmTask {
                 {
                     log::warn!(id; "after a failed create: {leave:#}");
                 }
+                if let Some(cgroup) = thread_cgroup
+                    && let Err(remove) = cgroup.remove()
+                {
+                    log::warn!(id; "after a failed create: {remove:#}");
+                }
                 return Err(e);
             }
         };
@@ -113,6 +124,7 @@ impl WasmTask {
             kill,
             kill_rx: Mutex::new(Some(kill_rx)),
             cgroup: Mutex::new(cgroup),
+            thread_cgroup,
             mounts: Mutex::new(rootfs),
         };
         Ok((task, io))
@@ -176,9 +188,23 @@ impl Workload for WasmTask {
             spec.stderr = Stdio::Terminal(tty);
         }
         let id = self.id.clone();
+        let thread_cgroup = self.thread_cgroup.clone();
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new()
             .name(format!("wasm-{}", &id[..id.len().min(8)]))
             .spawn(move || {
+                // A shared shim's guest: this thread, before it runs a
+                // thing, into its container's cgroup; else it never runs.
+                if let Some(cgroup) = thread_cgroup {
+                    let entering = cgroup.enter_current_thread();
+                    let failed = entering.is_err();
+                    let _ = entered_tx.send(entering);
+                    if failed {
+                        return;
+                    }
+                } else {
+                    let _ = entered_tx.send(Ok(()));
+                }
                 // A panic below wasmtime (a bug, never the guest's doing)
                 // ends this container with an exit, not the shim's thread
                 // with a container that looks running forever.
@@ -203,7 +229,9 @@ impl Workload for WasmTask {
         if let Err(e) = spawned {
             return Err(anyhow::Error::from(e).context("starting the guest thread"));
         }
-        Ok(())
+        entered
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the guest thread ended at its start")))
     }
 
     fn ignores(&self, signal: u32) -> bool {
@@ -217,15 +245,20 @@ impl Workload for WasmTask {
 
     /// Its cgroup's counters when the shim joined that cgroup (a shim's
     /// first container), else the guest's own meter (the containers of a
-    /// pod, which share the shim's process).
+    /// pod or a shared shim, which share the shim's process), with the
+    /// kernel's CPU count of a shared shim's guest thread.
     fn usage(&self, running: bool) -> Usage {
         if let Some(cgroup) = self.cgroup.lock().unwrap().as_ref() {
             return cgroup.usage();
         }
+        let cpu_nanos = match &self.thread_cgroup {
+            Some(cgroup) => cgroup.cpu_nanos(),
+            None => self.spec.meter.cpu_nanos(),
+        };
         Usage {
             memory_bytes: self.spec.meter.memory_bytes(),
             memory_limit: self.spec.memory_limit.unwrap_or(0) as u64,
-            cpu_nanos: self.spec.meter.cpu_nanos(),
+            cpu_nanos,
             pids: u64::from(running),
             unified: crate::cgroup::unified(),
         }
@@ -234,6 +267,9 @@ impl Workload for WasmTask {
     fn cleanup(&self) -> Result<()> {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
             cgroup.leave()?;
+        }
+        if let Some(cgroup) = &self.thread_cgroup {
+            cgroup.remove()?;
         }
         self.mounts.lock().unwrap().unmount()
     }
