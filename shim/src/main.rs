@@ -15,8 +15,8 @@ use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
 use containerd_shim_wasmtime::pod::namespaces::Namespaces;
-use containerd_shim_wasmtime::shared;
 use containerd_shim_wasmtime::service::{Events, Publish, TaskService, timestamp};
+use containerd_shim_wasmtime::shared;
 use containerd_shim_wasmtime::task::Kinds;
 use log::{info, warn};
 
@@ -95,11 +95,8 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         exit: Arc::new(ExitSignal::default()),
     };
     let path = flags.socket.trim_start_matches("unix://").to_string();
-    let mut task_service = shim.task_service(
-        ttrpc_address.clone(),
-        Arc::new(namespaces),
-        group.is_some(),
-    );
+    let mut task_service =
+        shim.task_service(ttrpc_address.clone(), Arc::new(namespaces), group.is_some());
     let retirement = group
         .as_ref()
         .map(|_| Arc::new(shared::Retirement::new(path.clone().into())));

@@ -319,7 +319,10 @@ mod tests {
         let group = group_of(&named, "c1", Some("all")).unwrap().unwrap();
         assert_eq!(group.grouping(), "shared/web");
         let plain = spec(&[], None);
-        assert_eq!(group_of(&plain, "c1", Some("all")).unwrap().unwrap().name, "all");
+        assert_eq!(
+            group_of(&plain, "c1", Some("all")).unwrap().unwrap().name,
+            "all"
+        );
         assert_eq!(group_of(&plain, "c1", None).unwrap(), None);
         let out = spec(&[(ANNOTATION_SHIM_GROUP, "")], None);
         assert_eq!(group_of(&out, "c1", Some("all")).unwrap(), None);
@@ -338,9 +341,15 @@ mod tests {
         assert!(error(&pod).contains("part of pod pod1"), "{}", error(&pod));
         let fresh = spec(&[(ANNOTATION_SHIM_GROUP, "g")], Some(None));
         assert!(error(&fresh).contains("network namespace of its own"));
-        let other = spec(&[(ANNOTATION_SHIM_GROUP, "g")], Some(Some("/proc/1/ns/mnt")));
+        let other = spec(
+            &[(ANNOTATION_SHIM_GROUP, "g")],
+            Some(Some("/proc/1/ns/mnt")),
+        );
         assert!(error(&other).contains("network namespace of its own"));
-        let host = spec(&[(ANNOTATION_SHIM_GROUP, "g")], Some(Some("/proc/self/ns/net")));
+        let host = spec(
+            &[(ANNOTATION_SHIM_GROUP, "g")],
+            Some(Some("/proc/self/ns/net")),
+        );
         assert!(group_of(&host, "c1", None).unwrap().is_some());
         for bad in ["a/b", "..", &"x".repeat(65)] {
             let s = spec(&[(ANNOTATION_SHIM_GROUP, bad)], None);

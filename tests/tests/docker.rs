@@ -1167,11 +1167,7 @@ fn a_shared_shim_group_serves_docker_containers_in_one_process_and_is_refused_on
 
     // Docker's bridge moves an interface into the network namespace of
     // the task's pid: one process cannot give each container its own.
-    let out = host.run(
-        &["--annotation", "dev.wasmbox.shim.group=web"],
-        &image,
-        &[],
-    );
+    let out = host.run(&["--annotation", "dev.wasmbox.shim.group=web"], &image, &[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("also asks for a network namespace of its own"),

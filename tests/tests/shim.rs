@@ -2798,12 +2798,17 @@ fn containers_of_a_group_started_and_deleted_eight_at_a_time_all_run_and_leave_n
                 let (node, image, group) = (&node, &image, &group);
                 s.spawn(move || {
                     (0..6)
-                        .map(|i| node.probe(&strs(group), image, &format!("busy-{way}-{i}"), &["hello"]))
+                        .map(|i| {
+                            node.probe(&strs(group), image, &format!("busy-{way}-{i}"), &["hello"])
+                        })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     for out in &outs {
         assert_eq!(stdout(out), "hello from probe\n", "{}", stderr(out));

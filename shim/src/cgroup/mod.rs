@@ -16,8 +16,8 @@ mod thread;
 
 pub use oom::{oom_kills_in, watch_oom};
 pub use path::unified;
-pub use thread::ThreadCgroup;
 use path::{CGROUP_ROOT, cgroupfs_path, current_path, dirs_of};
+pub use thread::ThreadCgroup;
 
 /// Whether this process is in a container's cgroup (see [`join`]), and
 /// the directory of its memory cgroup there (`None` without a memory

@@ -117,8 +117,7 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
         return Ok(Task::new(request, Box::new(linux), io));
     }
     let network = kinds.namespaces.guest_network(&spec);
-    let (wasm, io) =
-        wasm::WasmTask::create(request, &spec, rootfs, network, &image, kinds.shared)?;
+    let (wasm, io) = wasm::WasmTask::create(request, &spec, rootfs, network, &image, kinds.shared)?;
     Ok(Task::new(request, Box::new(wasm), io))
 }
 
