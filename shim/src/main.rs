@@ -33,9 +33,14 @@ fn main() {
         }
         return;
     }
-    if let Ok(flags) = parsed
-        && !flags.version
-    {
+    if parsed.as_ref().is_ok_and(|flags| flags.version) {
+        // What containerd's own shims print for -v.
+        println!("{}:", env!("CARGO_BIN_NAME"));
+        println!("  Version: {}", env!("CARGO_PKG_VERSION"));
+        println!("  Runtime: {RUNTIME_ID}");
+        return;
+    }
+    if let Ok(flags) = parsed {
         let result = match flags.action.as_str() {
             "start" => start_and_print_address(flags),
             "" => serve(flags),

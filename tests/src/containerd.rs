@@ -395,6 +395,24 @@ impl Containerd {
             .join(id)
     }
 
+    /// The pids of the shim processes this containerd started.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!(
+                    "containerd-shim-wasmtime-v1 .*-address {}",
+                    self.address.display()
+                ),
+            ])
+            .output()
+            .expect("run pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     /// Asserts that nothing is left of any container: no container record,
     /// no shim process for this containerd, no mount and no task state dir.
     /// Waits a little, because shims exit just after `ctr run --rm` returns.
@@ -414,17 +432,7 @@ impl Containerd {
                         .stdout,
                 )
                 .unwrap();
-                let shims = Command::new("pgrep")
-                    .args([
-                        "-f",
-                        &format!(
-                            "containerd-shim-wasmtime-v1 .*-address {}",
-                            self.address.display()
-                        ),
-                    ])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default();
+                let shims = self.shim_pids();
                 let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
                     .unwrap_or_default()
                     .lines()

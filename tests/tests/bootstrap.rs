@@ -216,3 +216,16 @@ fn info_describes_the_runtime_and_its_features() {
         "io.containerd.wasmtime.v1: -info: stdin holds 2 bytes that are not runtime options (a protobuf Any)"
     );
 }
+
+#[test]
+fn dash_v_prints_the_version_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = shim(dir.path(), &["-v"], b"");
+    assert!(out.status.success(), "-v: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION")))
+            && text.contains("io.containerd.wasmtime.v1"),
+        "{text}"
+    );
+}

@@ -10,24 +10,6 @@ use std::time::{Duration, Instant};
 use wasmbox_tests::cri::{CriNode, container_config};
 use wasmbox_tests::{probe, wait_until};
 
-/// Pids of this node's shims.
-fn shim_pids(node: &CriNode) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!(
-                "containerd-shim-wasmtime-v1 .*-address {}",
-                node.containerd.address.display()
-            ),
-        ])
-        .output()
-        .expect("run pgrep");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect()
-}
-
 /// The inode of a network namespace file (`/proc/PID/ns/net`, `/var/run/netns/…`).
 fn netns_inode(path: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -122,7 +104,7 @@ fn containers_of_a_pod_share_one_shim_in_the_pods_network_namespace() {
             "container {id}"
         );
     }
-    let shims = shim_pids(&node);
+    let shims = node.containerd.shim_pids();
     assert_eq!(shims.len(), 1, "one shim for the pod, found {shims:?}");
     assert_eq!(
         netns_inode(&format!("/proc/{}/ns/net", shims[0])),
@@ -132,7 +114,7 @@ fn containers_of_a_pod_share_one_shim_in_the_pods_network_namespace() {
 
     // A second pod gets a shim of its own.
     let other = node.run_pod("other").expect("RunPodSandbox");
-    assert_eq!(shim_pids(&node).len(), 2);
+    assert_eq!(node.containerd.shim_pids().len(), 2);
     node.remove_pod(&other);
 
     for id in [&a, &b] {
@@ -421,7 +403,7 @@ fn a_guest_that_opens_files_without_end_gets_emfile_and_its_pod_shim_serves_on()
         node.log_lines("fds", "sibling"),
         vec![("stdout".to_string(), "hello from probe".to_string())]
     );
-    assert_eq!(shim_pids(&node).len(), 1);
+    assert_eq!(node.containerd.shim_pids().len(), 1);
     for id in [&hog, &sibling] {
         node.remove_container(id);
     }
@@ -992,7 +974,8 @@ fn the_installers_edit_of_containerds_default_config_runs_wasm_pods() {
 
 /// The pids of this node's shims whose command line has `what`.
 fn shims_with(node: &CriNode, what: &str) -> Vec<u32> {
-    shim_pids(node)
+    node.containerd
+        .shim_pids()
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -1197,7 +1180,7 @@ fn a_pods_shim_killed_with_sigkill_leaves_nothing_once_the_pod_is_removed() {
     let sleeper = node
         .run_container(&pod, "sleeper", &image, &["sleep"], &[])
         .expect("a container");
-    let shims = shim_pids(&node);
+    let shims = node.containerd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
     // SAFETY: kill(2) of the pod's shim, a process this test's containerd started.
     assert_eq!(unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) }, 0);

@@ -2582,24 +2582,6 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// The shim processes this test's containerd runs.
-fn shim_pids(node: &Node) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!(
-                "containerd-shim-wasmtime-v1 .*-address {}",
-                node.containerd.address.display()
-            ),
-        ])
-        .output()
-        .unwrap();
-    stdout(&out)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn a_shared_group_runs_its_containers_in_one_shim_that_ends_with_the_last() {
     let node = Node::new();
@@ -2612,7 +2594,7 @@ fn a_shared_group_runs_its_containers_in_one_shim_that_ends_with_the_last() {
     assert_eq!(node.task_pid("shared-b"), shim, "one shim serves the group");
     let socket = shim_socket(&node, "shared-a");
     assert_eq!(shim_socket(&node, "shared-b"), socket);
-    assert_eq!(shim_pids(&node), [shim]);
+    assert_eq!(node.containerd.shim_pids(), [shim]);
     // Short-lived containers of the group: output, exit codes, stdin.
     let out = node.probe(&group, &image, "shared-hello", &["hello"]);
     assert_eq!(stdout(&out), "hello from probe\n", "{}", stderr(&out));
@@ -2631,7 +2613,11 @@ fn a_shared_group_runs_its_containers_in_one_shim_that_ends_with_the_last() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(shim_pids(&node), [shim], "the shim outlived them all");
+    assert_eq!(
+        node.containerd.shim_pids(),
+        [shim],
+        "the shim outlived them all"
+    );
     // A container outside the group gets its own shim.
     node.start_probe(&[], &image, "own", "sleep");
     assert_ne!(node.task_pid("own"), shim);
@@ -2675,7 +2661,7 @@ fn a_shared_group_runs_its_containers_in_one_shim_that_ends_with_the_last() {
     // Kill and delete one: the shim serves on; the last one ends it.
     node.kill_and_remove("shared-b");
     assert_eq!(node.task_status("shared-a").as_deref(), Some("RUNNING"));
-    assert_eq!(shim_pids(&node), [shim]);
+    assert_eq!(node.containerd.shim_pids(), [shim]);
     assert_no_cgroup("default/shared-b");
     node.kill_and_remove("shared-a");
     node.containerd.assert_clean();

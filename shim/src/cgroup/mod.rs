@@ -135,20 +135,10 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
     let hierarchies: Vec<(PathBuf, String)> = if unified {
         vec![(PathBuf::from(CGROUP_ROOT), current_path("")?)]
     } else {
-        let mut seen = Vec::new();
-        let mut list = Vec::new();
-        for controller in V1_CONTROLLERS {
-            let root = Path::new(CGROUP_ROOT).join(controller);
-            let Ok(real) = root.canonicalize() else {
-                continue;
-            };
-            if seen.contains(&real) {
-                continue; // cpu and cpuacct are often one hierarchy
-            }
-            seen.push(real);
-            list.push((root, current_path(controller)?));
-        }
-        list
+        v1_hierarchies(&V1_CONTROLLERS)
+            .into_iter()
+            .map(|(controller, root)| Ok((root, current_path(controller)?)))
+            .collect::<Result<_>>()?
     };
     let files = limits.files(unified);
     let mut written = Vec::new();
@@ -210,6 +200,24 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
     };
     *joined = Some(memory_dir);
     Ok(Some(membership))
+}
+
+/// The mounted cgroup v1 hierarchies of `controllers`, each once (cpu and
+/// cpuacct are often one hierarchy), with their controller's name.
+fn v1_hierarchies<'a>(controllers: &[&'a str]) -> Vec<(&'a str, PathBuf)> {
+    let mut seen = Vec::new();
+    let mut list = Vec::new();
+    for controller in controllers {
+        let root = Path::new(CGROUP_ROOT).join(controller);
+        let Ok(real) = root.canonicalize() else {
+            continue;
+        };
+        if !seen.contains(&real) {
+            seen.push(real);
+            list.push((*controller, root));
+        }
+    }
+    list
 }
 
 /// cgroup v2: turns the cpu, memory and pids controllers on for the

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::path::{CGROUP_ROOT, cgroupfs_path, current_path};
-use super::{Limits, remove_dirs};
+use super::path::{cgroupfs_path, current_path};
+use super::{Limits, remove_dirs, v1_hierarchies};
 
 /// The v1 hierarchies that account and limit one thread.
 const THREAD_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "pids", "blkio"];
@@ -45,17 +45,8 @@ impl ThreadCgroup {
             created: Vec::new(),
             home: Vec::new(),
         };
-        let mut seen = Vec::new();
         let files = limits.files(false);
-        for controller in THREAD_CONTROLLERS {
-            let root = Path::new(CGROUP_ROOT).join(controller);
-            let Ok(real) = root.canonicalize() else {
-                continue;
-            };
-            if seen.contains(&real) {
-                continue; // cpu and cpuacct are often one hierarchy
-            }
-            seen.push(real);
+        for (controller, root) in v1_hierarchies(&THREAD_CONTROLLERS) {
             let home = current_path(controller).map(|p| root.join(p.trim_start_matches('/')));
             if let Err(e) = home.and_then(|home| {
                 cgroup.home.push(home);
