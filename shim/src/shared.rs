@@ -247,13 +247,16 @@ impl Retirement {
             return Ok(Verdict::Stay);
         }
         let _lock = StartLock::take(&self.socket)?;
+        // Read before the registry: a `create` marks its arrival before it
+        // registers its task, so one that comes between the two reads is
+        // either seen in the registry or leaves its claim newer than this.
+        let last_create = *self.last_create.lock().unwrap();
         if !is_idle() {
             return Ok(Verdict::Stay);
         }
         let claimed = std::fs::metadata(&self.socket)
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let last_create = *self.last_create.lock().unwrap();
         let verdict = verdict(claimed, last_create, SystemTime::now());
         if verdict == Verdict::End {
             self.retired.store(true, Ordering::SeqCst);
