@@ -1389,18 +1389,19 @@ impl ReadLease {
     fn take(path: &Path) -> ReadLease {
         use std::os::fd::AsRawFd;
         let file = std::fs::File::open(path).unwrap();
-        // SAFETY: fcntl and signal on values we own; nothing touches memory.
-        // SIGIO tells a lease holder of a break; its default would end the
-        // test binary.
-        unsafe {
-            libc::signal(libc::SIGIO, libc::SIG_IGN);
-            assert_eq!(
-                libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK),
-                0,
-                "F_SETLEASE: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        // SAFETY: signal with a constant handler; SIGIO tells a lease
+        // holder of a break, and its default would end the test binary.
+        unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+        // A read lease fails with EAGAIN while anyone holds the file open
+        // for writing: a child another test forks between this test's write
+        // and its close holds a copy until it execs. Try again, briefly.
+        wait_until(Duration::from_secs(5), "a read lease", || {
+            // SAFETY: fcntl on a descriptor we own; nothing touches memory.
+            match unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } {
+                0 => Ok(()),
+                _ => Err(format!("F_SETLEASE: {}", std::io::Error::last_os_error())),
+            }
+        });
         ReadLease(file)
     }
 
