@@ -47,6 +47,14 @@ pub fn defer_until_finish() {
     DEFERRED.store(true, Ordering::Relaxed);
 }
 
+/// Whether [`finish`] has tier-ups to run or compiles to wait for.
+pub fn has_work() -> bool {
+    fn some<T>(list: &Mutex<Vec<T>>) -> bool {
+        !list.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+    some(&WAITING) || some(&PENDING)
+}
+
 /// Runs the deferred tier-ups, then waits for the background compiles
 /// still running, so that each stores its artifact and removes its lock
 /// file.

@@ -77,6 +77,11 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         Some(_) => Namespaces::host(),
         None => Namespaces::enter_for(&std::env::current_dir()?)?,
     };
+    // Still the only thread: the container's cgroup is joined at its
+    // cheapest (`cgroup::join_before_threads`), and taken over by its create.
+    if group.is_none() {
+        join_cgroup_before_threads();
+    }
     containerd_shim_wasmtime::reaper::install()
         .context("becoming the subreaper of runc's containers")?;
     containerd_shim_wasmtime::runc::raise_open_files_limit();
@@ -167,9 +172,37 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&path);
     }
     // containerd has its answer and the containers are gone: what is left
-    // is storing the Cranelift artifacts of modules that started on Winch.
+    // is storing the Cranelift artifacts of modules that started on Winch,
+    // outside the last container's cgroup, which this process kept until
+    // now (`Membership::leave_at_exit`) and which must be removable as soon
+    // as containerd asks.
+    if wasmbox_engine::tiering::has_work()
+        && let Err(e) = containerd_shim_wasmtime::cgroup::leave_parked()
+    {
+        warn!("leaving the last container's cgroup: {e:#}");
+    }
     wasmbox_engine::tiering::finish();
     Ok(())
+}
+
+/// Joins the cgroup of the container in this shim's bundle, if its spec has
+/// one and this is not containerd 2's pod server (which runs no container).
+fn join_cgroup_before_threads() {
+    let Ok(bundle) = std::env::current_dir() else {
+        return;
+    };
+    if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&bundle) {
+        return;
+    }
+    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return;
+    };
+    if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
+        containerd_shim_wasmtime::cgroup::join_before_threads(
+            &path.to_string_lossy(),
+            containerd_shim_wasmtime::cgroup::Limits::from_spec(&spec),
+        );
+    }
 }
 
 /// The `start` action: spawn the shim server (or find its pod's or its

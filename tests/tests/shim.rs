@@ -866,12 +866,32 @@ fn the_shim_joins_the_containers_cgroup_and_removes_it_on_delete() {
     let image = node.image("probe", probe(), &[]);
     let id = "cgroup-member";
     node.start_probe(&[], &image, id, "sleep");
-    let membership =
-        std::fs::read_to_string(format!("/proc/{}/cgroup", node.task_pid(id))).unwrap();
-    assert!(
-        membership.contains(&format!("/default/{id}")),
-        "{membership}"
-    );
+    // Every thread of the shim, the guest's and the server's alike, in
+    // every hierarchy that accounts it: the shim joins before its first
+    // thread starts, and each later one is born in the cgroup.
+    let pid = node.task_pid(id);
+    let threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    assert!(threads.len() > 1, "the shim runs on several threads");
+    for thread in threads {
+        let membership = std::fs::read_to_string(thread.join("cgroup")).unwrap();
+        // cgroup v2 has one line, `0::PATH`; v1 a line per hierarchy (and
+        // a controller-less `0::` line on a hybrid host).
+        let unified = membership.lines().count() == 1;
+        for line in membership.lines() {
+            let accounted = (unified && line.starts_with("0::"))
+                || ["memory", "cpu", "cpuacct", "pids", "blkio"]
+                    .iter()
+                    .any(|c| line.split(':').nth(1).unwrap().split(',').any(|h| h == *c));
+            assert!(
+                !accounted || line.ends_with(&format!("/default/{id}")),
+                "{} is outside the container's cgroup: {line}",
+                thread.display()
+            );
+        }
+    }
     node.kill_and_remove(id);
     node.containerd.assert_clean();
     assert_no_cgroup(&format!("default/{id}"));

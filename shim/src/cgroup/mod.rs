@@ -23,6 +23,12 @@ pub use thread::ThreadCgroup;
 /// the directory of its memory cgroup there (`None` without a memory
 /// controller).
 static JOINED: std::sync::Mutex<Option<Option<PathBuf>>> = std::sync::Mutex::new(None);
+/// A membership [`join_before_threads`] made, with the `cgroupsPath` it
+/// is for, until the create of that container takes it over in [`join`].
+static EARLY: std::sync::Mutex<Option<(String, Limits, Membership)>> = std::sync::Mutex::new(None);
+/// The membership of a deleted container that the shim keeps until it
+/// exits ([`Membership::leave_at_exit`]).
+static PARKED: std::sync::Mutex<Option<Membership>> = std::sync::Mutex::new(None);
 /// cgroup v1 hierarchies the shim joins (the ones that account resources).
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "blkio"];
 
@@ -115,7 +121,74 @@ impl Limits {
 /// container is joined: for a pod that is its sandbox, whose cgroup then
 /// accounts the whole pod (the kubelet reads pod usage from the parent).
 /// Later containers of the same shim return `None`.
+///
+/// A membership [`join_before_threads`] made for the same path and limits
+/// is taken over; one made for other ones is left first.
 pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
+    if let Some((path, early_limits, membership)) = EARLY.lock().unwrap().take() {
+        if path == cgroups_path && early_limits == limits {
+            return Ok(Some(membership));
+        }
+        membership.leave()?;
+    }
+    leave_parked()?;
+    join_moving(cgroups_path, limits, Move::Process)
+}
+
+/// [`join`] for the container whose bundle this shim was started in, while
+/// the process still has one thread: on cgroup v1 the kernel then moves that
+/// thread alone, and every thread started later is born in the cgroup. A
+/// whole process's move takes the kernel's global threadgroup lock, which
+/// waits for an RCU grace period (about 9 ms here, once per create); a
+/// thread moving itself does not. Joins nothing (and says nothing: the
+/// create joins, and reports) when the process has other threads, or when
+/// the spec's limits could stop the shim itself from starting: a pids
+/// limit, or a memory limit below [`crate::memory::MIN_JOINED_LIMIT`].
+pub fn join_before_threads(cgroups_path: &str, limits: Limits) {
+    let single_threaded =
+        std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+    let safe_limits = limits.pids.is_none()
+        && limits
+            .memory_bytes
+            .is_none_or(|bytes| bytes as u64 >= crate::memory::MIN_JOINED_LIMIT);
+    if !single_threaded || !safe_limits {
+        return;
+    }
+    if let Ok(Some(membership)) = join_moving(cgroups_path, limits, Move::OnlyThread) {
+        *EARLY.lock().unwrap() = Some((cgroups_path.to_string(), limits, membership));
+    }
+}
+
+/// Leaves a membership [`join_before_threads`] made that no create took
+/// over: a Linux container's cgroup is runc's to make and fill.
+pub fn leave_early() -> Result<()> {
+    match EARLY.lock().unwrap().take() {
+        Some((_, _, membership)) => membership.leave(),
+        None => Ok(()),
+    }
+}
+
+/// Leaves the cgroup of a deleted container now, instead of at exit
+/// ([`Membership::leave_at_exit`]): the shim goes on serving other tasks,
+/// or has work left after its last.
+pub fn leave_parked() -> Result<()> {
+    match PARKED.lock().unwrap().take() {
+        Some(membership) => membership.leave(),
+        None => Ok(()),
+    }
+}
+
+/// How [`join_moving`] moves the shim into a cgroup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// The whole process: its pid into `cgroup.procs`.
+    Process,
+    /// On cgroup v1, the calling thread (`0` into `tasks`), which must be
+    /// the only one; on v2, as [`Move::Process`].
+    OnlyThread,
+}
+
+fn join_moving(cgroups_path: &str, limits: Limits, how: Move) -> Result<Option<Membership>> {
     let Some(absolute) = cgroupfs_path(cgroups_path)? else {
         return Ok(None);
     };
@@ -124,8 +197,11 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
         return Ok(None);
     }
     let relative = absolute.trim_start_matches('/');
-    let pid = std::process::id().to_string();
     let unified = unified();
+    let (file, who) = match how {
+        Move::OnlyThread if !unified => ("tasks", "0".to_string()),
+        _ => ("cgroup.procs", std::process::id().to_string()),
+    };
     let mut membership = Membership {
         original: Vec::new(),
         created: Vec::new(),
@@ -166,7 +242,7 @@ pub fn join(cgroups_path: &str, limits: Limits) -> Result<Option<Membership>> {
                 written.push(*file);
             }
         }
-        std::fs::write(target.join("cgroup.procs"), &pid)
+        std::fs::write(target.join(file), &who)
             .with_context(|| format!("joining the cgroup {}", target.display()))?;
         membership.joined.push(target.clone());
         membership.original.push(
@@ -245,6 +321,19 @@ impl Membership {
     pub fn leave(self) -> Result<()> {
         *JOINED.lock().unwrap() = None;
         self.back_out()
+    }
+
+    /// Its container was deleted and the shim is about to exit: it stays
+    /// in the cgroup until then, and containerd's `delete` of the shim,
+    /// which runs once the process is gone, removes the cgroup
+    /// ([`remove_left_behind`]). Moving a whole process out takes an RCU
+    /// grace period, which would come before containerd's answer. A shim
+    /// that goes on serving, or working, leaves first ([`leave_parked`]).
+    pub fn leave_at_exit(self) {
+        if let Some(earlier) = PARKED.lock().unwrap().replace(self) {
+            // One membership per process: there is never an earlier one.
+            let _ = earlier.back_out();
+        }
     }
 
     /// [`Membership::leave`] without releasing [`JOINED`] (which `join`

@@ -291,7 +291,15 @@ impl TaskService {
         // with runc's delete, which is not its exit.
         let exit = task.status().1.unwrap_or_else(|| Exit::now(0));
         task.cleanup().map_err(ShimError::Internal)?;
-        self.tasks.lock().unwrap().remove(&req.id);
+        let others = {
+            let mut tasks = self.tasks.lock().unwrap();
+            tasks.remove(&req.id);
+            !tasks.is_empty()
+        };
+        // A task's cgroup is left at exit only when none other is served here.
+        if others {
+            crate::cgroup::leave_parked().map_err(ShimError::Internal)?;
+        }
         let pid = task.pid();
         self.events.publish(
             topics::TASK_DELETE_EVENT_TOPIC,

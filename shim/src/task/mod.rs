@@ -112,6 +112,8 @@ pub fn create(kinds: &Kinds, request: &CreateRequest) -> Result<Task> {
                 request.id
             )));
         }
+        // runc makes and fills a Linux container's cgroup.
+        crate::cgroup::leave_early()?;
         let (linux, io) =
             linux::LinuxTask::create(&kinds.namespace, request, &spec, &kinds.namespaces)?;
         return Ok(Task::new(request, Box::new(linux), io));

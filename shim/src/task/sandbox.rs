@@ -138,7 +138,7 @@ impl Workload for Sandbox {
 
     fn cleanup(&self) -> Result<()> {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
-            cgroup.leave()?;
+            cgroup.leave_at_exit();
         }
         self.mounts.lock().unwrap().unmount()
     }

@@ -266,7 +266,7 @@ impl Workload for WasmTask {
 
     fn cleanup(&self) -> Result<()> {
         if let Some(cgroup) = self.cgroup.lock().unwrap().take() {
-            cgroup.leave()?;
+            cgroup.leave_at_exit();
         }
         if let Some(cgroup) = &self.thread_cgroup {
             cgroup.remove()?;
