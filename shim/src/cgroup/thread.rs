@@ -90,6 +90,16 @@ impl ThreadCgroup {
         Ok(())
     }
 
+    /// Moves the calling thread back to the shim's own cgroup, as
+    /// [`ThreadCgroup::enter_current_thread`] moved it in.
+    pub fn leave_current_thread(&self) -> Result<()> {
+        for home in &self.home {
+            std::fs::write(home.join("tasks"), "0")
+                .with_context(|| format!("moving the guest's thread back to {}", home.display()))?;
+        }
+        Ok(())
+    }
+
     /// The CPU time the kernel counted for the cgroup's threads.
     pub fn cpu_nanos(&self) -> u64 {
         self.dirs

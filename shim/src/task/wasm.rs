@@ -195,7 +195,7 @@ impl Workload for WasmTask {
             .spawn(move || {
                 // A shared shim's guest: this thread, before it runs a
                 // thing, into its container's cgroup; else it never runs.
-                if let Some(cgroup) = thread_cgroup {
+                if let Some(cgroup) = &thread_cgroup {
                     let entering = cgroup.enter_current_thread();
                     let failed = entering.is_err();
                     let _ = entered_tx.send(entering);
@@ -221,6 +221,14 @@ impl Workload for WasmTask {
                         crate::engine::TRAP_EXIT_STATUS
                     }
                 };
+                // Out of the cgroup before the exit is reported, so that
+                // the delete that may follow finds it empty: moving another
+                // thread out would wait for an RCU grace period.
+                if let Some(cgroup) = &thread_cgroup
+                    && let Err(e) = cgroup.leave_current_thread()
+                {
+                    log::warn!("container {id}: {e:#}");
+                }
                 // The terminal's slave (in `spec`) stays open until the
                 // output was drained, then hangs up.
                 exited(code as u32);
