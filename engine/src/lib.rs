@@ -31,6 +31,7 @@ pub use module_file::{
     MAX_MODULE_BYTES, MAX_MODULE_ENV, max_module_bytes, read_module, resolve_in_root,
 };
 pub use run_spec::{Preopen, RunSpec, Stdio, env_pairs};
+pub use stdio::on_io_thread_start;
 
 /// Adds context to a wasmtime error.
 fn wt<T>(r: wasmtime::Result<T>, what: &str) -> anyhow::Result<T> {

@@ -110,6 +110,18 @@ pub(crate) fn output_fifo(path: &Path) -> Result<tokio::net::unix::pipe::Sender>
         .with_context(|| format!("opening {}", path.display()))
 }
 
+/// What each thread the engine starts to forward a guest's I/O runs first
+/// ([`on_io_thread_start`]).
+static IO_THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what each thread that forwards a guest's I/O runs first. Such a
+/// thread is started by the guest's own: a shared shim, whose guest threads
+/// sit in their containers' cgroups, moves it back to its own, so that the
+/// container's delete finds only the guest's thread to account for.
+pub fn on_io_thread_start(hook: fn()) {
+    let _ = IO_THREAD_START.set(hook);
+}
+
 /// A pipe fed from the stdin FIFO by a thread that waits for the writer, so
 /// the guest sees data when the caller writes and end-of-file when it closes.
 fn stdin_pipe(path: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
@@ -119,6 +131,9 @@ fn stdin_pipe(path: &Path) -> Result<tokio::net::unix::pipe::Receiver> {
     std::thread::Builder::new()
         .name("wasm-stdin".into())
         .spawn(move || {
+            if let Some(hook) = IO_THREAD_START.get() {
+                hook();
+            }
             let mut sink = std::fs::File::from(tx);
             if let Ok(mut fifo) = std::fs::File::open(&path) {
                 let _ = std::io::copy(&mut fifo, &mut sink);

@@ -74,7 +74,16 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     // First, while this is the only thread: every later thread inherits
     // the namespaces and the blocked SIGCHLD the reaper takes.
     let namespaces = match &group {
-        Some(_) => Namespaces::host(),
+        Some(_) => {
+            // Its guests' threads are in their containers' cgroups; the
+            // threads they start for I/O are not.
+            if !containerd_shim_wasmtime::cgroup::unified() {
+                wasmbox_engine::on_io_thread_start(
+                    containerd_shim_wasmtime::cgroup::move_current_thread_home,
+                );
+            }
+            Namespaces::host()
+        }
         None => Namespaces::enter_for(&std::env::current_dir()?)?,
     };
     // Still the only thread: the container's cgroup is joined at its

@@ -17,7 +17,7 @@ mod thread;
 pub use oom::{oom_kills_in, watch_oom};
 pub use path::unified;
 use path::{CGROUP_ROOT, cgroupfs_path, current_path, dirs_of};
-pub use thread::ThreadCgroup;
+pub use thread::{ThreadCgroup, move_current_thread_home};
 
 /// Whether this process is in a container's cgroup (see [`join`]), and
 /// the directory of its memory cgroup there (`None` without a memory

@@ -16,6 +16,18 @@ use super::{Limits, remove_dirs, v1_hierarchies};
 /// The v1 hierarchies that account and limit one thread.
 const THREAD_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "pids", "blkio"];
 
+/// Moves the calling thread into the shim process's own cgroup in each
+/// thread hierarchy (`0` into `tasks`, which takes no global lock). For the
+/// helper threads a guest's thread starts (`wasmbox_engine::on_io_thread_start`);
+/// a thread that cannot move stays, and is moved at the container's delete.
+pub fn move_current_thread_home() {
+    for (controller, root) in v1_hierarchies(&THREAD_CONTROLLERS) {
+        if let Ok(home) = current_path(controller) {
+            let _ = std::fs::write(root.join(home.trim_start_matches('/')).join("tasks"), "0");
+        }
+    }
+}
+
 /// A container's cgroup, made for its guest thread.
 #[derive(Debug)]
 pub struct ThreadCgroup {
