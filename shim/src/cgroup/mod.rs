@@ -1,6 +1,8 @@
 //! Joining the container's cgroup, so the node accounts the shim's CPU and
 //! memory to the container (what `kubectl top` and the OOM logic see), and
-//! leaving it again on delete, with nothing left behind.
+//! leaving it again with nothing left behind: at delete when the shim goes
+//! on, else by exiting in it (containerd's `shim delete` removes it). Each
+//! move is made where it costs no RCU grace period when it can be.
 //!
 //! This module is the shim's membership (with the spec's limits) and the
 //! usage read for stats; `path` maps a spec's `cgroupsPath` to cgroupfs
