@@ -73,6 +73,9 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     let group = std::env::var(shared::GROUP_ENV).ok();
     // First, while this is the only thread: every later thread inherits
     // the namespaces and the blocked SIGCHLD the reaper takes.
+    // The bundle's spec, read once for the namespaces and the cgroup.
+    let bundle = std::env::current_dir()?;
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
     let namespaces = match &group {
         Some(_) => {
             // Its guests' threads are in their containers' cgroups; the
@@ -84,12 +87,14 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
             }
             Namespaces::host()
         }
-        None => Namespaces::enter_for(&std::env::current_dir()?)?,
+        None => Namespaces::enter_for(spec.as_ref())?,
     };
     // Still the only thread: the container's cgroup is joined at its
     // cheapest (`cgroup::join_before_threads`), and taken over by its create.
-    if group.is_none() {
-        join_cgroup_before_threads();
+    if group.is_none()
+        && let Some(spec) = &spec
+    {
+        join_cgroup_before_threads(&bundle, spec);
     }
     containerd_shim_wasmtime::reaper::install()
         .context("becoming the subreaper of runc's containers")?;
@@ -132,7 +137,6 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     }
     // Started by containerd 2.x's shim sandbox controller: this process
     // serves the pod's Sandbox API (`service/sandbox.rs`).
-    let bundle = std::env::current_dir()?;
     if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&bundle) {
         use containerd_shim_wasmtime::service::sandbox::{ControllerConfig, SandboxController};
         let controller = SandboxController::new(
@@ -194,22 +198,16 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Joins the cgroup of the container in this shim's bundle, if its spec has
-/// one and this is not containerd 2's pod server (which runs no container).
-fn join_cgroup_before_threads() {
-    let Ok(bundle) = std::env::current_dir() else {
-        return;
-    };
-    if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(&bundle) {
+/// Joins the cgroup of the container of `spec`, if it has one and `bundle`
+/// is not containerd 2's pod server's (which runs no container).
+fn join_cgroup_before_threads(bundle: &Path, spec: &oci_spec::runtime::Spec) {
+    if containerd_shim_wasmtime::pod::is_sandbox_controller_bundle(bundle) {
         return;
     }
-    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
-        return;
-    };
     if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
         containerd_shim_wasmtime::cgroup::join_before_threads(
             &path.to_string_lossy(),
-            containerd_shim_wasmtime::cgroup::Limits::from_spec(&spec),
+            containerd_shim_wasmtime::cgroup::Limits::from_spec(spec),
         );
     }
 }

@@ -48,20 +48,21 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// Moves the calling thread, and so every thread it starts afterwards,
-    /// into the namespaces the container in `bundle` should have (see the
-    /// module doc). Call before the shim starts any thread.
-    pub fn enter_for(bundle: &Path) -> Result<Namespaces> {
+    /// into the namespaces the container of `spec` (its bundle's, `None`
+    /// when it has none) should have (see the module doc). Call before the
+    /// shim starts any thread.
+    pub fn enter_for(spec: Option<&Spec>) -> Result<Namespaces> {
         let mut entered = Namespaces::host();
-        let Ok(spec) = Spec::load(bundle.join("config.json")) else {
+        let Some(spec) = spec else {
             return Ok(entered);
         };
-        if crate::pod::is_pod_member(&spec) {
+        if crate::pod::is_pod_member(spec) {
             // It joins the pod's shim, which entered the pod's namespaces.
             return Ok(entered);
         }
-        entered.enter_network(&spec)?;
-        if crate::pod::is_sandbox(&spec) {
-            entered.make_pod_ipc_and_uts(&spec)?;
+        entered.enter_network(spec)?;
+        if crate::pod::is_sandbox(spec) {
+            entered.make_pod_ipc_and_uts(spec)?;
         }
         Ok(entered)
     }
